@@ -1,0 +1,28 @@
+"""Root of the `sluice` command: registers every command group.
+
+Each group lives in its own module of this package and imports heavy libraries
+(web3, psycopg, ...) inside its commands, so `sluice --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ledger.cli import admin, bench, deploy, stack
+
+app = typer.Typer(
+    name="sluice",
+    help="Sluice: sell GPU inference as prepaid compute tokens on a permissioned EVM ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+stack.register(app)
+deploy.register(app)
+app.add_typer(admin.app, name="admin")
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Sluice redemption service: signed OpenAI-compatible calls paid in compute tokens."""
