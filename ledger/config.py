@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     chain_id: int = Field(31337, description="chain id of the embedded Anvil chain")
     operator_key: SecretStr | None = Field(None, description="operator private key (default: embedded key #0)")
     settler_key: SecretStr | None = Field(None, description="settler private key (default: embedded key #1)")
+    payment_token: str | None = Field(
+        None, description="payment ERC-20 of the sale on a production chain (the embedded chain deploys a test one)"
+    )
     confirmations: int = Field(0, ge=0, description="blocks to wait after a transaction's receipt")
     tx_timeout: float = Field(120.0, gt=0, description="seconds to wait for a transaction receipt")
     models: str = Field(

@@ -21,7 +21,7 @@ def print_json(data: Any) -> None:
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     """Print an error (and what to do about it) on stderr and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}")
+        err_console.print(f"[yellow]hint:[/] {hint}", soft_wrap=True)
     raise typer.Exit(code)

@@ -1,0 +1,153 @@
+"""`sluice admin`: the operator's on-chain controls (allowlist, issuance, rates, pause, roles).
+
+Amounts on the command line are whole compute tokens (decimals allowed); JSON
+output is in base units. Every change prints its transaction hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ledger.cli.common import JsonOpt, KeystoreOpt, handle_errors, open_ledger, operator_key, report_tx
+from ledger.cli.output import console, print_json
+
+app = typer.Typer(help="Operator controls: allowlist, issuance, rates, pause and roles.", no_args_is_help=True)
+allowlist_app = typer.Typer(help="Who may hold and move compute tokens.", no_args_is_help=True)
+rates_app = typer.Typer(help="The on-chain rate card.", no_args_is_help=True)
+roles_app = typer.Typer(help="Grant and revoke contract roles.", no_args_is_help=True)
+app.add_typer(allowlist_app, name="allowlist")
+app.add_typer(rates_app, name="rates")
+app.add_typer(roles_app, name="roles")
+
+ROLES = ("MINTER_ROLE", "REDEEMER_ROLE", "COMPLIANCE_ROLE", "PAUSER_ROLE", "AUDITOR_ROLE", "SETTLER_ROLE",
+         "ISSUER_ROLE", "RATE_SETTER_ROLE", "DEFAULT_ADMIN_ROLE")
+
+
+def _address(value: str) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    if not is_address(value):
+        raise typer.BadParameter(f"{value!r} is not an Ethereum address (0x followed by 40 hex digits)")
+    return str(to_checksum_address(value))
+
+
+@allowlist_app.command("add")
+@handle_errors
+def allowlist_add(address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
+    """Allow ADDRESS to receive, hold and send compute tokens."""
+    account = _address(address)
+    tx = open_ledger().set_allowlisted(operator_key(keystore), account, True)
+    report_tx("allowlisted", tx.tx_hash, tx.block_number, as_json, account=account)
+
+
+@allowlist_app.command("remove")
+@handle_errors
+def allowlist_remove(address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
+    """Remove ADDRESS from the allowlist (its balance is frozen; owed usage still settles)."""
+    account = _address(address)
+    tx = open_ledger().set_allowlisted(operator_key(keystore), account, False)
+    report_tx("delisted", tx.tx_hash, tx.block_number, as_json, account=account)
+
+
+@app.command("issue")
+@handle_errors
+def issue(
+    address: str,
+    amount: str = typer.Argument(..., help="compute tokens to issue, e.g. 1000 or 12.5"),
+    ref: str = typer.Option(..., "--ref", help="invoice or bundle reference (at most 32 bytes)"),
+    keystore: Path | None = KeystoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Issue AMOUNT compute tokens to ADDRESS against an invoice or bundle reference."""
+    from ledger.units import parse_tokens
+
+    account, units = _address(address), parse_tokens(amount)
+    if units == 0:
+        raise ValueError("the amount must be more than zero")
+    tx = open_ledger().issue(operator_key(keystore), account, units, ref)
+    report_tx("issued", tx.tx_hash, tx.block_number, as_json, to=account, amount=units, ref=ref)
+
+
+@rates_app.command("set")
+@handle_errors
+def rates_set(
+    model: str,
+    input_rate: str = typer.Argument(..., help="compute tokens per 1,000,000 prompt tokens"),
+    output_rate: str = typer.Argument(..., help="compute tokens per 1,000,000 completion tokens"),
+    tier: str = typer.Option("edge", "--tier", help="edge, regional or cloud"),
+    keystore: Path | None = KeystoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Publish MODEL's price: INPUT_RATE and OUTPUT_RATE tokens per million model tokens."""
+    from ledger.client import Tier
+    from ledger.units import parse_tokens
+
+    try:
+        tier_value = Tier[tier.upper()]
+    except KeyError:
+        raise ValueError(f"tier {tier!r} must be edge, regional or cloud") from None
+    rin, rout = parse_tokens(input_rate), parse_tokens(output_rate)
+    tx = open_ledger().set_rate(operator_key(keystore), model, rin, rout, tier_value)
+    report_tx("rate set", tx.tx_hash, tx.block_number, as_json, model=model, input_rate=rin, output_rate=rout,
+              tier=tier_value.name.lower())
+
+
+@rates_app.command("list")
+@handle_errors
+def rates_list(as_json: bool = JsonOpt) -> None:
+    """Show every listed model with its rates (tokens per million model tokens) and tier."""
+    from ledger.units import format_tokens
+
+    rates = open_ledger().rates()
+    if as_json:
+        print_json([{"model": r.model, "input_rate": r.input_rate, "output_rate": r.output_rate,
+                     "tier": r.tier.name.lower()} for r in rates])
+        return
+    for r in rates:
+        console.print(f"{r.model:40} in {format_tokens(r.input_rate):>8}  out {format_tokens(r.output_rate):>8}"
+                      f"  {r.tier.name.lower()}")
+
+
+@app.command("pause")
+@handle_errors
+def pause(keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
+    """Stop every mint, transfer and burn of the compute token."""
+    tx = open_ledger().pause(operator_key(keystore))
+    report_tx("paused", tx.tx_hash, tx.block_number, as_json)
+
+
+@app.command("unpause")
+@handle_errors
+def unpause(keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
+    """Resume mints, transfers and burns."""
+    tx = open_ledger().unpause(operator_key(keystore))
+    report_tx("unpaused", tx.tx_hash, tx.block_number, as_json)
+
+
+def _role(role: str) -> str:
+    name = role.upper()
+    if not name.endswith("_ROLE") and name != "DEFAULT_ADMIN_ROLE":
+        name += "_ROLE"
+    if name not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    return name
+
+
+@roles_app.command("grant")
+@handle_errors
+def roles_grant(role: str, address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
+    """Grant ROLE (e.g. AUDITOR_ROLE or auditor) to ADDRESS on the contract that defines it."""
+    name, account = _role(role), _address(address)
+    tx = open_ledger().grant_role(operator_key(keystore), name, account)
+    report_tx("role granted", tx.tx_hash, tx.block_number, as_json, role=name, account=account)
+
+
+@roles_app.command("revoke")
+@handle_errors
+def roles_revoke(role: str, address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
+    """Revoke ROLE from ADDRESS."""
+    name, account = _role(role), _address(address)
+    tx = open_ledger().revoke_role(operator_key(keystore), name, account)
+    report_tx("role revoked", tx.tx_hash, tx.block_number, as_json, role=name, account=account)

@@ -1,0 +1,28 @@
+"""`sluice deploy`: deploy the contracts with roles wired (idempotent per chain)."""
+
+from __future__ import annotations
+
+import typer
+
+from ledger.cli.common import JsonOpt, handle_errors
+from ledger.cli.output import console, err_console, print_json
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def deploy(as_json: bool = JsonOpt) -> None:
+        """Deploy ComputeToken, RateCard, TokenSale, Settlement (and a test stablecoin on the embedded chain).
+
+        Idempotent: a second run reuses the deployment recorded for the chain id under the state dir.
+        """
+        from ledger.config import get_settings
+        from ledger.deploy import ensure_deployed
+
+        record = ensure_deployed(get_settings(), progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+        if as_json:
+            print_json(record)
+            return
+        console.print(f"Sluice on chain {record['chain_id']} ({record['rpc_url']}), from block {record['deploy_block']}")
+        for name, address in record["contracts"].items():
+            console.print(f"  {name:14} {address}")
