@@ -1,0 +1,1 @@
+"""Benchmarks behind `sluice bench`: each prints figures and returns them as JSON-able dicts."""
