@@ -1,0 +1,36 @@
+"""Command-line entry to the vLLM-API simulator: ``python -m inference_node.sim_main``.
+
+Owns only argument parsing; the simulator itself lives in :mod:`inference_node.simulator`.
+The whole :class:`~inference_node.simulator.SimulatorConfig` is given as JSON, so a test
+harness can start a simulator in a subprocess with exactly the config it would pass in-process::
+
+    python -m inference_node.sim_main --port 8100 \\
+        --config-json '{"served_model_names": ["llama-8b"], "tier": "edge", "max_num_seqs": 4}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from inference_node.simulator import SimulatorConfig, run_simulator
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m inference_node.sim_main", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
+    parser.add_argument("--config-json", default="{}", help="SimulatorConfig as JSON (default: all defaults)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = SimulatorConfig.model_validate_json(args.config_json)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_simulator(config, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
