@@ -75,8 +75,9 @@ class TxSender:
         base_fee = block.get("baseFeePerGas")
         if base_fee is None:
             return {"gasPrice": int(self.w3.eth.gas_price)}
-        if base_fee == 0 and int(self.w3.eth.gas_price) == 0:
-            # Free-gas permissioned chain: no tip either, so ether-less wallets can send.
+        if base_fee == 0:
+            # Free-gas permissioned chain: no tip either, so ether-less wallets can send. (A node that
+            # still demands a tip refuses the transaction with its own message.)
             return {"maxFeePerGas": 0, "maxPriorityFeePerGas": 0}
         tip = int(self.w3.eth.max_priority_fee)
         return {"maxFeePerGas": 2 * int(base_fee) + tip, "maxPriorityFeePerGas": tip}
@@ -123,8 +124,12 @@ class TxSender:
         raise ChainUnavailable(f"could not find a free nonce for {self.address} after 3 resyncs")
 
     def _allocate(self) -> int:
-        if self._next_nonce is None:
-            self._next_nonce = self.w3.eth.get_transaction_count(self.address, "pending")
+        pending = self.w3.eth.get_transaction_count(self.address, "pending")
+        # Every transaction this sender handed to the node is mined or in its pool, so a cached nonce above
+        # the pending count means some were lost (a chain restored from an older state, a dropped
+        # transaction): continue from the chain's count instead of queueing behind a gap forever.
+        if self._next_nonce is None or self._next_nonce > pending:
+            self._next_nonce = pending
         return self._next_nonce
 
     def transact(self, tx: TxParams) -> TxResult:
@@ -133,7 +138,12 @@ class TxSender:
         return self.wait(tx_hash, nonce, tx)
 
     def wait(self, tx_hash: str, nonce: int, tx: TxParams | None = None) -> TxResult:
-        receipt = wait_for_receipt(self.w3, tx_hash, self.timeout, self.confirmations)
+        try:
+            receipt = wait_for_receipt(self.w3, tx_hash, self.timeout, self.confirmations)
+        except TransactionTimeout:
+            with self._lock:
+                self._next_nonce = None  # resync on the next send; the caller may replace this nonce
+            raise
         if receipt["status"] != 1:
             raise self._explain_failure(tx_hash, receipt, tx)
         return TxResult(tx_hash, int(receipt["blockNumber"]), int(receipt["gasUsed"]), nonce, receipt)
