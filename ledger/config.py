@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     )
     chain_port: int = Field(8545, description="port of the embedded Anvil chain")
     chain_id: int = Field(31337, description="chain id of the embedded Anvil chain")
+    anvil_bin: Path | None = Field(None, description="Anvil binary (default: the pinned npm package in node_modules)")
     operator_key: SecretStr | None = Field(None, description="operator private key (default: embedded key #0)")
     settler_key: SecretStr | None = Field(None, description="settler private key (default: embedded key #1)")
     payment_token: str | None = Field(

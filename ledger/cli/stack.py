@@ -1,0 +1,223 @@
+"""`sluice up`, `sluice down`, `sluice status`: run and inspect the local Sluice stack.
+
+The work happens in `ledger.embedded` (services, supervisor, status probes);
+this module turns it into commands, human output, JSON and exit codes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ledger.cli.common import JsonOpt, hint_for
+from ledger.cli.output import console, err_console, fail, print_json
+
+if TYPE_CHECKING:
+    from ledger.config import Settings
+    from ledger.embedded import StackError, StatePaths
+
+# One-line messages carry paths and URLs: no markup, no colouring guesses, no wrapping at the terminal width.
+PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
+
+UP_HELP = "\n\n".join(
+    (
+        "Start the local stack (Anvil chain with zero gas, PostgreSQL, Redis), migrate, deploy the contracts.",
+        "All state lives under SLUICE_HOME (default ./.sluice) and survives restarts: chain blocks, logs and "
+        "balances, the database, the broker's queues. A service whose external endpoint is set (RPC_URL, "
+        "DATABASE_URL, BROKER_URL) is not started, only checked. The chain listens on 127.0.0.1:SLUICE_CHAIN_PORT "
+        "(default 8545).",
+        "Without --detach the stack runs in the foreground until Ctrl-C (or SIGTERM), then stops cleanly. "
+        "With --detach it runs in a background supervisor (log: SLUICE_HOME/stack.log) and the command prints "
+        "the deployment and the endpoints as JSON (also written to SLUICE_HOME/stack.json) once everything answers.",
+    )
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `up`, `down` and `status` to the root command."""
+
+    @app.command(help=UP_HELP)
+    def up(
+        detach: bool = typer.Option(
+            False, "--detach", "-d", help="run in a background supervisor; print the deployment JSON once ready"
+        ),
+        timeout: float = typer.Option(
+            180.0, "--timeout", min=1.0, help="with --detach: seconds to wait for the stack to be ready"
+        ),
+    ) -> None:
+        if detach:
+            _up_detached(timeout)
+        else:
+            _up_foreground()
+
+    @app.command()
+    def down(
+        timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="seconds to wait for a clean stop"),
+    ) -> None:
+        """Stop the running stack (detached or foreground): services stop in reverse order and keep their state.
+
+        Exits 0 when nothing was running, too.
+        """
+        from ledger.embedded import StackError, show_path, stop_detached
+
+        settings = _settings()
+        try:
+            pid = stop_detached(settings, timeout)
+        except StackError as exc:
+            _fail_stack(exc)
+        if pid is None:
+            console.print(f"No Sluice stack is running for {show_path(settings.state_dir)}.", **PLAIN)
+        else:
+            console.print(f"Stopped the Sluice stack (pid {pid}).", **PLAIN)
+
+    @app.command()
+    def status(as_json: bool = JsonOpt) -> None:
+        """Show which services answer, their endpoints, the chain head and the deployed contract addresses.
+
+        Exits 0 when every service answers, 1 otherwise.
+        """
+        from ledger.embedded import stack_status
+
+        report = stack_status(_settings())
+        if as_json:
+            print_json(report.to_json())
+        else:
+            _print_status(report.to_json())
+        if not report.all_up:
+            raise typer.Exit(1)
+
+
+def _fail(message: str, hint: str | None = None) -> NoReturn:
+    """`fail` for messages that quote paths, URLs or library errors: brackets in them are text, not markup."""
+    fail(escape(message), escape(hint) if hint else None)
+
+
+def _settings() -> Settings:
+    """The process settings; a malformed variable is a clear error, not a traceback."""
+    from pydantic import ValidationError
+
+    from ledger.config import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        _fail(f"invalid configuration: {exc}", "fix the SLUICE_* / RPC_URL / DATABASE_URL / BROKER_URL variables")
+
+
+def _up_foreground() -> None:
+    from ledger.embedded import StackError, StackRunning, serve
+    from ledger.errors import LedgerError
+
+    def progress(message: str) -> None:
+        err_console.print(message, style="dim", **PLAIN)
+
+    try:
+        code = serve(_settings(), on_ready=_print_ready, progress=progress)
+    except StackRunning as exc:
+        _fail(str(exc), exc.hint)
+    except StackError as exc:
+        _fail_stack(exc)
+    except LedgerError as exc:
+        _fail(f"deployment failed: {exc}", hint_for(exc))
+    if code != 0:
+        _fail("a service of the stack exited on its own; everything was stopped", "its log is named above")
+    console.print("Stopped.", **PLAIN)
+
+
+def _up_detached(timeout: float) -> None:
+    from ledger.embedded import StackError, StackRunning, StatePaths, running_pid, show_path, start_detached
+
+    settings = _settings()
+    paths = StatePaths(settings.state_dir)
+    try:
+        record = start_detached(settings, timeout)
+    except StackRunning as exc:
+        existing = _wait_for_record(paths, exc.pid, timeout)
+        err_console.print(f"The Sluice stack is already running (pid {exc.pid}).", **PLAIN)
+        print_json(existing)
+        return
+    except StackError as exc:
+        _fail_stack(exc)
+    print_json(record)
+    err_console.print(
+        f"Sluice stack running in the background (pid {running_pid(paths)}); "
+        f"log {show_path(paths.stack_log)}; `sluice down` stops it.",
+        **PLAIN,
+    )
+
+
+def _wait_for_record(paths: StatePaths, pid: int, timeout: float) -> dict[str, Any]:
+    """The record of a stack that is running, waiting while it is still starting (another `up` in progress)."""
+    import time
+
+    from ledger.embedded import read_stack_record, running_pid, show_path
+
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        record = read_stack_record(paths)
+        if record is not None:
+            return record
+        if running_pid(paths) is None:
+            _fail(f"the stack (pid {pid}) stopped while starting", f"see {show_path(paths.stack_log)}")
+        if time.monotonic() >= deadline:
+            _fail(f"the stack (pid {pid}) is still starting after {timeout:g} s", "`sluice status` shows its services")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def _fail_stack(exc: StackError) -> NoReturn:
+    """Report a StackError: the log tail that explains it, the message, what to do."""
+    tail = exc.log_tail()
+    if tail:
+        err_console.print(tail, style="dim", **PLAIN)
+    _fail(str(exc), exc.hint)
+
+
+def _print_ready(record: dict[str, Any]) -> None:
+    from ledger.embedded import show_path
+
+    endpoints = record["endpoints"]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_row("chain", f"{endpoints['rpc']} (chain id {record['chain_id']})")
+    table.add_row("database", endpoints["database"])
+    table.add_row("broker", endpoints["broker"])
+    for name, url in endpoints.items():
+        if name not in ("rpc", "database", "broker"):
+            table.add_row(name, url)
+    table.add_row("", "")
+    for name, address in record["contracts"].items():
+        table.add_row(name, address)
+    console.print(f"[bold green]Sluice stack ready[/] (state in {escape(show_path(_settings().state_dir))})")
+    console.print(table)
+    console.print(f"Contracts deployed from block {record['deploy_block']}. Ctrl-C stops everything.")
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    state = report["state_dir"]
+    if report["running"]:
+        console.print(f"Sluice stack [bold green]running[/] (pid {report['pid']}), state in {escape(state)}")
+    else:
+        console.print(f"Sluice stack [bold]not running[/] for {escape(state)}")
+    table = Table(box=None, show_header=True, pad_edge=False)
+    table.add_column("service")
+    table.add_column("state")
+    table.add_column("endpoint", overflow="fold")  # URLs are copied from here: never cut them short
+    table.add_column("kind")
+    for name, service in report["services"].items():
+        state_cell = "[green]up[/]" if service["up"] else "[red]down[/]"
+        kind = f"{service['title']}, {'embedded' if service['embedded'] else 'external'}"
+        table.add_row(name, state_cell, escape(service["url"]), kind)
+    console.print(table)
+    if report["chain_head"] is not None:
+        console.print(f"chain head: block {report['chain_head']}")
+    deployment = report["deployment"]
+    if deployment is None:
+        console.print("contracts: no deployment recorded for this chain (`sluice up` or `sluice deploy` makes one)")
+        return
+    console.print(f"contracts on chain {deployment['chain_id']}, deployed from block {deployment['deploy_block']}:")
+    for name, address in deployment["contracts"].items():
+        console.print(f"  {name:14} {address}", highlight=False)
