@@ -290,6 +290,14 @@ ServiceFactory = Callable[[Settings, dict[str, Any]], Service]
 APP_SERVICES: tuple[ServiceFactory, ...] = ()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for throwaway stacks and tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def project_root() -> Path:
     """The checkout that holds this package (and `node_modules/`)."""
     return Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ containers); the chain fixtures always start their own Anvil.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from ledger.embedded import (
     StatePaths,
     anvil_binary,
     anvil_service,
+    free_port,
     postgres_service,
     redis_service,
 )
@@ -32,14 +32,6 @@ from ledger.embedded import (
 TEST_CHAIN_ID = 31337
 # A port picked by the kernel can be taken by another process before Anvil binds it; then pick another.
 _PORT_ATTEMPTS = 3
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ledger.cli import admin, bench, deploy, stack
+from ledger.cli import admin, bench, demo, deploy, stack
 
 app = typer.Typer(
     name="sluice",
@@ -20,6 +20,7 @@ app = typer.Typer(
 
 stack.register(app)
 deploy.register(app)
+demo.register(app)
 app.add_typer(admin.app, name="admin")
 app.add_typer(bench.app, name="bench")
 

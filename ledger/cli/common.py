@@ -91,5 +91,7 @@ def report_tx(action: str, tx_hash: str, block: int, as_json: bool, **fields: An
     console.print(f"[green]{action}[/] {details}\n  tx {tx_hash} (block {block})")
 
 
-KeystoreOpt = typer.Option(None, "--keystore", help=f"operator keystore file (password from ${PASSWORD_ENV} or a prompt)")
+KeystoreOpt = typer.Option(
+    None, "--keystore", help=f"operator keystore file (password from ${PASSWORD_ENV} or a prompt)"
+)
 JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON (amounts in base units)")

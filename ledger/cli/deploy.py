@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(record)
             return
-        console.print(f"Sluice on chain {record['chain_id']} ({record['rpc_url']}), from block {record['deploy_block']}")
+        chain, url, block = record["chain_id"], record["rpc_url"], record["deploy_block"]
+        console.print(f"Sluice on chain {chain} ({url}), from block {block}")
         for name, address in record["contracts"].items():
             console.print(f"  {name:14} {address}")
