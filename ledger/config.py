@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("BROKER_URL", "SLUICE_BROKER_URL"), description="Celery broker URL"
     )
     chain_port: int = Field(8545, description="port of the embedded Anvil chain")
+    api_port: int = Field(8000, description="port of the redemption service")
+    node_base_port: int = Field(8100, description="first port of the embedded simulated nodes")
     chain_id: int = Field(31337, description="chain id of the embedded Anvil chain")
     anvil_bin: Path | None = Field(None, description="Anvil binary (default: the pinned npm package in node_modules)")
     operator_key: SecretStr | None = Field(None, description="operator private key (default: embedded key #0)")

@@ -82,6 +82,8 @@ _SOCKET_PATH_MAX = 107
 CHAIN, DATABASE, BROKER = "chain", "database", "broker"
 # Keys of the `endpoints` object clients read (stack.json, `up --detach`, status).
 ENDPOINT_KEYS = {CHAIN: "rpc", DATABASE: "database", BROKER: "broker"}
+NODE_PREFIX = "node:"  # node agents: listed under endpoints.nodes
+INTERNAL_PREFIX = "internal:"  # processes only the stack talks to (the simulators behind the agents)
 
 # Starts every run's section of a log, so error reports quote only the latest run.
 _RUN_MARK = "--- "
@@ -284,10 +286,14 @@ class Service:
 
 # A later part of the stack (API server, Celery workers, simulated nodes): built from the
 # client settings and the deployment record once the contracts are deployed.
-ServiceFactory = Callable[[Settings, dict[str, Any]], Service]
+ServiceFactory = Callable[[Settings, dict[str, Any]], Service | Sequence[Service]]
 
-# Services started after the deployment, in order, and stopped before the infrastructure.
-APP_SERVICES: tuple[ServiceFactory, ...] = ()
+def default_app_services() -> tuple[ServiceFactory, ...]:
+    """Services started after the deployment, in order, and stopped before the infrastructure."""
+    from ledger.stack_apps import app_services
+
+    return (app_services,)
+
 
 
 def free_port() -> int:
@@ -705,8 +711,20 @@ class Stack:
         return settings.model_copy(update=update)
 
     @property
-    def endpoints(self) -> dict[str, str]:
-        return {ENDPOINT_KEYS.get(s.name, s.name): s.url for s in self.services if s.url is not None}
+    def endpoints(self) -> dict[str, Any]:
+        """Client URLs by role; node agents (services named `node:*`) are listed together under "nodes"."""
+        out: dict[str, Any] = {}
+        nodes: list[str] = []
+        for s in self.services:
+            if s.url is None or s.name.startswith(INTERNAL_PREFIX):
+                continue
+            if s.name.startswith(NODE_PREFIX):
+                nodes.append(s.url)
+            else:
+                out[ENDPOINT_KEYS.get(s.name, s.name)] = s.url
+        if nodes:
+            out["nodes"] = nodes
+        return out
 
     def _start_one(self, service: Service) -> None:
         began = time.monotonic()
@@ -1121,7 +1139,7 @@ def serve(
     """Run the stack until SIGINT/SIGTERM/SIGHUP: start, migrate, deploy, write stack.json, wait, stop.
 
     `services` defaults to `default_services(settings)`, `app_services` to
-    APP_SERVICES. Returns 0 after a requested stop, 1 when a service died on its
+    default_app_services(). Returns 0 after a requested stop, 1 when a service died on its
     own (the rest are stopped too). Raises StackRunning when the state dir is
     already served, StackError (or the deployer's LedgerError) when start-up
     fails; everything started is stopped before it raises. Call it from the main
@@ -1139,8 +1157,12 @@ def serve(
                 stack.start()
                 clients = stack.client_settings(settings)
                 record = {**deploy(clients, progress), "endpoints": stack.endpoints}
-                factories = APP_SERVICES if app_services is None else app_services
-                stack.start_services([factory(clients, record) for factory in factories])
+                factories = default_app_services() if app_services is None else app_services
+                built: list[Service] = []
+                for factory in factories:
+                    made = factory(clients, record)
+                    built.extend([made] if isinstance(made, Service) else made)
+                stack.start_services(built)
                 record["endpoints"] = stack.endpoints
                 _write_json(paths.stack_json, record)
                 signals.armed = False

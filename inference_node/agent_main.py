@@ -1,0 +1,82 @@
+"""Command-line entry to the node agent: ``python -m inference_node.agent_main``.
+
+Owns only argument parsing; the agent lives in :mod:`inference_node.agent`. The node key is read
+from ``SLUICE_NODE_KEY`` (never from the command line, where ``ps`` would show it)::
+
+    SLUICE_NODE_KEY=0x... python -m inference_node.agent_main --vllm-url http://127.0.0.1:8000 \\
+        --service-url http://10.0.0.1:8000 --public-url http://10.0.0.5:9100 --port 9100
+
+``--launch-vllm MODEL`` first starts ``vllm serve MODEL`` on ``--vllm-port`` (needs ``sluice[vllm]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+from pydantic import SecretStr
+
+from inference_node.agent import AgentConfig, launch_vllm, run_agent
+
+NODE_KEY_ENV = "SLUICE_NODE_KEY"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m inference_node.agent_main", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9100, help="port to bind (default: 9100)")
+    parser.add_argument("--vllm-url", default="http://127.0.0.1:8000", help="vLLM OpenAI server base URL")
+    parser.add_argument("--launch-vllm", metavar="MODEL", help="start `vllm serve MODEL` first")
+    parser.add_argument("--vllm-port", type=int, default=8000, help="port for --launch-vllm (default: 8000)")
+    parser.add_argument("--service-url", help="redemption service base URL (omit to run standalone)")
+    parser.add_argument("--public-url", help="URL the service reaches this agent at (default: http://HOST:PORT)")
+    parser.add_argument("--model", action="append", dest="models", help="served model name (repeatable; "
+                        "default: vLLM's /v1/models)")  # fmt: skip
+    parser.add_argument("--tier", choices=("edge", "regional", "cloud"), default="regional")
+    parser.add_argument("--region", default="local")
+    parser.add_argument("--capacity", type=int, default=256, help="vLLM max_num_seqs (default: 256)")
+    parser.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds (default: 2)")
+    parser.add_argument("--chain-id", type=int, help="standalone: chain id")
+    parser.add_argument("--settlement", help="standalone: Settlement contract address")
+    parser.add_argument("--dispatch-signer", help="standalone: address that signs dispatch tickets")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs every vLLM call at INFO
+    node_key = os.environ.get(NODE_KEY_ENV)
+    if not node_key:
+        raise SystemExit(f"set {NODE_KEY_ENV} to the node's hex private key")
+    vllm_url = args.vllm_url
+    vllm = None
+    if args.launch_vllm:
+        vllm = launch_vllm(args.launch_vllm, args.vllm_port)
+        vllm_url = f"http://127.0.0.1:{args.vllm_port}"
+    config = AgentConfig(
+        vllm_url=vllm_url,
+        node_key=SecretStr(node_key),
+        service_url=args.service_url,
+        public_url=args.public_url or (f"http://{args.host}:{args.port}" if args.service_url else None),
+        models=args.models,
+        tier=args.tier,
+        region=args.region,
+        capacity=args.capacity,
+        heartbeat_interval=args.heartbeat_interval,
+        chain_id=args.chain_id,
+        settlement=args.settlement,
+        dispatch_signer=args.dispatch_signer,
+    )
+    try:
+        run_agent(config, args.host, args.port)
+    finally:
+        if vllm is not None:
+            vllm.terminate()
+            vllm.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()

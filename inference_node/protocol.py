@@ -1,0 +1,178 @@
+"""The wire protocol between the redemption service and inference nodes.
+
+Dispatch: the service forwards an OpenAI request to a node's agent with a
+`Sluice-Ticket` header, the EIP-712 `DispatchTicket` (ledger.eip712) signed by the
+service's dispatch key. The agent accepts a ticket once, before it expires, when
+it names the agent's own node address and the request's model.
+
+Receipt: the agent signs an EIP-712 `UsageReceipt` with its node key.
+- non-streamed responses carry it in the `Sluice-Receipt` response header;
+- streamed responses carry it as a last SSE event before `data: [DONE]`:
+  `event: sluice.receipt` / `data: <receipt JSON>`;
+- when the service hangs up mid-stream (its client disconnected), the agent aborts
+  generation and POSTs the receipt for what was generated to the service's
+  `POST /internal/receipts`.
+
+Registration and heartbeats: agents `POST /internal/nodes/heartbeat` a
+`NodeHeartbeat` signed (EIP-191) by the node key; the service learns the ticket
+signer and chain from `GET /internal/dispatch`.
+
+Every header value is compact JSON; byte fields are 0x-hex; integers are decimal strings
+where they may exceed 2**53.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ledger.eip712 import DispatchTicket, UsageReceipt
+
+TICKET_HEADER = "Sluice-Ticket"
+RECEIPT_HEADER = "Sluice-Receipt"
+RECEIPT_EVENT = "sluice.receipt"
+RECEIPTS_PATH = "/internal/receipts"
+HEARTBEAT_PATH = "/internal/nodes/heartbeat"
+DISPATCH_INFO_PATH = "/internal/dispatch"
+
+
+class ProtocolError(ValueError):
+    """A ticket, receipt or heartbeat that cannot be decoded."""
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def _unhex(value: Any, length: int | None = None) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ProtocolError(f"expected 0x-hex, got {value!r}")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise ProtocolError(f"not hex: {value!r}") from None
+    if length is not None and len(raw) != length:
+        raise ProtocolError(f"expected {length} bytes, got {len(raw)}")
+    return raw
+
+
+_DECIMAL = re.compile(r"[0-9]{1,78}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _uint(value: Any) -> int:
+    # int() alone would take "1_000", " 7 " and non-ASCII digits, and nothing would stop a value past uint256.
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ProtocolError(f"expected an integer, got {value!r}")
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        raise ProtocolError(f"expected a decimal integer, got {value!r}")
+    number = int(value)
+    if not 0 <= number < 2**256:
+        raise ProtocolError(f"expected a uint256, got {value!r}")
+    return number
+
+
+def _address(value: Any) -> str:
+    # Checked here so that hashing a decoded ticket or receipt cannot fail later on a malformed address.
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
+        raise ProtocolError(f"expected a 0x-prefixed 20-byte address, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SignedTicket:
+    ticket: DispatchTicket
+    signature: bytes
+
+    def encode(self) -> str:
+        t = self.ticket
+        return json.dumps({
+            "job_id": _hex(t.job_id), "node": t.node, "payer": t.payer, "spender": t.spender,
+            "model": _hex(t.model), "max_tokens": t.max_tokens, "input_rate": str(t.input_rate),
+            "output_rate": str(t.output_rate), "request_digest": _hex(t.request_digest), "expires": t.expires,
+            "signature": _hex(self.signature),
+        }, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, header: str) -> SignedTicket:
+        try:
+            data = json.loads(header)
+            ticket = DispatchTicket(
+                job_id=_unhex(data["job_id"], 32), node=_address(data["node"]), payer=_address(data["payer"]),
+                spender=_address(data["spender"]), model=_unhex(data["model"], 32),
+                max_tokens=_uint(data["max_tokens"]),
+                input_rate=_uint(data["input_rate"]), output_rate=_uint(data["output_rate"]),
+                request_digest=_unhex(data["request_digest"], 32), expires=_uint(data["expires"]),
+            )
+            return cls(ticket, _unhex(data["signature"], 65))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ProtocolError(f"malformed {TICKET_HEADER}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SignedReceipt:
+    receipt: UsageReceipt
+    signature: bytes
+    node: str
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.receipt
+        return {
+            "job_id": _hex(r.job_id), "payer": r.payer, "spender": r.spender, "model": _hex(r.model),
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "cost": str(r.cost),
+            "request_digest": _hex(r.request_digest), "node": self.node, "signature": _hex(self.signature),
+        }
+
+    def encode(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: Any) -> SignedReceipt:
+        try:
+            receipt = UsageReceipt(
+                job_id=_unhex(data["job_id"], 32), payer=_address(data["payer"]), spender=_address(data["spender"]),
+                model=_unhex(data["model"], 32), prompt_tokens=_uint(data["prompt_tokens"]),
+                completion_tokens=_uint(data["completion_tokens"]), cost=_uint(data["cost"]),
+                request_digest=_unhex(data["request_digest"], 32),
+            )
+            return cls(receipt, _unhex(data["signature"], 65), _address(data["node"]))
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed receipt: {exc}") from None
+
+    @classmethod
+    def decode(cls, text: str) -> SignedReceipt:
+        try:
+            return cls.from_json(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"malformed receipt JSON: {exc}") from None
+
+
+class NodeHeartbeat(BaseModel):
+    """What an agent tells the service every few seconds (and on start, to register)."""
+
+    node: str = Field(description="the node's receipt-signing address")
+    url: str = Field(description="base URL of the agent, e.g. http://10.0.0.5:9100")
+    models: list[str]
+    tier: str = Field(pattern="^(edge|regional|cloud)$")
+    region: str
+    capacity: int = Field(ge=1, description="concurrent sequences the node serves (vLLM max_num_seqs)")
+    running: int = Field(ge=0, description="vllm:num_requests_running")
+    waiting: int = Field(ge=0, description="vllm:num_requests_waiting")
+    timestamp: int = Field(description="unix seconds; stale heartbeats are refused")
+    signature: str = Field(description="EIP-191 signature by `node` over `signing_text()`")
+
+    def signing_text(self) -> str:
+        fields = self.model_dump(exclude={"signature"})
+        return "sluice-node-heartbeat:" + json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+class DispatchInfo(BaseModel):
+    """`GET /internal/dispatch`: what an agent needs to check tickets."""
+
+    chain_id: int
+    settlement: str
+    dispatch_signer: str

@@ -1,0 +1,1 @@
+"""HTTP routes of the redemption service, one module per resource."""

@@ -1,0 +1,1 @@
+"""Thin route modules: parse, call the domain code, shape the answer."""

@@ -1,0 +1,105 @@
+"""Signed-call verification: the five `Sluice-*` headers and the EIP-712 `Redemption` signature.
+
+No chain or database round trip happens here: headers are parsed, the deadline
+window checked, the body hashed and the signer recovered with libsecp256k1. The
+nonce is consumed later, atomically with the hold (see `store.reserve_hold`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from eth_hash.auto import keccak
+from eth_utils import is_hex_address, to_checksum_address
+from starlette.requests import Request
+
+from ledger.eip712 import Redemption, SignatureError, recover_digest, typed_digest
+from redemption import errors
+
+PAYER = "sluice-payer"
+MAX_COST = "sluice-max-cost"
+NONCE = "sluice-nonce"
+DEADLINE = "sluice-deadline"
+SIGNATURE = "sluice-signature"
+SIGNED_HEADERS = ("Sluice-Payer", "Sluice-Max-Cost", "Sluice-Nonce", "Sluice-Deadline", "Sluice-Signature")
+UINT256_MAX = 2**256 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCall:
+    """A call whose signature checked out: `spender` is the recovered signer."""
+
+    spender: str
+    payer: str
+    max_cost: int
+    nonce: int
+    deadline: int
+    signature: bytes
+    body: bytes
+    body_hash: bytes
+    digest: bytes
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _uint_header(request: Request, name: str, title: str) -> int:
+    value = request.headers[name].strip()
+    if not value.isdigit() or len(value) > 78:
+        raise errors.InvalidHeader(f"{title} must be a decimal unsigned integer, got {value[:80]!r}", title)
+    number = int(value)
+    if number > UINT256_MAX:
+        raise errors.InvalidHeader(f"{title} does not fit in uint256", title)
+    return number
+
+
+def verify_headers(request: Request, body: bytes, separator: bytes, max_deadline_seconds: int,
+                   now: float | None = None) -> VerifiedCall:
+    """Check the signed-call headers against `body`; raise the matching ApiError otherwise."""
+    headers = request.headers
+    missing = [h for h in SIGNED_HEADERS if h.lower() not in headers]
+    if missing:
+        raise errors.MissingSignature(
+            f"missing signed-call headers: {', '.join(missing)}; every billable call carries all of "
+            + ", ".join(SIGNED_HEADERS),
+            missing[0],
+        )
+    payer = headers[PAYER].strip()
+    if not is_hex_address(payer):
+        raise errors.InvalidHeader(f"Sluice-Payer must be a 0x address, got {payer[:80]!r}", "Sluice-Payer")
+    max_cost = _uint_header(request, MAX_COST, "Sluice-Max-Cost")
+    nonce = _uint_header(request, NONCE, "Sluice-Nonce")
+    deadline = _uint_header(request, DEADLINE, "Sluice-Deadline")
+    now = time.time() if now is None else now
+    if deadline < now:
+        raise errors.SignatureExpired(f"Sluice-Deadline {deadline} has passed; sign the call again", "Sluice-Deadline")
+    if deadline > now + max_deadline_seconds:
+        raise errors.DeadlineTooFar(
+            f"Sluice-Deadline is more than {max_deadline_seconds} s ahead; use a nearer deadline", "Sluice-Deadline"
+        )
+    raw_sig = headers[SIGNATURE].strip()
+    try:
+        signature = bytes.fromhex(raw_sig[2:] if raw_sig.startswith("0x") else raw_sig)
+    except ValueError:
+        raise errors.InvalidSignature("Sluice-Signature is not hex", "Sluice-Signature") from None
+    body_hash = keccak(body)
+    payer = to_checksum_address(payer)
+    digest = typed_digest(separator, Redemption(payer, body_hash, max_cost, nonce, deadline).struct_hash())
+    try:
+        spender = recover_digest(digest, signature)
+    except SignatureError as exc:
+        raise errors.InvalidSignature(f"Sluice-Signature is invalid: {exc}", "Sluice-Signature") from None
+    return VerifiedCall(spender, payer, max_cost, nonce, deadline, signature, body, body_hash, digest)

@@ -1,0 +1,82 @@
+"""The path of one billable call: verify, price, hold, dispatch, meter."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from eth_hash.auto import keccak
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from redemption import errors
+from redemption.auth import read_body, verify_headers
+from redemption.dispatch import HeldCall
+from redemption.models import ChatCompletionRequest, CompletionRequest
+from redemption.pricing import plan_cost
+from redemption.state import ServiceState
+
+TIERS = ("edge", "regional", "cloud")
+# vLLM's defaults when a request gives no max_tokens: the rest of the context for chat, 16 for completions.
+DEFAULT_MAX_TOKENS = {"/v1/chat/completions": 32_768, "/v1/completions": 16}
+REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+def job_id_for(digest: bytes) -> bytes:
+    """Deterministic per accepted (signer, nonce): the hash of the signed request's digest."""
+    return keccak(b"sluice-job:" + digest)
+
+
+def _validation_error(exc: ValidationError) -> errors.InvalidRequest:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or None
+    return errors.InvalidRequest(f"invalid request body: {where}: {first['msg']}", where)
+
+
+def _parse(body: bytes, model: type[BaseModel]) -> tuple[dict[str, object], BaseModel]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.MalformedJson(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise errors.MalformedJson("the request body must be a JSON object")
+    try:
+        return payload, model.model_validate(payload)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+async def handle_call(request: Request, state: ServiceState, path: str) -> Response:
+    received = time.perf_counter()
+    settings = state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    call = verify_headers(request, body, state.domains.redemption, settings.max_deadline_seconds)
+    payload, parsed = _parse(body, REQUEST_MODELS[path])
+    assert isinstance(parsed, ChatCompletionRequest | CompletionRequest)
+    rate = state.rates.get(parsed.model)
+    if rate is None:
+        known = ", ".join(sorted(state.rates)) or "none"
+        raise errors.UnknownModel(f"The model `{parsed.model}` does not exist. Models on the rate card: {known}",
+                                  "model")
+    tier = request.headers.get("sluice-tier")
+    if tier is not None and tier not in TIERS:
+        raise errors.InvalidHeader(f"Sluice-Tier must be one of {', '.join(TIERS)}", "Sluice-Tier")
+    region = request.headers.get("sluice-region")
+    if not state.registry.serves(parsed.model):
+        raise errors.NoCapacity(f"no node serves model {parsed.model!r} right now; nothing was charged", "model")
+    plan = plan_cost(body, parsed.requested_max_tokens(), DEFAULT_MAX_TOKENS[path], call.max_cost,
+                     rate.input_rate, rate.output_rate)
+    figures = await state.chain_figures(call.payer, call.spender)
+    job_id = job_id_for(call.digest)
+    outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.hold_ttl_seconds,
+                                             figures)
+    if outcome != "ok":
+        raise errors.HOLD_REFUSALS[outcome](errors.HOLD_MESSAGES[outcome])
+    held = HeldCall(job_id, call, path, payload, rate, plan, parsed.stream, tier, region, received)
+    if parsed.stream:
+        return await state.dispatcher.stream(held)
+    return await state.dispatcher.complete(held)

@@ -1,0 +1,30 @@
+"""Settings of the redemption service process (the ledger settings plus the service's own)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+
+from ledger.config import Settings
+
+
+class ServiceSettings(Settings):
+    api_host: str = Field("127.0.0.1", description="address the API listens on")
+    public_rpc_url: str | None = Field(None, description="RPC URL advertised in discovery (default: the one used)")
+    max_deadline_seconds: int = Field(300, ge=1, description="how far ahead a signed call's deadline may be")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
+    mirror_max_lag_blocks: int = Field(2, ge=0, description="read the chain directly when the mirror is further behind")
+    hold_ttl_seconds: int = Field(900, ge=10, description="a hold with no metering after this long is released")
+    ticket_ttl_seconds: int = Field(120, ge=5, description="lifetime of a dispatch ticket")
+    node_stale_seconds: float = Field(10.0, gt=0, description="a node silent this long is not routed to")
+    dispatch_key: SecretStr | None = Field(None, description="key signing dispatch tickets (default: embedded key #2)")
+    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections of the service")
+    node_timeout_seconds: float = Field(30.0, gt=0, description="wait this long for a node's first byte")
+    run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
+    dispatch_attempts: int = Field(3, ge=1, description="nodes tried before answering 503 no_capacity")
+
+
+@lru_cache(maxsize=1)
+def get_service_settings() -> ServiceSettings:
+    return ServiceSettings()

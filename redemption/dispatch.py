@@ -1,0 +1,281 @@
+"""Dispatch a held call to a node, relay its answer, and meter it from the node's signed receipt.
+
+A node that fails before producing anything (connection error, 5xx, no first byte
+in time) is skipped for the next candidate; when none is left the hold is
+released and the caller gets 503 `no_capacity`. Usage is metered only from a
+receipt whose EIP-712 signature recovers to the node that served, whose fields
+match the held call, and whose cost follows the on-chain rates and stays within
+`Sluice-Max-Cost`. A call that produced no completion token is not charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from inference_node.protocol import (
+    RECEIPT_EVENT,
+    RECEIPT_HEADER,
+    TICKET_HEADER,
+    ProtocolError,
+    SignedReceipt,
+    SignedTicket,
+)
+from ledger.eip712 import DispatchTicket, Domains, SignatureError, recover_digest, sign_digest, typed_digest
+from redemption import errors
+from redemption.auth import VerifiedCall
+from redemption.metrics import ServiceMetrics
+from redemption.pricing import CostPlan, worst_case
+from redemption.routing import NodeRegistry, NodeState
+from redemption.store import ModelRate, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCall:
+    """A verified call with its hold taken: everything dispatch and metering need."""
+
+    job_id: bytes
+    call: VerifiedCall
+    path: str
+    payload: dict[str, Any]
+    rate: ModelRate
+    plan: CostPlan
+    stream: bool
+    tier: str | None
+    region: str | None
+    received: float  # perf_counter when the request arrived
+
+
+class NodeFailed(Exception):
+    """The node failed before producing anything; another node may be tried."""
+
+
+class Dispatcher:
+    def __init__(self, *, client: aiohttp.ClientSession, registry: NodeRegistry, store: Store, domains: Domains,
+                 dispatch_key: bytes, ticket_ttl: int, first_byte_timeout: float, attempts: int,
+                 metrics: ServiceMetrics) -> None:
+        self.client = client
+        self.registry = registry
+        self.store = store
+        self.domains = domains
+        self.dispatch_key = dispatch_key
+        self.ticket_ttl = ticket_ttl
+        self.first_byte_timeout = first_byte_timeout
+        self.attempts = attempts
+        self.metrics = metrics
+
+    # -- tickets and receipts --------------------------------------------------------------
+    def ticket_for(self, held: HeldCall, node: str) -> str:
+        ticket = DispatchTicket(
+            job_id=held.job_id, node=node, payer=held.call.payer, spender=held.call.spender,
+            model=held.rate.model_id, max_tokens=held.plan.max_tokens, input_rate=held.rate.input_rate,
+            output_rate=held.rate.output_rate, request_digest=held.call.digest,
+            expires=int(time.time()) + self.ticket_ttl,
+        )
+        signature = sign_digest(self.dispatch_key, typed_digest(self.domains.ticket, ticket.struct_hash()))
+        return SignedTicket(ticket, signature).encode()
+
+    def check_receipt(self, signed: SignedReceipt, node: str, job_id: bytes, payer: str, spender: str,
+                      model_id: bytes, request_digest: bytes, max_cost: int, rate: ModelRate) -> str | None:
+        """None when the receipt is good, else the reason it is refused."""
+        r = signed.receipt
+        if (r.job_id, r.payer.lower(), r.spender.lower(), r.model, r.request_digest) != (
+            job_id, payer.lower(), spender.lower(), model_id, request_digest
+        ):
+            return "fields"
+        try:
+            signer = recover_digest(typed_digest(self.domains.receipt, r.struct_hash()), signed.signature)
+        except SignatureError:
+            return "signature"
+        if signer.lower() != node.lower() or signed.node.lower() != node.lower():
+            return "signer"
+        if r.cost != worst_case(r.prompt_tokens, r.completion_tokens, rate.input_rate, rate.output_rate):
+            return "cost"
+        if r.cost > max_cost:
+            return "over_max_cost"
+        return None
+
+    async def meter(self, held: HeldCall, node: str, signed: SignedReceipt | None,
+                    first_token_at: datetime | None) -> int:
+        """Meter the call from its receipt (or release it uncharged); returns the cost charged."""
+        if signed is not None:
+            reason = self.check_receipt(signed, node, held.job_id, held.call.payer, held.call.spender,
+                                        held.rate.model_id, held.call.digest, held.call.max_cost, held.rate)
+            if reason is not None:
+                self.metrics.bad_receipts.labels(reason).inc()
+                log.error("refused receipt for job 0x%s from node %s: %s", held.job_id.hex(), node, reason)
+                signed = None
+        if signed is None or signed.receipt.completion_tokens == 0:
+            await self.store.release_hold(held.job_id)
+            return 0
+        r = signed.receipt
+        await self.store.meter_hold(held.job_id, node, r.prompt_tokens, r.completion_tokens, r.cost,
+                                    signed.signature, first_token_at)
+        self.metrics.metered_cost.inc(r.cost)
+        return r.cost
+
+    # -- dispatch --------------------------------------------------------------------------
+    def node_payload(self, held: HeldCall) -> bytes:
+        payload = dict(held.payload)
+        payload["max_tokens"] = held.plan.max_tokens
+        payload.pop("max_completion_tokens", None)
+        if held.stream:
+            payload["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        return orjson.dumps(payload)
+
+    async def _open(self, held: HeldCall) -> tuple[NodeState, aiohttp.ClientResponse, float]:
+        """Open the request on the best node that answers; nodes that fail first are skipped."""
+        tried: set[str] = set()
+        body = self.node_payload(held)
+        for attempt in range(self.attempts):
+            candidates = self.registry.candidates(held.payload["model"], held.tier, held.region, frozenset(tried))
+            if not candidates:
+                break
+            node = candidates[0]
+            tried.add(node.node)
+            if attempt:
+                self.metrics.dispatch_retries.inc()
+            headers = {"content-type": "application/json", TICKET_HEADER: self.ticket_for(held, node.node)}
+            started = time.perf_counter()
+            node.in_flight += 1
+            try:
+                response = await asyncio.wait_for(
+                    self.client.post(node.url.rstrip("/") + held.path, data=body, headers=headers),
+                    self.first_byte_timeout,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                node.in_flight -= 1
+                self.registry.record_failure(node.node)
+                log.warning("node %s failed before answering: %r", node.node, exc)
+                continue
+            if response.status >= 500:
+                node.in_flight -= 1
+                response.close()
+                self.registry.record_failure(node.node)
+                log.warning("node %s answered %s", node.node, response.status)
+                continue
+            self.registry.record_latency(node.node, (time.perf_counter() - started) * 1000)
+            return node, response, started
+        await self.store.release_hold(held.job_id)
+        raise errors.NoCapacity(
+            f"no node could serve model {held.payload['model']!r} right now"
+            + (f" in tier {held.tier}" if held.tier else "") + (f" in region {held.region}" if held.region else "")
+            + "; nothing was charged, retry later",
+            "model",
+        )
+
+    async def complete(self, held: HeldCall) -> Response:
+        node, response, started = await self._open(held)
+        try:
+            try:
+                content = await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # Dropped before the answer arrived: no receipt, so nothing can be charged.
+                await self.store.release_hold(held.job_id)
+                raise errors.UpstreamError(f"the node dropped the call before answering ({exc!r}); nothing was "
+                                           "charged, retry") from None
+        finally:
+            node.in_flight -= 1
+            response.release()
+        node_time = time.perf_counter() - started
+        if response.status != 200:
+            await self.store.release_hold(held.job_id)
+            return Response(content, status_code=response.status, media_type="application/json")
+        signed: SignedReceipt | None = None
+        header = response.headers.get(RECEIPT_HEADER)
+        if header is not None:
+            try:
+                signed = SignedReceipt.decode(header)
+            except ProtocolError:
+                self.metrics.bad_receipts.labels("malformed").inc()
+        cost = await self.meter(held, node.node, signed, datetime.now(UTC))
+        self.metrics.overhead.observe(max(time.perf_counter() - held.received - node_time, 0.0))
+        return Response(content, media_type="application/json",
+                        headers={"Sluice-Job-Id": "0x" + held.job_id.hex(), "Sluice-Cost": str(cost)})
+
+    async def stream(self, held: HeldCall) -> Response:
+        node, response, _started = await self._open(held)
+        if response.status != 200:
+            try:
+                content = await response.read()
+            finally:
+                node.in_flight -= 1
+                response.release()
+            await self.store.release_hold(held.job_id)
+            return Response(content, status_code=response.status, media_type="application/json")
+        headers = {"Sluice-Job-Id": "0x" + held.job_id.hex(), "Cache-Control": "no-cache"}
+        return StreamingResponse(self._relay(held, node, response), media_type="text/event-stream", headers=headers)
+
+    async def _relay(self, held: HeldCall, node: NodeState, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """Pass SSE chunks through as they arrive; hold back the usage chunk until the receipt is metered."""
+        wants_continuous = bool((held.payload.get("stream_options") or {}).get("continuous_usage_stats"))
+        usage_chunk: dict[str, Any] | None = None
+        first_token_at: datetime | None = None
+        event = ""
+        finished = False
+        try:
+            async for raw in response.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                    continue
+                if not line.startswith("data:"):
+                    if not line:
+                        event = ""
+                    continue
+                data = line[5:].strip()
+                if event == RECEIPT_EVENT:
+                    signed: SignedReceipt | None
+                    try:
+                        signed = SignedReceipt.decode(data)
+                    except ProtocolError:
+                        self.metrics.bad_receipts.labels("malformed").inc()
+                        signed = None
+                    cost = await self.meter(held, node.node, signed, first_token_at)
+                    finished = True
+                    if usage_chunk is not None:
+                        usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(cost)}
+                        yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                        usage_chunk = None
+                    continue
+                if data == "[DONE]":
+                    if usage_chunk is not None:  # no receipt came: the usage goes out uncharged
+                        yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                    yield b"data: [DONE]\n\n"
+                    continue
+                chunk = orjson.loads(data)
+                if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
+                    usage_chunk = chunk
+                    continue
+                if first_token_at is None:
+                    first_token_at = datetime.now(UTC)
+                if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
+                    chunk.pop("usage")
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                else:
+                    yield b"data: " + data.encode() + b"\n\n"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
+            error = errors.UpstreamError("the node dropped the stream; you are charged only for what it produced",
+                                         code="upstream_dropped")
+            yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            node.in_flight -= 1
+            if finished:
+                response.release()
+            else:
+                # Client gone or node dropped: closing the connection tells the node to stop generating; it
+                # signs what it generated and posts the receipt to /internal/receipts.
+                response.close()

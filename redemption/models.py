@@ -1,0 +1,88 @@
+"""Pydantic models of the request and response bodies the service reads or writes itself.
+
+Generation requests are validated for the fields billing depends on and passed
+to vLLM otherwise untouched (unknown fields are kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stream_options: dict[str, Any] | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_tokens is None else self.max_tokens
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    stream_options: dict[str, Any] | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class Eip712Domain(BaseModel):
+    name: str
+    version: str
+    chainId: int
+    verifyingContract: str
+
+
+class Contracts(BaseModel):
+    token: str
+    sale: str
+    rate_card: str
+    settlement: str
+    payment_token: str
+
+
+class Discovery(BaseModel):
+    chain_id: int
+    rpc_url: str
+    contracts: Contracts
+    eip712_domain: Eip712Domain
+    max_deadline_seconds: int
+
+
+class ModelRates(BaseModel):
+    model_id: str
+    input_rate: str = Field(description="base units per 1,000,000 prompt tokens")
+    output_rate: str = Field(description="base units per 1,000,000 completion tokens")
+    tier: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "sluice"
+    sluice: ModelRates
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class Budget(BaseModel):
+    payer: str
+    spender: str
+    balance_available: str
+    allowance_available: str | None

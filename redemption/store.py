@@ -1,0 +1,151 @@
+"""The service's PostgreSQL statements, all in one place and all visible.
+
+Holds and metering are single round trips to the SQL functions `reserve_hold` and
+`meter_hold` (ledger/migrations/0002_redemption.sql), which keep the nonce, the
+reservations, the usage record and the settlement outbox consistent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+from psycopg_pool import AsyncConnectionPool
+
+from redemption.auth import VerifiedCall
+
+
+def addr(address: str) -> bytes:
+    return bytes.fromhex(address[2:])
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRate:
+    name: str
+    model_id: bytes
+    input_rate: int
+    output_rate: int
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFigures:
+    """On-chain figures read directly when the mirror lags."""
+
+    balance: int
+    allowance: int
+    allowlisted: bool
+    paused: bool
+
+
+TIERS = ("edge", "regional", "cloud")
+
+
+class Store:
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, ttl_seconds: int,
+                           figures: ChainFigures | None) -> str:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT reserve_hold(%s, %s, %s::numeric, %s, %s, %s, %s::numeric, %s, %s,"
+                " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s, %s)",
+                (job_id, addr(call.spender), call.nonce, call.deadline, addr(call.payer), addr(call.spender),
+                 amount, model, ttl_seconds, call.max_cost, call.body_hash, call.signature, call.digest,
+                 None if figures is None else figures.balance, None if figures is None else figures.allowance,
+                 None if figures is None else figures.allowlisted, None if figures is None else figures.paused),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async def meter_hold(self, job_id: bytes, node: str, prompt_tokens: int, completion_tokens: int,
+                         cost: int | None, receipt_signature: bytes, first_token_at: datetime | None) -> bool:
+        """Record the usage (cost not None) or just release the hold (cost None). False if already closed."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s)",
+                (job_id, addr(node), prompt_tokens, completion_tokens, cost, receipt_signature, first_token_at),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return bool(row[0])
+
+    async def release_hold(self, job_id: bytes) -> bool:
+        return await self.meter_hold(job_id, "0x" + "00" * 20, 0, 0, None, b"", None)
+
+    async def hold_exists(self, job_id: bytes) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM holds WHERE job_id = %s", (job_id,))
+            return await cur.fetchone() is not None
+
+    async def release_expired_holds(self) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM (SELECT meter_hold(job_id, '\\x'::bytea, 0, 0, NULL, '\\x'::bytea, NULL)"
+                " FROM holds WHERE expires_at < now()) released"
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def prune_nonces(self, before_unix: int) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM call_nonces WHERE deadline < %s", (before_unix,))
+            return cur.rowcount
+
+    async def rates(self) -> dict[str, ModelRate]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT name, model, input_rate, output_rate, tier FROM mirror_rates WHERE listed ORDER BY name"
+            )
+            rows = await cur.fetchall()
+        return {r[0]: ModelRate(r[0], bytes(r[1]), int(r[2]), int(r[3]), TIERS[r[4]]) for r in rows}
+
+    async def available(self, payer: str, spender: str) -> tuple[int, int | None]:
+        """(balance available, allowance available or None when spender == payer), from the mirror."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT coalesce((SELECT balance FROM mirror_balances WHERE account = %(p)s), 0)"
+                " - coalesce((SELECT reserved FROM reserved_payer WHERE payer = %(p)s), 0),"
+                " coalesce((SELECT amount FROM mirror_allowances WHERE owner = %(p)s AND spender = %(s)s), 0)"
+                " - coalesce((SELECT reserved FROM reserved_pair WHERE payer = %(p)s AND spender = %(s)s), 0)",
+                {"p": addr(payer), "s": addr(spender)},
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), (None if payer.lower() == spender.lower() else int(row[1]))
+
+    async def upsert_node(self, node: str, url: str, models: list[str], tier: str, region: str, capacity: int,
+                          running: int, waiting: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO nodes (node, url, models, tier, region, capacity, running, waiting, last_heartbeat)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
+                " ON CONFLICT (node) DO UPDATE SET url = EXCLUDED.url, models = EXCLUDED.models,"
+                " tier = EXCLUDED.tier, region = EXCLUDED.region, capacity = EXCLUDED.capacity,"
+                " running = EXCLUDED.running, waiting = EXCLUDED.waiting, last_heartbeat = now()",
+                (addr(node), url, models, tier, region, capacity, running, waiting),
+            )
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT node, url, models, tier, region, capacity, running, waiting,"
+                " extract(epoch FROM now() - last_heartbeat), retired FROM nodes"
+            )
+            rows = await cur.fetchall()
+        return [
+            {"node": to_checksum_address(bytes(r[0])), "url": r[1], "models": list(r[2]), "tier": r[3], "region": r[4],
+             "capacity": r[5], "running": r[6], "waiting": r[7], "age": float(r[8] or Decimal(0)), "retired": r[9]}
+            for r in rows
+        ]
+
+    async def node_retired(self, node: str) -> bool | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT retired FROM nodes WHERE node = %s", (addr(node),))
+            row = await cur.fetchone()
+        return None if row is None else bool(row[0])
