@@ -25,7 +25,8 @@ Behaviour follows vLLM's OpenAI server (current ``main``, the 0.3x line):
 The simulator extension is ``GET``/``POST /sim/faults``: ``error`` answers with an HTTP error
 in vLLM's envelope, ``timeout`` hangs before the first byte until the client gives up, and
 ``drop_mid_stream`` streams ``after_tokens`` tokens and then closes the TCP connection without
-``[DONE]`` (a non-stream request loses its connection without any response).
+``[DONE]`` (a non-stream request loses its connection without any response), and ``delay`` holds
+each request ``delay_seconds`` before the engine takes it (a stalled queue).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ TIER_LATENCY_SECONDS: dict[Tier, tuple[float, float]] = {
     Tier.CLOUD: (0.1, 0.015),
 }
 
-FaultMode = Literal["none", "error", "timeout", "drop_mid_stream"]
+FaultMode = Literal["none", "error", "timeout", "drop_mid_stream", "delay"]
 
 
 class FaultPlan(BaseModel):
@@ -102,6 +103,7 @@ class FaultPlan(BaseModel):
     after_tokens: int = Field(default=3, ge=0, description="Tokens sent before 'drop_mid_stream' drops.")
     count: int | None = Field(default=None, ge=1, description="Requests affected; None means all.")
     message: str | None = Field(default=None, description="Error message for mode 'error'.")
+    delay_seconds: float = Field(default=1.0, ge=0, le=60, description="Wait before answering for mode 'delay'.")
 
 
 class SimulatorConfig(BaseModel):
@@ -446,6 +448,7 @@ class FaultState(BaseModel):
     after_tokens: int
     count: int | None
     message: str | None
+    delay_seconds: float
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1031,6 +1034,7 @@ class FaultInjector:
             after_tokens=plan.after_tokens,
             count=self._remaining,
             message=plan.message,
+            delay_seconds=plan.delay_seconds,
         )
 
 
@@ -1201,6 +1205,9 @@ class Simulator:
         if fault is not None and fault.mode == "timeout":
             await connection.wait_for_disconnect()
             return Response(status_code=HTTPStatus.GATEWAY_TIMEOUT.value)
+        if fault is not None and fault.mode == "delay":
+            # A queue stall: the request waits before the engine takes it, then runs normally.
+            await asyncio.sleep(fault.delay_seconds)
         drop_after = fault.after_tokens if fault is not None and fault.mode == "drop_mid_stream" else None
         if stream:
             include_usage, continuous = _usage_flags(stream_options)

@@ -693,6 +693,16 @@ class Stack:
             self.progress(f"{managed.service.name}: stopping {managed.service.title}")
             managed.stop(self.progress)
 
+    def restart(self, name: str) -> None:
+        """Stop one launched service and start it again, waiting until it answers (its data is kept)."""
+        managed = next((p for p in self._running if p.service.name == name), None)
+        if managed is None:
+            raise StackError(f"{name} is not a running service of this stack")
+        self.progress(f"{name}: restarting {managed.service.title}")
+        managed.stop(self.progress)
+        self._running.remove(managed)
+        self._start_one(managed.service)
+
     def exited(self) -> list[tuple[Service, int]]:
         """Launched services whose process has exited, with their exit codes."""
         return [(p.service, code) for p in self._running if (code := p.exit_code()) is not None]

@@ -61,6 +61,7 @@ _ADVISORY_LOCK = int.from_bytes(keccak(text="sluice:chain-mirror")[:8], "big", s
 _FAST_RANGE_SECONDS = 0.5
 _GROW_AFTER = 4
 _ZERO_ADDRESS = b"\x00" * 20
+_WORD_INPUTS = {"address": 20, "bytes32": 32}  # ABI type -> byte length of a one-word static argument
 
 Pair = tuple[bytes, bytes]
 
@@ -190,13 +191,22 @@ class _View:
         return cls(str(contract.address), selector, tuple(get_abi_input_types(fn)), tuple(get_abi_output_types(fn)))
 
     def request(self, w3: Web3, args: Sequence[Any], block: int) -> tuple[str, list[Any]]:
-        data = self.selector + w3.codec.encode(self.inputs, args)
+        if all(isinstance(a, bytes) and len(a) == _WORD_INPUTS.get(t) for t, a in zip(self.inputs, args, strict=True)):
+            # Static one-word arguments (20-byte addresses, bytes32) are just left-padded: the general
+            # ABI encoder costs more than the node's answer when thousands of keys are re-read.
+            data = self.selector + b"".join(a.rjust(32, b"\x00") for a in args)
+        else:
+            data = self.selector + w3.codec.encode(self.inputs, args)
         return "eth_call", [{"to": self.address, "data": "0x" + data.hex()}, hex(block)]
 
     def decode(self, w3: Web3, result: str) -> Any:
         raw = bytes.fromhex(result.removeprefix("0x"))
         if not raw:
             raise MirrorError(f"empty eth_call answer from {self.address}: no contract there at that block")
+        if len(raw) == 32 and self.outputs == ("uint256",):
+            return int.from_bytes(raw, "big")
+        if len(raw) == 32 and self.outputs == ("bool",) and int.from_bytes(raw, "big") in (0, 1):
+            return raw[31] == 1
         values = w3.codec.decode(self.outputs, raw)
         return values[0] if len(values) == 1 else values
 
@@ -513,8 +523,7 @@ class ChainMirror:
         stale_after: int | None,
     ) -> _Cursor:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
-            if _read_cursor(conn) != expected:
+            if _lock_and_read_cursor(conn) != expected:
                 raise _CursorMoved("another mirror advanced the cursor")
             if reset:
                 for table in (
@@ -759,6 +768,18 @@ def _open(url: str) -> psycopg.Connection[TupleRow]:
 def _read_cursor(conn: psycopg.Connection[TupleRow]) -> _Cursor | None:
     row = conn.execute("SELECT chain_id, block, block_hash FROM mirror_cursor WHERE id = 1").fetchone()
     return None if row is None else _Cursor(int(row[0]), int(row[1]), bytes(row[2]))
+
+
+def _lock_and_read_cursor(conn: psycopg.Connection[TupleRow]) -> _Cursor | None:
+    """Take the mirror's transaction lock and read the cursor, in one round trip."""
+    row = conn.execute(
+        "SELECT c.chain_id, c.block, c.block_hash FROM (SELECT pg_advisory_xact_lock(%s)) AS lock"
+        " LEFT JOIN mirror_cursor AS c ON c.id = 1",
+        (_ADVISORY_LOCK,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return _Cursor(int(row[0]), int(row[1]), bytes(row[2]))
 
 
 def mirror_status(conn: psycopg.Connection[Any]) -> MirrorStatus | None:

@@ -622,7 +622,8 @@ def test_client_leaving_mid_stream_aborts_the_request(slow_sim: RunningSimulator
 
 def test_error_fault_answers_with_the_status_for_count_requests(faulty: RunningSimulator) -> None:
     state = faulty.arm(mode="error", status=503, count=2)
-    assert state == {"mode": "error", "status": 503, "after_tokens": 3, "count": 2, "message": None}
+    assert state == {"mode": "error", "status": 503, "after_tokens": 3, "count": 2, "message": None,
+                     "delay_seconds": 1.0}
 
     with faulty.openai_client() as api:
         for _ in range(2):

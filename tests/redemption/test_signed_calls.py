@@ -1,0 +1,167 @@
+"""Signed calls end to end through the real service and nodes, with the real `openai` package."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_utils.address import to_checksum_address
+
+from ledger.client import usage_cost
+from redemption.sdk import SluiceAuth, async_openai_client, openai_client
+from tests.redemption.conftest import LARGE_MODEL, SMALL_MODEL, Deployed
+
+
+def rate(deployed: Deployed, model: str) -> tuple[int, int]:
+    r = deployed.ledger.rate(model)
+    return r.input_rate, r.output_rate
+
+
+def test_discovery_document_is_exactly_the_design(deployed: Deployed) -> None:
+    doc = httpx.get(deployed.api + "/.well-known/sluice.json").json()
+    contracts = {k: to_checksum_address(v) for k, v in deployed.deployment.contracts.items()}
+    assert doc == {
+        "chain_id": 31337,
+        "rpc_url": deployed.settings.effective_rpc_url,
+        "contracts": contracts,
+        "eip712_domain": {"name": "Sluice", "version": "1", "chainId": 31337,
+                          "verifyingContract": contracts["settlement"]},
+        "max_deadline_seconds": 300,
+    }
+
+
+def test_models_list_rates_and_tiers_from_the_rate_card(deployed: Deployed) -> None:
+    listing = httpx.get(deployed.api + "/v1/models").json()
+    assert listing["object"] == "list"
+    cards = {m["id"]: m["sluice"] for m in listing["data"]}
+    assert cards[SMALL_MODEL]["input_rate"] == str(20 * 10**18)
+    assert cards[SMALL_MODEL]["output_rate"] == str(60 * 10**18)
+    assert cards[SMALL_MODEL]["tier"] == "edge"
+    assert cards[LARGE_MODEL]["tier"] == "regional"
+
+
+def test_non_streamed_chat_is_charged_from_usage(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    developer = deployed.developer(enterprise, 10**17)
+    deployed.wait_mirrored()
+    client = openai_client(deployed.api, developer, payer=enterprise.address, max_cost=10**16)
+    raw = client.chat.completions.with_raw_response.create(
+        model=SMALL_MODEL, messages=[{"role": "user", "content": "How are tokens metered?"}], max_tokens=24)
+    completion = raw.parse()
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens <= 24
+    expected = usage_cost(usage.prompt_tokens, usage.completion_tokens, *rate(deployed, SMALL_MODEL))
+    assert int(raw.headers["Sluice-Cost"]) == expected
+    assert client.sluice_auth.last_cost == expected
+    job = bytes.fromhex(raw.headers["Sluice-Job-Id"][2:])
+    rows = deployed.sql("SELECT payer, spender, model, prompt_tokens, completion_tokens, cost, max_cost, status"
+                        " FROM usage_records WHERE job_id = %s", job)
+    assert rows == [(bytes.fromhex(enterprise.address[2:]), bytes.fromhex(developer.address[2:]), SMALL_MODEL,
+                     usage.prompt_tokens, usage.completion_tokens, expected, 10**16, "metered")]
+    assert deployed.sql("SELECT count(*) FROM settlement_outbox WHERE job_id = %s", job) == [(1,)]
+    budget = httpx.get(deployed.api + "/v1/budget",
+                       params={"payer": enterprise.address, "spender": developer.address}).json()
+    assert int(budget["allowance_available"]) == 10**17 - expected
+    assert int(budget["balance_available"]) == 10 * 10**18 - expected
+
+
+def test_streamed_chat_reports_cost_in_the_final_usage_chunk(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+    client = openai_client(deployed.api, enterprise, max_cost=10**17)
+    chunks = list(client.chat.completions.create(
+        model=LARGE_MODEL, messages=[{"role": "user", "content": "stream this"}], max_tokens=12, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = chunks[-1]
+    assert final.choices == [] and final.usage is not None
+    assert final.usage.completion_tokens <= 12 and text
+    cost = int(final.model_extra["sluice"]["cost"])  # type: ignore[index]
+    assert cost == usage_cost(final.usage.prompt_tokens, final.usage.completion_tokens, *rate(deployed, LARGE_MODEL))
+    job = bytes.fromhex(final.model_extra["sluice"]["job_id"][2:])  # type: ignore[index]
+    assert deployed.sql("SELECT cost FROM usage_records WHERE job_id = %s", job) == [(cost,)]
+
+
+def test_completions_endpoint_and_async_client(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+
+    async def run() -> tuple[int, int, int]:
+        client = async_openai_client(deployed.api, enterprise, max_cost=10**16)
+        completion = await client.completions.create(model=SMALL_MODEL, prompt="Once upon a time", max_tokens=8)
+        assert completion.usage is not None
+        return completion.usage.prompt_tokens, completion.usage.completion_tokens, client.sluice_auth.last_cost
+
+    prompt, done, cost = asyncio.run(run())
+    assert done == 8
+    assert cost == usage_cost(prompt, done, *rate(deployed, SMALL_MODEL))
+
+
+def test_max_tokens_is_clamped_so_the_call_never_costs_more_than_signed(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+    input_rate, output_rate = rate(deployed, SMALL_MODEL)
+    body = {"model": SMALL_MODEL, "messages": [{"role": "user", "content": "write a long story"}],
+            "max_tokens": 5000}
+    raw = json.dumps(body).encode()
+    # Room for the prompt bound plus exactly 7 completion tokens.
+    max_cost = -(-((len(raw) + 32) * input_rate + 7 * output_rate) // 10**6)
+    auth = SluiceAuth(enterprise, max_cost=max_cost)
+    response = httpx.post(deployed.api + "/v1/chat/completions", content=raw, auth=auth,
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    assert usage["completion_tokens"] == 7
+    assert int(response.headers["Sluice-Cost"]) <= max_cost
+
+
+def test_no_overspend_under_concurrency(deployed: Deployed) -> None:
+    """200 concurrent calls against a budget covering 50 holds: exactly 50 served, 150 refused with 402."""
+    enterprise = deployed.fund(10)
+    body = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    input_rate, output_rate = rate(deployed, SMALL_MODEL)
+    hold = -(-((len(body) + 32) * input_rate + 4 * output_rate) // 10**6)  # the service's worst case
+    developer = deployed.developer(enterprise, 50 * hold)
+    deployed.wait_mirrored()
+    auth = SluiceAuth(developer, payer=enterprise.address, max_cost=hold)
+    # Nodes stall 2 s before answering, so all 200 calls are decided while the first holds are still open.
+    for node in ("edge-1", "regional-1"):
+        deployed.set_fault(node, mode="delay", delay_seconds=2.0)
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, str | None]:
+        r = await client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        return r.status_code, (r.json()["error"]["code"] if r.status_code != 200 else None)
+
+    async def run() -> list[tuple[int, str | None]]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=deployed.api, auth=auth, timeout=60, limits=limits) as client:
+            await client.get("/health")  # one discovery round trip before the burst
+            return await asyncio.gather(*(one(client) for _ in range(200)))
+
+    results = asyncio.run(run())
+    assert sorted(results, key=str).count((200, None)) == 50
+    assert [r for r in results if r[0] != 200] == [(402, "insufficient_allowance")] * 150
+    assert deployed.sql("SELECT count(*) FROM holds") == [(0,)]
+    spent = deployed.sql("SELECT coalesce(sum(cost), 0), count(*) FROM usage_records WHERE spender = %s",
+                         bytes.fromhex(developer.address[2:]))[0]
+    assert spent[1] == 50 and spent[0] <= 50 * hold
+    reserved = deployed.sql("SELECT reserved FROM reserved_pair WHERE payer = %s AND spender = %s",
+                            bytes.fromhex(enterprise.address[2:]), bytes.fromhex(developer.address[2:]))
+    assert reserved == [(spent[0],)]  # holds released; only the metered, unsettled usage stays reserved
+
+
+def test_unknown_signer_gets_401(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+    stranger = Account.create()
+    client = httpx.Client(auth=SluiceAuth(stranger, payer=enterprise.address, max_cost=10**17), timeout=30)
+    r = client.post(deployed.api + "/v1/chat/completions",
+                    json={"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_signature"
+
+
+@pytest.fixture(autouse=True)
+def _no_faults(deployed: Deployed) -> None:
+    deployed.clear_faults()
