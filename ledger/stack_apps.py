@@ -84,16 +84,18 @@ def api_service(settings: Settings, record: dict[str, Any]) -> Service:
     )
 
 
-def node_services(settings: Settings, record: dict[str, Any]) -> list[Service]:
+def node_services(settings: Settings, record: dict[str, Any], nodes: tuple[EmbeddedNode, ...] = EMBEDDED_NODES,
+                  sim_overrides: dict[str, Any] | None = None) -> list[Service]:
+    """A simulator and a node agent for each of `nodes`; `sim_overrides` adjusts every SimulatorConfig."""
     models = [name for name, *_ in parse_models(settings.models)]
     services: list[Service] = []
-    for i, node in enumerate(EMBEDDED_NODES):
+    for i, node in enumerate(nodes):
         served = [models[m] for m in node.model_indexes if m < len(models)]
         if not served:
             continue
         sim_port, agent_port = settings.node_base_port + 2 * i, settings.node_base_port + 2 * i + 1
         sim_url, agent_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{agent_port}"
-        sim_config = json.dumps({"served_model_names": served, "tier": node.tier, "seed": i})
+        sim_config = json.dumps({"served_model_names": served, "tier": node.tier, "seed": i, **(sim_overrides or {})})
         services.append(Service(
             name=f"{INTERNAL_PREFIX}vllm-sim-{node.name}", title=f"vLLM simulator ({node.name})", url=sim_url,
             address=sim_url, healthy=lambda u=sim_url: http_ok(u),  # type: ignore[misc]

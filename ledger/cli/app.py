@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ledger.cli import admin, bench, demo, deploy, stack
+from ledger.cli import admin, bench, demo, deploy, node, stack
 
 app = typer.Typer(
     name="sluice",
@@ -23,6 +23,7 @@ deploy.register(app)
 demo.register(app)
 app.add_typer(admin.app, name="admin")
 app.add_typer(bench.app, name="bench")
+app.add_typer(node.app, name="node")
 
 
 def main() -> None:

@@ -52,3 +52,17 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
         finally:
             stack.stop()
     _write(json_path, figures)
+
+
+@app.command("gateway")
+@handle_errors
+def gateway(json_path: Path | None = JsonPath,
+            calls: int = typer.Option(3000, "--calls", help="calls per leg")) -> None:
+    """Calls/s and added latency of the redemption service versus the node, same load, one run.
+
+    Pre-signed non-streamed calls (16 output tokens) at 64 concurrent connections against a zero-latency
+    simulated node: to its engine directly, to its agent directly, and through the service.
+    """
+    from redemption.benchmark import run
+
+    _write(json_path, run(calls, report=console.print))
