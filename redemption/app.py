@@ -66,7 +66,9 @@ async def refresh_catalog(state: ServiceState) -> None:
     state.metrics.mirror_lag.set(state.mirror_lag())
 
 
-def build_state(settings: ServiceSettings, pool: AsyncConnectionPool[Any], client: aiohttp.ClientSession) -> ServiceState:
+def build_state(
+    settings: ServiceSettings, pool: AsyncConnectionPool[Any], client: aiohttp.ClientSession
+) -> ServiceState:
     w3 = connect(settings.effective_rpc_url)
     deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
     ledger = Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)

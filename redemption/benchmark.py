@@ -88,7 +88,8 @@ def signed_calls(api: str, key: bytes, payer: str, domains: Domains, count: int,
     for i in range(count):
         body = _body(i)
         nonce = int.from_bytes(os.urandom(16), "big")
-        digest = typed_digest(domains.redemption, Redemption(payer, keccak(body), max_cost, nonce, deadline).struct_hash())
+        message = Redemption(payer, keccak(body), max_cost, nonce, deadline)
+        digest = typed_digest(domains.redemption, message.struct_hash())
         headers = {"content-type": "application/json", "Sluice-Payer": payer, "Sluice-Max-Cost": str(max_cost),
                    "Sluice-Nonce": str(nonce), "Sluice-Deadline": str(deadline),
                    "Sluice-Signature": "0x" + sign_digest(key, digest).hex()}

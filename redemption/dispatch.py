@@ -117,10 +117,11 @@ class Dispatcher:
                 log.error("refused receipt for job 0x%s from node %s: %s", held.job_id.hex(), node, reason)
                 signed = None
         if signed is None or signed.receipt.completion_tokens == 0:
-            await self.store.release_hold(held.job_id)
+            await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
             return 0
         r = signed.receipt
-        await self.store.meter_hold(held.job_id, node, r.prompt_tokens, r.completion_tokens, r.cost,
+        await self.store.meter_hold(held.job_id, held.call.payer, held.call.spender, node, r.prompt_tokens,
+                                    r.completion_tokens, r.cost,
                                     signed.signature, first_token_at)
         self.metrics.metered_cost.inc(r.cost)
         return r.cost
@@ -167,7 +168,7 @@ class Dispatcher:
                 continue
             self.registry.record_latency(node.node, (time.perf_counter() - started) * 1000)
             return node, response, started
-        await self.store.release_hold(held.job_id)
+        await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
         raise errors.NoCapacity(
             f"no node could serve model {held.payload['model']!r} right now"
             + (f" in tier {held.tier}" if held.tier else "") + (f" in region {held.region}" if held.region else "")
@@ -182,7 +183,7 @@ class Dispatcher:
                 content = await response.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 # Dropped before the answer arrived: no receipt, so nothing can be charged.
-                await self.store.release_hold(held.job_id)
+                await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
                 raise errors.UpstreamError(f"the node dropped the call before answering ({exc!r}); nothing was "
                                            "charged, retry") from None
         finally:
@@ -190,7 +191,7 @@ class Dispatcher:
             response.release()
         node_time = time.perf_counter() - started
         if response.status != 200:
-            await self.store.release_hold(held.job_id)
+            await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
             return Response(content, status_code=response.status, media_type="application/json")
         signed: SignedReceipt | None = None
         header = response.headers.get(RECEIPT_HEADER)
@@ -212,64 +213,79 @@ class Dispatcher:
             finally:
                 node.in_flight -= 1
                 response.release()
-            await self.store.release_hold(held.job_id)
+            await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
             return Response(content, status_code=response.status, media_type="application/json")
         headers = {"Sluice-Job-Id": "0x" + held.job_id.hex(), "Cache-Control": "no-cache"}
         return StreamingResponse(self._relay(held, node, response), media_type="text/event-stream", headers=headers)
 
     async def _relay(self, held: HeldCall, node: NodeState, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """Pass SSE chunks through as they arrive; hold back the usage chunk until the receipt is metered."""
+        """Pass SSE chunks through as they arrive; hold back the usage chunk until the receipt is metered.
+
+        A stream that breaks ends, for the client, with one `upstream_dropped` error event (the service's
+        envelope, naming what was charged) and `[DONE]`, however the node reported the break.
+        """
         wants_continuous = bool((held.payload.get("stream_options") or {}).get("continuous_usage_stats"))
         usage_chunk: dict[str, Any] | None = None
         first_token_at: datetime | None = None
         event = ""
         finished = False
+        dropped = False
+        charged: int | None = None
         try:
-            async for raw in response.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                    continue
-                if not line.startswith("data:"):
-                    if not line:
-                        event = ""
-                    continue
-                data = line[5:].strip()
-                if event == RECEIPT_EVENT:
-                    signed: SignedReceipt | None
-                    try:
-                        signed = SignedReceipt.decode(data)
-                    except ProtocolError:
-                        self.metrics.bad_receipts.labels("malformed").inc()
-                        signed = None
-                    cost = await self.meter(held, node.node, signed, first_token_at)
-                    finished = True
-                    if usage_chunk is not None:
-                        usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(cost)}
-                        yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
-                        usage_chunk = None
-                    continue
-                if data == "[DONE]":
-                    if usage_chunk is not None:  # no receipt came: the usage goes out uncharged
-                        yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
-                    yield b"data: [DONE]\n\n"
-                    continue
-                chunk = orjson.loads(data)
-                if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
-                    usage_chunk = chunk
-                    continue
-                if first_token_at is None:
-                    first_token_at = datetime.now(UTC)
-                if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
-                    chunk.pop("usage")
-                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            try:
+                async for raw in response.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                        continue
+                    if not line.startswith("data:"):
+                        if not line:
+                            event = ""
+                        continue
+                    data = line[5:].strip()
+                    if event == RECEIPT_EVENT:
+                        signed: SignedReceipt | None
+                        try:
+                            signed = SignedReceipt.decode(data)
+                        except ProtocolError:
+                            self.metrics.bad_receipts.labels("malformed").inc()
+                            signed = None
+                        charged = await self.meter(held, node.node, signed, first_token_at)
+                        finished = True
+                        if usage_chunk is not None:
+                            usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
+                            yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                            usage_chunk = None
+                        continue
+                    if data == "[DONE]":
+                        if usage_chunk is not None:  # no receipt came: the usage goes out uncharged
+                            yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                            usage_chunk = None
+                        break
+                    chunk = orjson.loads(data)
+                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+                        # The node's own words name its internals; the client gets the service's envelope last.
+                        log.warning("node %s broke job 0x%s mid-stream: %s", node.node, held.job_id.hex(),
+                                    chunk["error"])
+                        dropped = True
+                        continue
+                    if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
+                        usage_chunk = chunk
+                        continue
+                    if first_token_at is None:
+                        first_token_at = datetime.now(UTC)
+                    if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
+                        chunk.pop("usage")
+                        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    else:
+                        yield b"data: " + data.encode() + b"\n\n"
                 else:
-                    yield b"data: " + data.encode() + b"\n\n"
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
-            error = errors.UpstreamError("the node dropped the stream; you are charged only for what it produced",
-                                         code="upstream_dropped")
-            yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
+                    dropped = True  # the node's stream ended without [DONE]
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
+                dropped = True
+            if dropped:
+                yield b"data: " + orjson.dumps(dropped_error(charged).body()) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
             node.in_flight -= 1
@@ -279,3 +295,13 @@ class Dispatcher:
                 # Client gone or node dropped: closing the connection tells the node to stop generating; it
                 # signs what it generated and posts the receipt to /internal/receipts.
                 response.close()
+
+
+def dropped_error(charged: int | None) -> errors.UpstreamError:
+    """What a client whose stream broke is told: what it was charged, and to retry for the rest."""
+    if charged is None:
+        bill = "you will be charged only for the tokens it generated"
+    else:
+        bill = f"you were charged {charged} base units, only for the tokens it generated"
+    return errors.UpstreamError(f"the node dropped the stream; {bill}; send the call again for the rest",
+                                code="upstream_dropped")

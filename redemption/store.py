@@ -16,6 +16,7 @@ from eth_utils.address import to_checksum_address
 from psycopg_pool import AsyncConnectionPool
 
 from redemption.auth import VerifiedCall
+from redemption.batching import StatementBatcher
 
 
 def addr(address: str) -> bytes:
@@ -47,36 +48,42 @@ TIERS = ("edge", "regional", "cloud")
 class Store:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
+        self._reserve = StatementBatcher(
+            pool, "reserve_hold",
+            ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "numeric",
+             "bytea", "bytea", "bytea", "numeric", "numeric", "boolean", "boolean"),
+            sort_key=(4, 5),
+        )
+        self._meter = StatementBatcher(
+            pool, "meter_hold",
+            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz"),
+            sort_key=(0, 1), first_arg=2,
+        )
 
     async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, ttl_seconds: int,
                            figures: ChainFigures | None) -> str:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT reserve_hold(%s, %s, %s::numeric, %s, %s, %s, %s::numeric, %s, %s,"
-                " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s, %s)",
-                (job_id, addr(call.spender), call.nonce, call.deadline, addr(call.payer), addr(call.spender),
-                 amount, model, ttl_seconds, call.max_cost, call.body_hash, call.signature, call.digest,
-                 None if figures is None else figures.balance, None if figures is None else figures.allowance,
-                 None if figures is None else figures.allowlisted, None if figures is None else figures.paused),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return str(row[0])
+        """Consume the nonce and take the hold in one atomic call; 'ok' or the refusal code."""
+        result = await self._reserve.call(
+            job_id, addr(call.spender), call.nonce, call.deadline, addr(call.payer), addr(call.spender),
+            amount, model, ttl_seconds, call.max_cost, call.body_hash, call.signature, call.digest,
+            None if figures is None else figures.balance, None if figures is None else figures.allowance,
+            None if figures is None else figures.allowlisted, None if figures is None else figures.paused,
+        )
+        return str(result)
 
-    async def meter_hold(self, job_id: bytes, node: str, prompt_tokens: int, completion_tokens: int,
-                         cost: int | None, receipt_signature: bytes, first_token_at: datetime | None) -> bool:
+    async def meter_hold(self, job_id: bytes, payer: str, spender: str, node: str, prompt_tokens: int,
+                         completion_tokens: int, cost: int | None, receipt_signature: bytes,
+                         first_token_at: datetime | None) -> bool:
         """Record the usage (cost not None) or just release the hold (cost None). False if already closed."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s)",
-                (job_id, addr(node), prompt_tokens, completion_tokens, cost, receipt_signature, first_token_at),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return bool(row[0])
+        result = await self._meter.call(
+            addr(payer), addr(spender), job_id, addr(node), prompt_tokens, completion_tokens, cost,
+            receipt_signature, first_token_at,
+        )
+        return bool(result)
 
-    async def release_hold(self, job_id: bytes) -> bool:
-        return await self.meter_hold(job_id, "0x" + "00" * 20, 0, 0, None, b"", None)
+    async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
+        return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
 
     async def hold_exists(self, job_id: bytes) -> bool:
         async with self.pool.connection() as conn:

@@ -118,6 +118,14 @@ class Deployed:
         self.ledger.approve(enterprise, dev.address, budget)
         return dev
 
+    def wait_rates(self, model: str, input_rate: str) -> None:
+        """Until the service's model list shows `model` at `input_rate`."""
+        def shown() -> bool:
+            cards = httpx.get(self.api + "/v1/models", timeout=5).json()["data"]
+            return any(c["id"] == model and c["sluice"]["input_rate"] == input_rate for c in cards)
+
+        poll_until(shown, 20, f"the service pricing {model} at input rate {input_rate}")
+
     def wait_mirrored(self) -> None:
         """Until the mirror has seen the chain head."""
         head = self.ledger.w3.eth.block_number

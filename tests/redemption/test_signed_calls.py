@@ -118,38 +118,46 @@ def test_max_tokens_is_clamped_so_the_call_never_costs_more_than_signed(deployed
 
 
 def test_no_overspend_under_concurrency(deployed: Deployed) -> None:
-    """200 concurrent calls against a budget covering 50 holds: exactly 50 served, 150 refused with 402."""
+    """200 concurrent calls against a budget covering 50 calls: exactly 50 served, 150 refused with 402."""
+    from ledger.client import Tier
+
     enterprise = deployed.fund(10)
-    body = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     input_rate, output_rate = rate(deployed, SMALL_MODEL)
-    hold = -(-((len(body) + 32) * input_rate + 4 * output_rate) // 10**6)  # the service's worst case
-    developer = deployed.developer(enterprise, 50 * hold)
-    deployed.wait_mirrored()
-    auth = SluiceAuth(developer, payer=enterprise.address, max_cost=hold)
-    # Nodes stall 2 s before answering, so all 200 calls are decided while the first holds are still open.
-    for node in ("edge-1", "regional-1"):
-        deployed.set_fault(node, mode="delay", delay_seconds=2.0)
+    # With a zero input rate every call costs exactly its hold (4 completion tokens, no prompt charge),
+    # so calls that finish free nothing and the count cannot depend on timing.
+    deployed.ledger.set_rate(deployed.operator, SMALL_MODEL, 0, output_rate, Tier.EDGE)
+    try:
+        body = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        cost = -(-4 * output_rate // 10**6)
+        developer = deployed.developer(enterprise, 50 * cost)
+        deployed.wait_mirrored()
+        deployed.wait_rates(SMALL_MODEL, "0")
+        auth = SluiceAuth(developer, payer=enterprise.address, max_cost=cost)
 
-    async def one(client: httpx.AsyncClient) -> tuple[int, str | None]:
-        r = await client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
-        return r.status_code, (r.json()["error"]["code"] if r.status_code != 200 else None)
+        async def one(client: httpx.AsyncClient) -> tuple[int, str | None]:
+            r = await client.post("/v1/chat/completions", content=body,
+                                  headers={"content-type": "application/json"})
+            return r.status_code, (r.json()["error"]["code"] if r.status_code != 200 else None)
 
-    async def run() -> list[tuple[int, str | None]]:
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(base_url=deployed.api, auth=auth, timeout=60, limits=limits) as client:
-            await client.get("/health")  # one discovery round trip before the burst
-            return await asyncio.gather(*(one(client) for _ in range(200)))
+        async def run() -> list[tuple[int, str | None]]:
+            limits = httpx.Limits(max_connections=200)
+            async with httpx.AsyncClient(base_url=deployed.api, auth=auth, timeout=60, limits=limits) as client:
+                await client.get("/health")  # one discovery round trip before the burst
+                return await asyncio.gather(*(one(client) for _ in range(200)))
 
-    results = asyncio.run(run())
-    assert sorted(results, key=str).count((200, None)) == 50
+        results = asyncio.run(run())
+    finally:
+        deployed.ledger.set_rate(deployed.operator, SMALL_MODEL, input_rate, output_rate, Tier.EDGE)
+    assert results.count((200, None)) == 50
     assert [r for r in results if r[0] != 200] == [(402, "insufficient_allowance")] * 150
     assert deployed.sql("SELECT count(*) FROM holds") == [(0,)]
     spent = deployed.sql("SELECT coalesce(sum(cost), 0), count(*) FROM usage_records WHERE spender = %s",
                          bytes.fromhex(developer.address[2:]))[0]
-    assert spent[1] == 50 and spent[0] <= 50 * hold
+    assert spent == (50 * cost, 50)
     reserved = deployed.sql("SELECT reserved FROM reserved_pair WHERE payer = %s AND spender = %s",
                             bytes.fromhex(enterprise.address[2:]), bytes.fromhex(developer.address[2:]))
-    assert reserved == [(spent[0],)]  # holds released; only the metered, unsettled usage stays reserved
+    assert reserved == [(50 * cost,)]  # holds released; only the metered, unsettled usage stays reserved
+    deployed.wait_rates(SMALL_MODEL, str(input_rate))
 
 
 def test_unknown_signer_gets_401(deployed: Deployed) -> None:

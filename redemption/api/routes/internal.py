@@ -80,9 +80,10 @@ async def post_receipt(request: Request, state: State) -> dict[str, str]:
         raise errors.InvalidSignature(f"receipt refused: {reason}", "signature")
     r = signed.receipt
     if r.completion_tokens == 0:
-        await state.store.release_hold(r.job_id)
+        await state.store.release_hold(r.job_id, payer, spender)
         return {"status": "released"}
-    await state.store.meter_hold(r.job_id, signed.node, r.prompt_tokens, r.completion_tokens, r.cost,
+    await state.store.meter_hold(r.job_id, payer, spender, signed.node, r.prompt_tokens, r.completion_tokens,
+                                 r.cost,
                                  signed.signature, None)
     state.metrics.metered_cost.inc(r.cost)
     return {"status": "metered"}
