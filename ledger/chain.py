@@ -105,7 +105,7 @@ class TxSender:
         with self._lock:
             for _attempt in range(3):
                 use_nonce = nonce if nonce is not None else self._allocate()
-                params["nonce"] = use_nonce
+                params["nonce"] = use_nonce  # type: ignore[typeddict-item]  # web3 types it as Nonce
                 signed = self.account.sign_transaction(params)  # type: ignore[arg-type]
                 try:
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -191,4 +191,5 @@ def poll_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def account_from_key(key: str) -> LocalAccount:
-    return Account.from_key(key)
+    account: LocalAccount = Account.from_key(key)
+    return account

@@ -70,7 +70,7 @@ def deploy_all(settings: Settings, w3: Web3, operator: LocalAccount, settler: Lo
                progress: Progress = lambda _msg: None) -> Deployment:
     sender = TxSender(w3, operator, timeout=settings.tx_timeout, confirmations=settings.confirmations)
     if settings.payment_token:
-        payment_token, first_block = settings.payment_token, w3.eth.block_number
+        payment_token, first_block = settings.payment_token, int(w3.eth.block_number)
     else:
         progress("deploying TestStablecoin (embedded payment token)")
         payment_token, first_block = deploy_contract(sender, "TestStablecoin", operator.address)

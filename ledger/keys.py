@@ -25,7 +25,8 @@ class KeyUnavailable(LedgerError):
 def embedded_account(index: int) -> LocalAccount:
     """Key `index` of the embedded chain's well-known development mnemonic (never for production)."""
     Account.enable_unaudited_hdwallet_features()
-    return Account.from_mnemonic(EMBEDDED_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    account: LocalAccount = Account.from_mnemonic(EMBEDDED_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return account
 
 
 def load_keystore(path: Path, password: str) -> LocalAccount:
@@ -40,12 +41,14 @@ def load_keystore(path: Path, password: str) -> LocalAccount:
         key = Account.decrypt(keystore, password)
     except ValueError:
         raise KeyUnavailable(f"wrong password for keystore {path}") from None
-    return Account.from_key(key)
+    account: LocalAccount = Account.from_key(key)
+    return account
 
 
 def operator_account(settings: Settings) -> LocalAccount:
     if settings.operator_key is not None:
-        return Account.from_key(settings.operator_key.get_secret_value())
+        account: LocalAccount = Account.from_key(settings.operator_key.get_secret_value())
+        return account
     if settings.embedded_chain:
         return embedded_account(EMBEDDED_OPERATOR)
     raise KeyUnavailable("no operator key: set SLUICE_OPERATOR_KEY or pass --keystore")
@@ -53,7 +56,8 @@ def operator_account(settings: Settings) -> LocalAccount:
 
 def settler_account(settings: Settings) -> LocalAccount:
     if settings.settler_key is not None:
-        return Account.from_key(settings.settler_key.get_secret_value())
+        settler: LocalAccount = Account.from_key(settings.settler_key.get_secret_value())
+        return settler
     if settings.embedded_chain:
         return embedded_account(EMBEDDED_SETTLER)
     raise KeyUnavailable("no settler key: set SLUICE_SETTLER_KEY")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from ledger.client import Ledger, SettlementItem, usage_cost
 from ledger.merkle import build_tree, receipt_leaf
@@ -87,7 +87,7 @@ def walk_lifecycle(ledger: Ledger, operator: LocalAccount, settler: LocalAccount
     )
     say(f"every receipt proves against the on-chain root: {proven}")
 
-    figures = {
+    figures: dict[str, int] = {
         "enterprise_balance": ledger.balance_of(enterprise.address),
         "developer_allowance": ledger.allowance(enterprise.address, developer.address),
         "burned": settled.total,

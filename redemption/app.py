@@ -63,7 +63,8 @@ async def refresh_catalog(state: ServiceState) -> None:
     for n in await state.store.nodes():
         state.registry.heartbeat(n["node"], n["url"], n["models"], n["tier"], n["region"], n["capacity"],
                                  n["running"], n["waiting"], age=n["age"], retired=n["retired"])
-    state.metrics.mirror_lag.set(state.mirror_lag())
+    lag = state.mirror_lag()
+    state.metrics.mirror_lag.set(-1 if lag is None else lag)
 
 
 def build_state(

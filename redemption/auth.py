@@ -7,11 +7,12 @@ nonce is consumed later, atomically with the hold (see `store.reserve_hold`).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
 from eth_hash.auto import keccak
-from eth_utils import is_hex_address, to_checksum_address
+from eth_utils.address import is_hex_address, to_checksum_address
 from starlette.requests import Request
 
 from ledger.eip712 import Redemption, SignatureError, recover_digest, typed_digest
@@ -24,6 +25,11 @@ DEADLINE = "sluice-deadline"
 SIGNATURE = "sluice-signature"
 SIGNED_HEADERS = ("Sluice-Payer", "Sluice-Max-Cost", "Sluice-Nonce", "Sluice-Deadline", "Sluice-Signature")
 UINT256_MAX = 2**256 - 1
+DECIMAL = re.compile(r"[0-9]{1,78}")
+SIGNING_HINT = (
+    "send the 0x-hex 65-byte low-s EIP-712 signature of the Redemption struct, under the domain from "
+    "/.well-known/sluice.json"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,24 +51,27 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than `limit` bytes without reading them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+        raise errors.BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit; send a smaller "
+                                  "request")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit")
+            raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit; send a smaller request")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _uint_header(request: Request, name: str, title: str) -> int:
     value = request.headers[name].strip()
-    if not value.isdigit() or len(value) > 78:
+    # Not str.isdigit(): it takes "²", which int() then refuses with a 500.
+    if not DECIMAL.fullmatch(value):
         raise errors.InvalidHeader(f"{title} must be a decimal unsigned integer, got {value[:80]!r}", title)
     number = int(value)
     if number > UINT256_MAX:
-        raise errors.InvalidHeader(f"{title} does not fit in uint256", title)
+        raise errors.InvalidHeader(f"{title} does not fit in uint256; send a decimal unsigned integer below 2**256",
+                                   title)
     return number
 
 
@@ -94,12 +103,13 @@ def verify_headers(request: Request, body: bytes, separator: bytes, max_deadline
     try:
         signature = bytes.fromhex(raw_sig[2:] if raw_sig.startswith("0x") else raw_sig)
     except ValueError:
-        raise errors.InvalidSignature("Sluice-Signature is not hex", "Sluice-Signature") from None
+        raise errors.InvalidSignature(f"Sluice-Signature is not hex; {SIGNING_HINT}", "Sluice-Signature") from None
     body_hash = keccak(body)
     payer = to_checksum_address(payer)
     digest = typed_digest(separator, Redemption(payer, body_hash, max_cost, nonce, deadline).struct_hash())
     try:
         spender = recover_digest(digest, signature)
     except SignatureError as exc:
-        raise errors.InvalidSignature(f"Sluice-Signature is invalid: {exc}", "Sluice-Signature") from None
+        raise errors.InvalidSignature(f"Sluice-Signature is invalid: {exc}; {SIGNING_HINT}",
+                                      "Sluice-Signature") from None
     return VerifiedCall(spender, payer, max_cost, nonce, deadline, signature, body, body_hash, digest)

@@ -80,9 +80,9 @@ class StatementBatcher:
                         future.set_exception(exc)
                 return
         else:
-            exc = RuntimeError("batched statement deadlocked three times")
+            failure = RuntimeError("batched statement deadlocked three times")
             for _, future in batch:
-                future.set_exception(exc)
+                future.set_exception(failure)
             return
         results = {int(ordinal): value for ordinal, value in rows}
         for i, (_, future) in enumerate(batch, start=1):

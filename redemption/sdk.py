@@ -25,7 +25,7 @@ import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from ledger.eip712 import Domains, Redemption, sign_digest, typed_digest
 
@@ -90,7 +90,8 @@ def openai_client(base_url: str, key: LocalAccount | str, *, payer: str | None =
 
     auth = SluiceAuth(key, payer=payer, max_cost=max_cost)
     client = OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="unused",
-                    http_client=httpx.Client(auth=auth, timeout=300), **openai_kwargs)
+                    http_client=httpx.Client(auth=auth, timeout=300),  # type: ignore[arg-type]
+                    **openai_kwargs)
     client.sluice_auth = auth  # type: ignore[attr-defined]
     return client
 
@@ -102,6 +103,7 @@ def async_openai_client(base_url: str, key: LocalAccount | str, *, payer: str | 
 
     auth = SluiceAuth(key, payer=payer, max_cost=max_cost)
     client = AsyncOpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="unused",
-                         http_client=httpx.AsyncClient(auth=auth, timeout=300), **openai_kwargs)
+                         http_client=httpx.AsyncClient(auth=auth, timeout=300),  # type: ignore[arg-type]
+                         **openai_kwargs)
     client.sluice_auth = auth  # type: ignore[attr-defined]
     return client

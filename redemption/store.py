@@ -102,7 +102,8 @@ class Store:
     async def prune_nonces(self, before_unix: int) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute("DELETE FROM call_nonces WHERE deadline < %s", (before_unix,))
-            return cur.rowcount
+            deleted: int = cur.rowcount
+            return deleted
 
     async def rates(self) -> dict[str, ModelRate]:
         async with self.pool.connection() as conn:

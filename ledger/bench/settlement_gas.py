@@ -12,7 +12,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from ledger.chain import TxSender
 from ledger.client import Ledger, SettlementItem
@@ -38,8 +38,8 @@ def _fund(ledger: Ledger, operator: LocalAccount, payers: list[LocalAccount], am
     token = ledger.token.functions
     txs: list[dict[str, Any]] = []
     for payer in payers:
-        txs.append({"to": ledger.token.address, "data": token.setAllowlisted(payer.address, True)._encode_transaction_data()})
-        txs.append({"to": ledger.token.address, "data": token.mint(payer.address, amount)._encode_transaction_data()})
+        for fn in (token.setAllowlisted(payer.address, True), token.mint(payer.address, amount)):
+            txs.append({"to": ledger.token.address, "data": fn._encode_transaction_data()})
     _send_all(ledger.sender(operator), txs)
 
 
@@ -51,7 +51,7 @@ def _approve_all(ledger: Ledger, pairs: list[tuple[LocalAccount, LocalAccount]],
         sender = ledger.sender(payer)
         pending.append((sender, tx, *sender.send(tx)))  # type: ignore[arg-type]
     for sender, tx, tx_hash, nonce in pending:
-        sender.wait(tx_hash, nonce, tx)
+        sender.wait(tx_hash, nonce, tx)  # type: ignore[arg-type]
 
 
 def measure(ledger: Ledger, operator: LocalAccount, settler: LocalAccount, report: Report = print) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from ledger.cli import debts
 from ledger.cli.common import JsonOpt, KeystoreOpt, handle_errors, open_ledger, operator_key, report_tx
 from ledger.cli.output import console, print_json
 
@@ -20,13 +21,14 @@ roles_app = typer.Typer(help="Grant and revoke contract roles.", no_args_is_help
 app.add_typer(allowlist_app, name="allowlist")
 app.add_typer(rates_app, name="rates")
 app.add_typer(roles_app, name="roles")
+app.add_typer(debts.app, name="debts")
 
 ROLES = ("MINTER_ROLE", "REDEEMER_ROLE", "COMPLIANCE_ROLE", "PAUSER_ROLE", "AUDITOR_ROLE", "SETTLER_ROLE",
          "ISSUER_ROLE", "RATE_SETTER_ROLE", "DEFAULT_ADMIN_ROLE")
 
 
 def _address(value: str) -> str:
-    from eth_utils import is_address, to_checksum_address
+    from eth_utils.address import is_address, to_checksum_address
 
     if not is_address(value):
         raise typer.BadParameter(f"{value!r} is not an Ethereum address (0x followed by 40 hex digits)")

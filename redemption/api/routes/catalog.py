@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from eth_utils import is_hex_address, to_checksum_address
+from eth_utils.address import is_hex_address, to_checksum_address
 from fastapi import APIRouter, Query
 
 from redemption import errors

@@ -6,7 +6,7 @@ import time
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from fastapi import APIRouter, Request
 
 from inference_node.protocol import (
