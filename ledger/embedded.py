@@ -304,6 +304,25 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that nothing listens on right now."""
+    for _ in range(50):
+        base = free_port()
+        if base + count >= 65535:
+            continue
+        taken = False
+        for port in range(base, base + count):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise StackError(f"found no {count} consecutive free ports on 127.0.0.1")
+
+
 def project_root() -> Path:
     """The checkout that holds this package (and `node_modules/`)."""
     return Path(__file__).resolve().parents[1]
@@ -1317,7 +1336,7 @@ class StackStatus:
     state_dir: Path
     pid: int | None
     services: dict[str, ServiceStatus] = field(default_factory=dict)
-    endpoints: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[str, Any] = field(default_factory=dict)
     chain_head: int | None = None
     deployment: dict[str, Any] | None = None
 
@@ -1358,9 +1377,23 @@ def stack_status(settings: Settings) -> StackStatus:
     record = read_stack_record(paths) if status.running else None
     if record is not None:
         status.deployment = {k: v for k, v in record.items() if k != "endpoints"}
+        _probe_app_services(status, record.get("endpoints", {}))
     elif status.chain_head is not None:
         status.deployment = _recorded_deployment(settings, rpc)
     return status
+
+
+def _probe_app_services(status: StackStatus, endpoints: dict[str, Any]) -> None:
+    """Add the running stack's API and node agents (from its record) to the status."""
+    from ledger.stack_apps import http_ok
+
+    if "api" in endpoints:
+        status.services["api"] = ServiceStatus("redemption service", True, endpoints["api"], http_ok(endpoints["api"]))
+        status.endpoints["api"] = endpoints["api"]
+    for i, url in enumerate(endpoints.get("nodes", [])):
+        status.services[f"node-{i + 1}"] = ServiceStatus("node agent", True, url, http_ok(url))
+    if endpoints.get("nodes"):
+        status.endpoints["nodes"] = endpoints["nodes"]
 
 
 def _recorded_deployment(settings: Settings, rpc: str) -> dict[str, Any] | None:

@@ -11,11 +11,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from eth_hash.auto import keccak
-from eth_utils.address import is_hex_address, to_checksum_address
+from eth_utils.address import is_hex_address
 from starlette.requests import Request
 
-from ledger.eip712 import Redemption, SignatureError, recover_digest, typed_digest
+from ledger.eip712 import Redemption, SignatureError, keccak, recover_address, typed_digest
 from redemption import errors
 
 PAYER = "sluice-payer"
@@ -105,10 +104,10 @@ def verify_headers(request: Request, body: bytes, separator: bytes, max_deadline
     except ValueError:
         raise errors.InvalidSignature(f"Sluice-Signature is not hex; {SIGNING_HINT}", "Sluice-Signature") from None
     body_hash = keccak(body)
-    payer = to_checksum_address(payer)
+    payer = "0x" + payer[2:].lower()  # addresses travel lower-case inside the service; checksums cost ~50 µs
     digest = typed_digest(separator, Redemption(payer, body_hash, max_cost, nonce, deadline).struct_hash())
     try:
-        spender = recover_digest(digest, signature)
+        spender = "0x" + recover_address(digest, signature).hex()
     except SignatureError as exc:
         raise errors.InvalidSignature(f"Sluice-Signature is invalid: {exc}; {SIGNING_HINT}",
                                       "Sluice-Signature") from None

@@ -43,6 +43,25 @@ Report = Callable[[str], None]
 Call = tuple[str, bytes, dict[str, str]]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -155,12 +174,21 @@ def run(calls_per_leg: int = 3000, report: Report = print) -> dict[str, Any]:
             asyncio.run(_drive(warm, CONCURRENCY))  # connections, caches and the JIT-less interpreter warm up
             figures: dict[str, Any] = {"concurrency": CONCURRENCY, "output_tokens": OUTPUT_TOKENS,
                                        "calls_per_leg": calls_per_leg}
+            processes = {p.service.name: p.proc.pid for p in stack._running}
+            watched = {"service": processes["api"], "agent": processes[services[2].name],
+                       "engine": processes[services[1].name], "postgres": processes["database"]}
             for leg, calls in (("engine_direct", engine_calls), ("node_agent_direct", agent_calls),
                                ("through_service", service_calls)):
+                before = {name: _cpu_seconds(pid) for name, pid in watched.items()}
+                client_before = time.process_time()
                 figures[leg] = asyncio.run(_drive(calls, CONCURRENCY))
                 f = figures[leg]
+                f["cpu_ms_per_call"] = {name: round((_cpu_seconds(pid) - before[name]) * 1000 / len(calls), 3)
+                                        for name, pid in watched.items()}
+                f["cpu_ms_per_call"]["load_generator"] = round(
+                    (time.process_time() - client_before) * 1000 / len(calls), 3)
                 report(f"{leg:18} {f['calls_per_s']:>8} calls/s   p50 {f['p50_ms']} ms   p99 {f['p99_ms']} ms"
-                       f"   failures {f['failures'] or 0}")
+                       f"   failures {f['failures'] or 0}   CPU ms/call {f['cpu_ms_per_call']}")
             svc, node_leg = figures["through_service"], figures["node_agent_direct"]
             figures["added_vs_node_p50_ms"] = round(svc["p50_ms"] - node_leg["p50_ms"], 2)
             figures["added_vs_node_p99_ms"] = round(svc["p99_ms"] - node_leg["p99_ms"], 2)

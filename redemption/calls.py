@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import orjson
-from eth_hash.auto import keccak
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ledger.eip712 import keccak
 from redemption import errors
 from redemption.auth import read_body, verify_headers
 from redemption.dispatch import HeldCall
@@ -24,6 +24,8 @@ REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]]
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
 }
+
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def job_id_for(digest: bytes) -> bytes:
@@ -41,9 +43,10 @@ def _parse(body: bytes, model: type[BaseModel]) -> tuple[dict[str, object], Base
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise errors.MalformedJson(f"the request body is not valid JSON: {exc}") from None
+        raise errors.MalformedJson(f"the request body is not valid JSON ({exc}); send one JSON object") from None
     if not isinstance(payload, dict):
-        raise errors.MalformedJson("the request body must be a JSON object")
+        kind = JSON_KINDS.get(type(payload), "value")
+        raise errors.MalformedJson(f"the request body is a JSON {kind}; send one JSON object")
     try:
         return payload, model.model_validate(payload)
     except ValidationError as exc:

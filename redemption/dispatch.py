@@ -30,7 +30,7 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
-from ledger.eip712 import DispatchTicket, Domains, SignatureError, recover_digest, sign_digest, typed_digest
+from ledger.eip712 import DispatchTicket, Domains, SignatureError, recover_address, sign_digest, typed_digest
 from redemption import errors
 from redemption.auth import VerifiedCall
 from redemption.metrics import ServiceMetrics
@@ -95,10 +95,10 @@ class Dispatcher:
         ):
             return "fields"
         try:
-            signer = recover_digest(typed_digest(self.domains.receipt, r.struct_hash()), signed.signature)
+            signer = "0x" + recover_address(typed_digest(self.domains.receipt, r.struct_hash()), signed.signature).hex()
         except SignatureError:
             return "signature"
-        if signer.lower() != node.lower() or signed.node.lower() != node.lower():
+        if signer != node.lower() or signed.node.lower() != node.lower():
             return "signer"
         if r.cost != worst_case(r.prompt_tokens, r.completion_tokens, rate.input_rate, rate.output_rate):
             return "cost"

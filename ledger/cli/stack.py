@@ -187,7 +187,7 @@ def _print_ready(record: dict[str, Any]) -> None:
     table.add_row("broker", endpoints["broker"])
     for name, url in endpoints.items():
         if name not in ("rpc", "database", "broker"):
-            table.add_row(name, url)
+            table.add_row(name, ", ".join(url) if isinstance(url, list) else url)
     table.add_row("", "")
     for name, address in record["contracts"].items():
         table.add_row(name, address)

@@ -41,6 +41,8 @@ from ledger.embedded import (
     chain_id_at,
     database_answers,
     default_services,
+    free_port,
+    free_port_run,
     postgres_service,
     redis_client_url,
     redis_service,
@@ -50,13 +52,6 @@ from ledger.keys import embedded_account
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_ID = 31337
 ZERO_FEES: TxParams = {"maxFeePerGas": Wei(0), "maxPriorityFeePerGas": Wei(0)}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def anvil(state_dir: Path, port: int) -> Service:
@@ -370,9 +365,11 @@ def test_redis_carries_celery_messages_across_a_restart(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the CLI
 
 
-def _sluice_env(home: Path, port: int) -> dict[str, str]:
+def _sluice_env(home: Path, port: int, api_port: int = 0, node_base_port: int = 0) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RPC_URL", "DATABASE_URL", "BROKER_URL")}
     env.update({"SLUICE_HOME": str(home), "SLUICE_CHAIN_PORT": str(port)})
+    if api_port:
+        env.update({"SLUICE_API_PORT": str(api_port), "SLUICE_NODE_BASE_PORT": str(node_base_port)})
     return env
 
 
@@ -385,8 +382,8 @@ def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.skipif(importlib.util.find_spec("ledger.deploy") is None, reason="deployer not built yet")
 def test_up_detach_status_down(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", free_port()
-    env = _sluice_env(home, port)
+    home, port, api_port, node_port = tmp_path / "home", free_port(), free_port(), free_port_run(4)
+    env = _sluice_env(home, port, api_port, node_port)
     try:
         up = _sluice(env, "up", "--detach")
         assert up.returncode == 0, up.stderr
@@ -398,6 +395,8 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
             "rpc": f"http://127.0.0.1:{port}",
             "database": f"postgresql://postgres@/postgres?host={home}/run/pg",
             "broker": f"redis+socket://{home}/run/redis.sock",
+            "api": f"http://127.0.0.1:{api_port}",
+            "nodes": [f"http://127.0.0.1:{node_port + 1}", f"http://127.0.0.1:{node_port + 3}"],
         }
         assert json.loads((home / "stack.json").read_text()) == record
 
@@ -411,7 +410,7 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
         report = json.loads(status.stdout)
         assert report["running"] is True
         assert {name: s["up"] for name, s in report["services"].items()} == {
-            "chain": True, "database": True, "broker": True,
+            "chain": True, "database": True, "broker": True, "api": True, "node-1": True, "node-2": True,
         }  # fmt: skip
         assert report["endpoints"] == record["endpoints"]
         assert report["chain_head"] >= record["deploy_block"]
@@ -437,6 +436,7 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         wait_for(lambda: (home / "stack.json").exists() or foreground.poll() is not None, 60, "foreground stack ready")
+        assert foreground.poll() is None, foreground.communicate()[1]
         assert json.loads((home / "stack.json").read_text()) == record
         foreground.send_signal(signal.SIGINT)
         out, err = foreground.communicate(timeout=60)

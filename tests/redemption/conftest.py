@@ -28,7 +28,7 @@ from ledger.config import Settings
 from ledger.db import migrate
 from ledger.deploy import deploy_all
 from ledger.deployment import Deployment, save_deployment
-from ledger.embedded import Service, Stack, StatePaths, anvil_binary, anvil_service, free_port
+from ledger.embedded import Service, Stack, StatePaths, anvil_binary, anvil_service, free_port, free_port_run
 from ledger.keys import embedded_account
 from ledger.stack_apps import EMBEDDED_NODES, api_service, node_services
 from ledger.units import ONE_TOKEN
@@ -36,31 +36,15 @@ from ledger.units import ONE_TOKEN
 SMALL_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LARGE_MODEL = "Qwen/Qwen2.5-72B-Instruct"
 # Tests want failures quickly: a node that does not answer in 3 s is skipped.
-SERVICE_ENV = {"SLUICE_NODE_TIMEOUT_SECONDS": "3", "SLUICE_NODE_STALE_SECONDS": "6", "SLUICE_MIRROR_MAX_LAG_BLOCKS": "0"}
+SERVICE_ENV = {
+    "SLUICE_NODE_TIMEOUT_SECONDS": "3",
+    "SLUICE_NODE_STALE_SECONDS": "6",
+    "SLUICE_MIRROR_MAX_LAG_BLOCKS": "0",
+}
 
 
 def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def free_port_run(count: int) -> int:
-    """The first of `count` consecutive free ports."""
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and all(_port_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no run of free ports found")
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass
