@@ -23,19 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import http.client
 import importlib.util
 import logging
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-import httpx
+import aiohttp
 import orjson
 import uvicorn
 from coincurve import PrivateKey
@@ -51,6 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
+from yarl import URL
 
 from inference_node.protocol import (
     DISPATCH_INFO_PATH,
@@ -91,9 +94,16 @@ _SSE_DONE = b"data: [DONE]\n\n"
 _SSE_EVENT_END = b"\n\n"
 _VLLM_RUNNING = "vllm:num_requests_running"
 _VLLM_WAITING = "vllm:num_requests_waiting"
-_HEALTH_TIMEOUT_SECONDS = 2.0
 _SHUTDOWN_GRACE_SECONDS = 5.0
 _DISPATCH_RETRY_MAX_SECONDS = 10.0
+_CONNECT_TIMEOUT_SECONDS = 5.0
+_KEEPALIVE_SECONDS = 60.0
+# Health, /metrics and /v1/models reads: the node reports vLLM down rather than wait on it.
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(connect=2.0, sock_connect=2.0, sock_read=2.0)
+_SERVICE_TIMEOUT = aiohttp.ClientTimeout(connect=10.0, sock_connect=_CONNECT_TIMEOUT_SECONDS, sock_read=10.0)
+# What an upstream call raises when it fails: aiohttp's errors and its timeouts (a total timeout is no ClientError).
+_HTTP_FAILURES = (aiohttp.ClientError, TimeoutError)
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +138,7 @@ class AgentConfig(BaseModel):
     clock_skew: float = Field(default=5.0, ge=0, description="seconds of clock drift tolerated")
     dispatch_info_wait: float = Field(default=5.0, ge=0, description="seconds start-up waits for DispatchInfo")
     vllm_timeout: float | None = Field(default=600.0, gt=0, description="seconds per vLLM read; None: forever")
-    max_connections: int = Field(default=1024, ge=1, description="connection pool size towards vLLM")
+    max_connections: int = Field(default=1024, ge=1, description="connection pool size (vLLM and the service)")
     receipt_post_attempts: int = Field(default=4, ge=1, description="tries to POST an abort receipt to the service")
 
     @field_validator("vllm_url", "service_url", "public_url")
@@ -302,9 +312,7 @@ class AgentMetrics:
             "sluice_node_receipt_post_failures", "Abort receipts the service never acknowledged.",
             registry=self.registry,
         )  # fmt: skip
-        self.streams = Counter(
-            "sluice_node_streams", "Streams by how they ended.", ["outcome"], registry=self.registry
-        )
+        self.streams = Counter("sluice_node_streams", "Streams by how they ended.", ["outcome"], registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -352,6 +360,12 @@ class Endpoint:
 
 CHAT = Endpoint("chat", "/v1/chat/completions", ("max_completion_tokens", "max_tokens"))
 COMPLETIONS = Endpoint("completions", "/v1/completions", ("max_tokens",))
+_TOKENIZE_PATH = "/tokenize"
+_METRICS_PATH = "/metrics"
+_MODELS_PATH = "/v1/models"
+_HEALTH_PATH = "/health"
+_VLLM_PATHS = (CHAT.path, COMPLETIONS.path, _TOKENIZE_PATH, _METRICS_PATH, _MODELS_PATH, _HEALTH_PATH)
+_SERVICE_PATHS = (DISPATCH_INFO_PATH, HEARTBEAT_PATH, RECEIPTS_PATH)
 
 
 def _is_int(value: object) -> bool:
@@ -509,10 +523,10 @@ class StreamRelay:
     """Relays one vLLM SSE stream event by event and makes sure its usage is receipted once.
 
     The receipt goes in-stream before `[DONE]`. If the service hangs up first, :meth:`finish`
-    closes the vLLM stream (vLLM aborts the request) and POSTs the receipt for what was made.
+    closes the vLLM connection (vLLM aborts the request) and POSTs the receipt for what was made.
     """
 
-    def __init__(self, agent: NodeAgent, ticket: DispatchTicket, upstream: httpx.Response, n: int) -> None:
+    def __init__(self, agent: NodeAgent, ticket: DispatchTicket, upstream: aiohttp.ClientResponse, n: int) -> None:
         self._agent = agent
         self._ticket = ticket
         self._upstream = upstream
@@ -520,7 +534,10 @@ class StreamRelay:
         self.settled = False  # the service has the receipt, or there was nothing to bill
 
     async def events(self) -> AsyncIterator[bytes]:
-        chunks = self._upstream.aiter_raw()
+        # Whatever has arrived, in one read: fewer awaits and downstream writes than line by line. (When vLLM's
+        # connection fails aiohttp discards what it has not handed over, so only a relay held up downstream can miss
+        # vLLM's last events; they are then neither relayed nor billed.)
+        chunks = self._upstream.content.iter_any()
         buffer = b""
         done = False
         problem: str | None = None
@@ -544,7 +561,7 @@ class StreamRelay:
                     break
             if not done:
                 problem = "vLLM ended the stream without [DONE]"
-        except httpx.TransportError as exc:
+        except _HTTP_FAILURES as exc:
             problem = f"vLLM dropped the stream: {exc or type(exc).__name__}"
         tail = []
         if problem is not None:
@@ -562,10 +579,12 @@ class StreamRelay:
         self._agent.metrics.streams.labels("completed" if problem is None else UPSTREAM_DROPPED).inc()
         if done:
             # Reading vLLM's stream to its end returns the connection to the keep-alive pool.
-            with contextlib.suppress(httpx.TransportError):
+            with contextlib.suppress(*_HTTP_FAILURES):
                 async for _ in chunks:
                     pass
-        await self._upstream.aclose()
+            self._upstream.release()
+        else:
+            self._upstream.close()
 
     def _receipt(self) -> SignedReceipt | None:
         if not self.usage.seen:
@@ -579,17 +598,13 @@ class StreamRelay:
             return
         self.settled = True
         self._agent.metrics.streams.labels("downstream_gone").inc()
-        self._agent.spawn(self._abort())
-
-    async def _abort(self) -> None:
-        # Runs as its own task: the response's task may be inside a cancelled scope where awaits fail.
-        with contextlib.suppress(httpx.HTTPError):
-            await self._upstream.aclose()  # closing the connection makes vLLM abort the request
+        self._upstream.close()  # dropping the connection makes vLLM abort the request
         receipt = self._receipt()
         if receipt is None:
             logger.info("job 0x%s: service left before vLLM reported usage; nothing to bill", self._ticket.job_id.hex())
             return
-        await self._agent.deliver_receipt(receipt)
+        # Its own task: the response's task may be inside a cancelled scope where awaits fail.
+        self._agent.spawn(self._agent.deliver_receipt(receipt))
 
 
 class RelayedStream(StreamingResponse):
@@ -635,6 +650,15 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _T]) 
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A whole (non-streamed) answer from vLLM."""
+
+    status: int
+    media_type: str | None
+    body: bytes
+
+
 class HealthReport(BaseModel):
     status: Literal["ok", "unavailable"]
     node: str
@@ -643,7 +667,7 @@ class HealthReport(BaseModel):
 
 
 class NodeAgent:
-    """The agent's state, built once per app: keys, clients, spent tickets, background tasks."""
+    """The agent's state, built once per app: keys, the HTTP client, spent tickets, background tasks."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -659,8 +683,16 @@ class NodeAgent:
         self._dispatch_ready = asyncio.Event()
         self._models: list[str] | None = config.models
         self._context: dict[str, int] = {}  # max_model_len by served name, from vLLM
-        self._vllm_client: httpx.AsyncClient | None = None
-        self._service_client: httpx.AsyncClient | None = None
+        self._model_names: dict[bytes, str] = {}  # ticket model hash -> the name that hashed to it
+        # Parsed once: aiohttp takes a URL object as it is, where a string is parsed on every call.
+        self._vllm_urls = {path: URL(config.vllm_url + path) for path in _VLLM_PATHS}
+        service = config.service_url
+        self._service_urls = {path: URL(service + path) for path in _SERVICE_PATHS} if service is not None else {}
+        self._vllm_auth: dict[str, str] = {}  # only for vLLM: the service must never see vLLM's API key
+        if config.vllm_api_key is not None:
+            self._vllm_auth["Authorization"] = f"Bearer {config.vllm_api_key.get_secret_value()}"
+        self._vllm_json_headers = {**_JSON_HEADERS, **self._vllm_auth}
+        self._session: aiohttp.ClientSession | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         pinned = config.pinned_dispatch
@@ -671,26 +703,21 @@ class NodeAgent:
 
     async def start(self) -> None:
         config = self.config
-        headers: dict[str, str] = {}
-        if config.vllm_api_key is not None:
-            headers["Authorization"] = f"Bearer {config.vllm_api_key.get_secret_value()}"
-        self._vllm_client = httpx.AsyncClient(
-            base_url=config.vllm_url,
-            headers=headers,
-            timeout=httpx.Timeout(config.vllm_timeout, connect=5.0),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-                keepalive_expiry=60.0,
+        # One pool for vLLM and the service. The default timeout is vLLM's: per read, and for a pooled
+        # connection; service and health calls pass their own.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.max_connections, keepalive_timeout=_KEEPALIVE_SECONDS),
+            timeout=aiohttp.ClientTimeout(
+                connect=config.vllm_timeout, sock_connect=_CONNECT_TIMEOUT_SECONDS, sock_read=config.vllm_timeout
             ),
+            # vLLM's bodies go out byte for byte, so they must arrive unencoded and stay so.
+            headers={"Accept-Encoding": "identity"},
+            auto_decompress=False,
             trust_env=False,
         )
         if config.service_url is None:
             logger.info("node %s runs standalone: no heartbeats, abort receipts are only logged", self.address)
             return
-        self._service_client = httpx.AsyncClient(
-            base_url=config.service_url, timeout=httpx.Timeout(10.0, connect=5.0), trust_env=False
-        )
         if self._dispatch is None:
             self._loops.append(asyncio.create_task(self._fetch_dispatch_info(), name="sluice-dispatch-info"))
             try:
@@ -711,9 +738,8 @@ class NodeAgent:
             _, pending = await asyncio.wait(set(self._tasks), timeout=_SHUTDOWN_GRACE_SECONDS)
             for task in pending:
                 task.cancel()
-        for client in (self._vllm_client, self._service_client):
-            if client is not None:
-                await client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` in the background, keeping a reference until it ends and logging its failure."""
@@ -727,10 +753,11 @@ class NodeAgent:
             logger.error("background task failed", exc_info=task.exception())
 
     @property
-    def vllm(self) -> httpx.AsyncClient:
-        if self._vllm_client is None:
+    def http(self) -> aiohttp.ClientSession:
+        """The agent's one HTTP client, to vLLM and to the service."""
+        if self._session is None:
             raise NodeNotReady("the agent has not started")
-        return self._vllm_client
+        return self._session
 
     def _use_dispatch(self, info: DispatchInfo) -> None:
         self._dispatch = info
@@ -738,19 +765,19 @@ class NodeAgent:
         self._dispatch_ready.set()
 
     async def _fetch_dispatch_info(self) -> None:
-        service = self._service_client
-        assert service is not None
+        url = self._service_urls[DISPATCH_INFO_PATH]
         delay = 0.2
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await service.get(DISPATCH_INFO_PATH)
-                response.raise_for_status()
-                info = DispatchInfo.model_validate_json(response.content)
-            except (httpx.HTTPError, ValidationError) as exc:
+                async with self.http.get(url, timeout=_SERVICE_TIMEOUT) as response:
+                    response.raise_for_status()
+                    info = DispatchInfo.model_validate_json(await response.read())
+            except (*_HTTP_FAILURES, ValidationError) as exc:
                 if attempt == 1 or attempt % 10 == 0:
-                    logger.warning("DispatchInfo from %s failed (attempt %d): %s", service.base_url, attempt, exc)
+                    logger.warning("DispatchInfo from %s failed (attempt %d): %s", self.config.service_url, attempt,
+                                   exc or type(exc).__name__)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _DISPATCH_RETRY_MAX_SECONDS)
                 continue
@@ -785,6 +812,14 @@ class NodeAgent:
             raise InvalidTicket("the ticket expires further ahead than this node accepts", param=TICKET_HEADER)
         return ticket
 
+    def _is_ticket_model(self, model: str, ticket: DispatchTicket) -> bool:
+        if self._model_names.get(ticket.model) == model:
+            return True
+        if keccak(model.encode()) != ticket.model:
+            return False
+        self._model_names[ticket.model] = model  # only names that matched a signed ticket, so a handful
+        return True
+
     def _spend(self, ticket: DispatchTicket) -> None:
         if not self._spent.spend(ticket.job_id, ticket.expires, time.time()):
             raise TicketReplayed(f"job 0x{ticket.job_id.hex()} was already dispatched here", param=TICKET_HEADER)
@@ -814,22 +849,24 @@ class NodeAgent:
         body = signed.encode()
         job = "0x" + signed.receipt.job_id.hex()
         self.record_receipt(signed, "posted")
-        service = self._service_client
-        if service is None:
+        url = self._service_urls.get(RECEIPTS_PATH)
+        if url is None:
             logger.warning("standalone node: receipt for job %s has no service to go to: %s", job, body)
             return
         problem = ""
         attempts = self.config.receipt_post_attempts
         for attempt in range(1, attempts + 1):
             try:
-                response = await service.post(RECEIPTS_PATH, content=body, headers={"Content-Type": "application/json"})
-            except httpx.TransportError as exc:
+                async with self.http.post(url, data=body.encode(), headers=_JSON_HEADERS,
+                                          timeout=_SERVICE_TIMEOUT) as response:  # fmt: skip
+                    status, answer = response.status, await response.read()
+            except _HTTP_FAILURES as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                if response.is_success:
+                if 200 <= status < 300:
                     return
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.is_client_error and response.status_code not in (408, 429):
+                problem = f"HTTP {status}: {answer.decode(errors='replace')[:200]}"
+                if 400 <= status < 500 and status not in (408, 429):
                     break  # the service refused this receipt; sending it again will not change that
             if attempt < attempts:
                 await asyncio.sleep(0.2 * 2 ** (attempt - 1))
@@ -858,7 +895,7 @@ class NodeAgent:
         if not isinstance(body, dict):
             raise InvalidRequestBody("the body must be a JSON object")
         model = body.get("model")
-        if not isinstance(model, str) or keccak(model.encode()) != ticket.model:
+        if not isinstance(model, str) or not self._is_ticket_model(model, ticket):
             raise ModelMismatch(f"model {model!r} is not the model the ticket was issued for", param="model")
         stream = _stream_flag(body)
         await self._clamp_output(body, endpoint, model, ticket.max_tokens)
@@ -870,7 +907,9 @@ class NodeAgent:
             }  # fmt: skip
         self._spend(ticket)
         # The job id names the vLLM request, so vLLM's logs and response ids point at the job.
-        headers = {"Content-Type": "application/json", "X-Request-Id": ticket.job_id.hex()}
+        headers = {**self._vllm_json_headers, "X-Request-Id": ticket.job_id.hex()}
+        # Always the object checked here, re-encoded (about 1 us): the ticket's bound must not rest on vLLM's
+        # JSON parser reading the client's bytes (duplicate keys, say) exactly as orjson did.
         payload = orjson.dumps(body)
         if stream:
             n = _optional_int(body, "n") or 1
@@ -881,40 +920,43 @@ class NodeAgent:
         self, request: Request, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str]
     ) -> Response:
         started = time.perf_counter()
-        _, upstream = await _unless_disconnected(
-            request, _upstream_call(self.vllm.post(endpoint.path, content=payload, headers=headers))
+        _, reply = await _unless_disconnected(
+            request, _upstream_call(self._post_vllm(self._vllm_urls[endpoint.path], payload, headers))
         )
-        if upstream is None:
-            # The service hung up: vLLM saw the connection close and aborted; nothing was delivered to bill.
+        if reply is None:
+            # The service hung up: the vLLM connection was dropped, so vLLM aborted; nothing was delivered to bill.
             logger.info("job 0x%s: service left before vLLM answered; generation aborted", ticket.job_id.hex())
             return Response(status_code=499)
         self.metrics.forward_latency.labels(endpoint.name, "false").observe(time.perf_counter() - started)
-        media_type = upstream.headers.get("content-type")
-        if upstream.status_code != 200:
-            return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
+        if reply.status != 200:
+            return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
         try:
-            counts = _usage_counts(orjson.loads(upstream.content).get("usage"))
+            counts = _usage_counts(orjson.loads(reply.body).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):
             counts = None
         if counts is None:
             raise UpstreamUnavailable("vLLM answered without usage; the job cannot be metered")
         receipt = self.sign_receipt(ticket, *counts)
         self.record_receipt(receipt, "header")
-        return Response(upstream.content, media_type=media_type, headers={RECEIPT_HEADER: receipt.encode()})
+        return Response(reply.body, media_type=reply.media_type, headers={RECEIPT_HEADER: receipt.encode()})
+
+    async def _post_vllm(self, url: URL, payload: bytes, headers: dict[str, str]) -> UpstreamReply:
+        # Cancelled mid-call (the service hung up), aiohttp closes the connection and vLLM aborts the request.
+        async with self.http.post(url, data=payload, headers=headers) as response:
+            return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
 
     async def _forward_stream(
         self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str], n: int
     ) -> Response:
         started = time.perf_counter()
-        upstream_request = self.vllm.build_request("POST", endpoint.path, content=payload, headers=headers)
-        upstream = await _upstream_call(self.vllm.send(upstream_request, stream=True))
+        upstream = await _upstream_call(self.http.post(self._vllm_urls[endpoint.path], data=payload, headers=headers))
         self.metrics.forward_latency.labels(endpoint.name, "true").observe(time.perf_counter() - started)
-        if upstream.status_code != 200:
+        if upstream.status != 200:
             try:
-                content = await _upstream_call(upstream.aread())
+                content = await _upstream_call(upstream.read())
             finally:
-                await upstream.aclose()
-            return Response(content, status_code=upstream.status_code, media_type=upstream.headers.get("content-type"))
+                upstream.release()
+            return Response(content, status_code=upstream.status, media_type=upstream.headers.get("Content-Type"))
         return RelayedStream(StreamRelay(self, ticket, upstream, n))
 
     # -- heartbeats and health ------------------------------------------------------------------
@@ -924,7 +966,7 @@ class NodeAgent:
         while True:
             try:
                 await self.send_heartbeat()
-            except httpx.HTTPError as exc:
+            except _HTTP_FAILURES as exc:
                 # Logged when beats start failing and when they recover, not every interval.
                 if not failing:
                     logger.warning("heartbeats failing (vLLM or the service): %s: %s", type(exc).__name__, exc)
@@ -940,8 +982,8 @@ class NodeAgent:
             await asyncio.sleep(self.config.heartbeat_interval)
 
     async def send_heartbeat(self) -> NodeHeartbeat:
-        service, public_url = self._service_client, self.config.public_url
-        assert service is not None and public_url is not None  # AgentConfig requires both together
+        url, public_url = self._service_urls.get(HEARTBEAT_PATH), self.config.public_url
+        assert url is not None and public_url is not None  # AgentConfig requires both together
         running, waiting = await self.queue_depth()
         beat = NodeHeartbeat(
             node=self.address, url=public_url, models=await self.served_models(), tier=self.config.tier,
@@ -950,18 +992,20 @@ class NodeAgent:
         )  # fmt: skip
         signed = Account.sign_message(encode_defunct(text=beat.signing_text()), private_key=self._key)
         beat = beat.model_copy(update={"signature": "0x" + bytes(signed.signature).hex()})
-        response = await service.post(
-            HEARTBEAT_PATH, content=beat.model_dump_json(), headers={"Content-Type": "application/json"}
-        )
-        response.raise_for_status()
+        async with self.http.post(url, data=beat.model_dump_json().encode(), headers=_JSON_HEADERS,
+                                  timeout=_SERVICE_TIMEOUT) as response:  # fmt: skip
+            response.raise_for_status()
+            await response.read()
         return beat
 
     async def queue_depth(self) -> tuple[int, int]:
         """(running, waiting) requests from vLLM's /metrics, summed over its label sets (engines, models)."""
-        response = await self.vllm.get("/metrics", timeout=_HEALTH_TIMEOUT_SECONDS)
-        response.raise_for_status()
+        url = self._vllm_urls[_METRICS_PATH]
+        async with self.http.get(url, headers=self._vllm_auth, timeout=_HEALTH_TIMEOUT) as response:
+            response.raise_for_status()
+            exposition = await response.text()
         totals = {_VLLM_RUNNING: 0.0, _VLLM_WAITING: 0.0}
-        for family in text_string_to_metric_families(response.text):
+        for family in text_string_to_metric_families(exposition):
             for sample in family.samples:
                 if sample.name in totals:
                     totals[sample.name] += sample.value
@@ -974,9 +1018,10 @@ class NodeAgent:
         return self._models
 
     async def _read_model_cards(self) -> None:
-        response = await self.vllm.get("/v1/models", timeout=_HEALTH_TIMEOUT_SECONDS)
-        response.raise_for_status()
-        cards = response.json()["data"]
+        url = self._vllm_urls[_MODELS_PATH]
+        async with self.http.get(url, headers=self._vllm_auth, timeout=_HEALTH_TIMEOUT) as response:
+            response.raise_for_status()
+            cards = orjson.loads(await response.read())["data"]
         if self._models is None:
             self._models = [str(card["id"]) for card in cards]
         self._context.update({str(card["id"]): card["max_model_len"] for card in cards
@@ -1005,7 +1050,7 @@ class NodeAgent:
 
     async def _context_length(self, model: str) -> int | None:
         if model not in self._context:
-            with contextlib.suppress(httpx.HTTPError, KeyError, TypeError, ValueError):
+            with contextlib.suppress(*_HTTP_FAILURES, KeyError, TypeError, ValueError):
                 await self._read_model_cards()
         return self._context.get(model)
 
@@ -1020,18 +1065,20 @@ class NodeAgent:
             return len(prompt)
         else:
             return None  # several prompts: the ticket's share is written as it is
+        url = self._vllm_urls[_TOKENIZE_PATH]
         try:
-            response = await self.vllm.post("/tokenize", content=orjson.dumps(request),
-                                            headers={"Content-Type": "application/json"})  # fmt: skip
-            count = response.json()["count"] if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            async with self.http.post(url, data=orjson.dumps(request), headers=self._vllm_json_headers) as response:
+                count = orjson.loads(await response.read())["count"] if response.status == 200 else None
+        except (*_HTTP_FAILURES, ValueError, KeyError, TypeError):
             return None
         return count if _is_int(count) else None
 
     async def health(self) -> tuple[int, HealthReport]:
         try:
-            vllm_ok = (await self.vllm.get("/health", timeout=_HEALTH_TIMEOUT_SECONDS)).status_code == 200
-        except httpx.HTTPError:
+            url = self._vllm_urls[_HEALTH_PATH]
+            async with self.http.get(url, headers=self._vllm_auth, timeout=_HEALTH_TIMEOUT) as response:
+                vllm_ok = response.status == 200
+        except _HTTP_FAILURES:
             vllm_ok = False
         report = HealthReport(
             status="ok" if vllm_ok else "unavailable",
@@ -1046,9 +1093,9 @@ async def _upstream_call(call: Awaitable[_T]) -> _T:
     """Await a vLLM call, turning transport failures into the agent's 502/504."""
     try:
         return await call
-    except httpx.TimeoutException as exc:
+    except TimeoutError as exc:  # aiohttp's own timeout errors are TimeoutErrors too
         raise UpstreamTimeout(f"vLLM did not answer in time: {type(exc).__name__}") from None
-    except httpx.TransportError as exc:
+    except aiohttp.ClientError as exc:
         raise UpstreamUnavailable(f"vLLM is unreachable: {type(exc).__name__}: {exc}") from None
 
 
@@ -1140,6 +1187,10 @@ def run_agent(config: AgentConfig, host: str, port: int) -> None:
     server.run()
 
 
+# Start-up polling of a local vLLM, before any event loop runs; never through a proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def launch_vllm(
     model: str,
     port: int,
@@ -1169,9 +1220,10 @@ def launch_vllm(
         if code is not None:
             raise VllmLaunchFailed(f"`vllm serve {model}` exited with status {code} before becoming healthy")
         try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return process
-        except httpx.HTTPError:
+            with _DIRECT.open(url, timeout=2.0) as response:
+                if response.status == 200:
+                    return process
+        except (OSError, http.client.HTTPException):  # urllib's URLError and HTTPError (non-2xx) are OSErrors
             pass
         time.sleep(0.5)
     process.terminate()

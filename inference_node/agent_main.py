@@ -47,7 +47,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # httpx logs every vLLM call at INFO
     node_key = os.environ.get(NODE_KEY_ENV)
     if not node_key:
         raise SystemExit(f"set {NODE_KEY_ENV} to the node's hex private key")

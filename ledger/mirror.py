@@ -31,7 +31,6 @@ from decimal import Decimal
 from typing import Any, Protocol, cast
 
 import psycopg
-import requests
 from eth_typing import ABIEvent, ABIFunction
 from eth_utils.abi import (
     event_abi_to_log_topic,
@@ -44,12 +43,16 @@ from eth_utils.crypto import keccak
 from psycopg.rows import TupleRow
 from web3 import Web3
 from web3.contract import Contract
-from web3.providers.base import JSONBaseProvider
-from web3.types import RPCEndpoint, RPCResponse
 
 from ledger.client import Ledger
 from ledger.db import connect
 from ledger.errors import LedgerError
+from ledger.rpc import RpcError
+from ledger.rpc import batch as _rpc_batch
+from ledger.rpc import block_hash as _block_hash
+from ledger.rpc import call as _rpc
+from ledger.rpc import result as _result
+from ledger.rpc import too_large as _too_large
 from ledger.units import BaseUnits
 
 log = logging.getLogger(__name__)
@@ -72,17 +75,6 @@ class MirrorError(LedgerError):
 
 class MirrorChainMismatch(MirrorError):
     """The database mirrors another chain id than the RPC endpoint serves."""
-
-
-class RpcError(LedgerError):
-    """The node answered a JSON-RPC request with an error object."""
-
-    def __init__(self, method: str, error: Any) -> None:
-        self.method = method
-        self.code = error.get("code") if isinstance(error, dict) else None
-        self.message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
-        self.data = error.get("data") if isinstance(error, dict) else None
-        super().__init__(f"{method} failed: {self.message} (code {self.code})")
 
 
 class _ChainMoved(LedgerError):
@@ -217,37 +209,6 @@ def _error_selector(contract: Contract, name: str) -> str:
     return "0x" + keccak(text=f"{name}({types})")[:4].hex()
 
 
-def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
-    response = w3.provider.make_request(RPCEndpoint(method), params)
-    if "error" in response and response["error"] is not None:
-        raise RpcError(method, response["error"])
-    return response.get("result")
-
-
-def _rpc_batch(w3: Web3, requests_: Sequence[tuple[str, list[Any]]], chunk: int) -> list[RPCResponse]:
-    """Raw responses in request order, `chunk` requests per HTTP round trip; per-item errors left in place."""
-    out: list[RPCResponse] = []
-    for i in range(0, len(requests_), chunk):
-        part = [(RPCEndpoint(m), p) for m, p in requests_[i : i + chunk]]
-        answer = cast(JSONBaseProvider, w3.provider).make_batch_request(part)
-        if not isinstance(answer, list):  # the node refused the whole batch
-            raise RpcError("batch", answer.get("error"))
-        if len(answer) != len(part):
-            raise RpcError("batch", {"message": f"{len(answer)} answers to {len(part)} requests"})
-        out.extend(answer)
-    return out
-
-
-def _result(response: RPCResponse, method: str) -> Any:
-    if response.get("error") is not None:
-        raise RpcError(method, response["error"])
-    return response.get("result")
-
-
-def _block_hash(block: Any) -> bytes | None:
-    return None if block is None else bytes.fromhex(str(block["hash"]).removeprefix("0x"))
-
-
 def _address(value: str | bytes) -> bytes:
     if isinstance(value, bytes):
         if len(value) != 20:
@@ -262,15 +223,6 @@ def _topic_address(topic: str) -> bytes:
 
 def _topic_bytes32(topic: str) -> bytes:
     return bytes.fromhex(topic.removeprefix("0x"))
-
-
-def _too_large(exc: Exception) -> bool:
-    """Whether a failed getLogs should be retried over a smaller range.
-
-    Nodes word "range too large" differently (geth, Besu, Erigon, hosted RPCs), so any error
-    answer or timeout counts; a range of one block that still fails is a real error.
-    """
-    return isinstance(exc, RpcError | requests.Timeout)
 
 
 class ChainMirror:
@@ -382,8 +334,8 @@ class ChainMirror:
         """Bring the mirror up to the head (less `confirmations`) as seen now; one transaction per window."""
         conn = self._db()
         plan = self._plan(conn)
-        if plan is None:
-            return self._status_of(conn)
+        if isinstance(plan, MirrorStatus):
+            return plan
         expected, start = plan.expected, plan.from_block
         reset, stale_after = plan.reset, plan.stale_after
         while True:
@@ -395,8 +347,8 @@ class ChainMirror:
                 return MirrorStatus(expected.block, plan.head, max(0, plan.head - expected.block), expected.block_hash)
             start = to_block + 1
 
-    def _plan(self, conn: psycopg.Connection[TupleRow]) -> _Plan | None:
-        """What to scan now: from the cursor, or back from it after a reorg; None when up to date."""
+    def _plan(self, conn: psycopg.Connection[TupleRow]) -> _Plan | MirrorStatus:
+        """What to scan now: from the cursor, or back from it after a reorg; the status when up to date."""
         chain_id = self._chain()
         cursor = _read_cursor(conn)
         if cursor is not None and cursor.chain_id != chain_id:
@@ -422,7 +374,7 @@ class ChainMirror:
         if now_hash == cursor.block_hash:
             if cursor.block >= target:
                 self._heartbeat(conn, cursor, head)
-                return None
+                return MirrorStatus(cursor.block, head, max(0, head - cursor.block), cursor.block_hash)
             return _Plan(cursor, cursor.block + 1, target, head, anchor)
         if now_hash is None:
             # The chain no longer reaches the cursor: a reset or restored dev chain, not a reorg.
@@ -720,12 +672,6 @@ class ChainMirror:
         """Blocks between the recorded head and the mirrored block; None before the first sync."""
         status = self.status()
         return None if status is None else status.lag
-
-    def _status_of(self, conn: psycopg.Connection[TupleRow]) -> MirrorStatus:
-        status = mirror_status(conn)
-        if status is None:
-            raise MirrorError("the mirror has no cursor yet")
-        return status
 
     # -- plumbing ----------------------------------------------------------------------------
     def _chain(self) -> int:

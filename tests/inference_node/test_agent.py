@@ -52,6 +52,7 @@ from inference_node.protocol import (
 )
 from inference_node.simulator import SimulatorConfig, build_simulator_server
 from ledger.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
+from ledger.embedded import free_port
 
 MODEL = "sim-model"
 CHAT_MESSAGES = [
@@ -76,13 +77,6 @@ HTTP = httpx.Client(timeout=10.0)
 # Rates that make the ceiling in the cost formula matter.
 INPUT_RATE = 1_000_003
 OUTPUT_RATE = 2_999_999
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_until(condition: Callable[[], Any], deadline_seconds: float = 5.0) -> Any:
@@ -542,6 +536,18 @@ def test_standalone_agent_reports_vllm_down_and_answers_502() -> None:
         assert (health.status_code, health.json()["vllm"]) == (503, "down")
         response = HTTP.post(server.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: issue()[1]})
         assert (response.status_code, response.json()["error"]["code"]) == (502, "upstream_error")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_not_answering_in_time_is_a_504(faulty: RunningServer, stream: bool) -> None:
+    server = _agent(faulty.base_url, None, chain_id=CHAIN_ID, settlement=SETTLEMENT,
+                    dispatch_signer=DISPATCHER.address, vllm_timeout=0.3).start()  # fmt: skip
+    try:
+        HTTP.post(faulty.base_url + "/sim/faults", json={"mode": "timeout", "count": 1})
+        response = HTTP.post(server.base_url + CHAT.path, json=chat(stream), headers={TICKET_HEADER: issue()[1]})
+        assert (response.status_code, response.json()["error"]["code"]) == (504, "upstream_timeout")
     finally:
         server.stop()
 
