@@ -28,9 +28,9 @@ REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]]
 JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
-def job_id_for(digest: bytes) -> bytes:
-    """Deterministic per accepted (signer, nonce): the hash of the signed request's digest."""
-    return keccak(b"sluice-job:" + digest)
+def job_id_for(spender: str, digest: bytes) -> bytes:
+    """Deterministic per accepted (signer, nonce): two keys signing the same struct get different jobs."""
+    return keccak(b"sluice-job:" + bytes.fromhex(spender[2:]) + digest)
 
 
 def _validation_error(exc: ValidationError) -> errors.InvalidRequest:
@@ -74,7 +74,7 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
     plan = plan_cost(body, parsed.requested_max_tokens(), DEFAULT_MAX_TOKENS[path], call.max_cost,
                      rate.input_rate, rate.output_rate)
     figures = await state.chain_figures(call.payer, call.spender)
-    job_id = job_id_for(call.digest)
+    job_id = job_id_for(call.spender, call.digest)
     outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.hold_ttl_seconds,
                                              figures)
     if outcome != "ok":

@@ -11,6 +11,7 @@ match the held call, and whose cost follows the on-chain rates and stays within
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -59,6 +60,25 @@ class HeldCall:
 
 class NodeFailed(Exception):
     """The node failed before producing anything; another node may be tried."""
+
+
+# A node answering these has a problem of its own (its ticket check, its load), not one with the request:
+# another node is tried, as for a 5xx. Any other 4xx refuses the request itself (vLLM's 400).
+NODE_FAULT_STATUSES = frozenset({401, 403, 408, 409, 429})
+
+
+def node_refusal(content: bytes, path: str) -> errors.ApiError:
+    """A node's refusal of the request itself (context length, a parameter vLLM rejects) in the service's
+    envelope with a stable code; vLLM's own envelope carries its exception name and an integer code."""
+    message, param = "the node refused the request", None
+    with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):
+        detail = orjson.loads(content)["error"]
+        message = str(detail["message"])
+        param = detail.get("param") if isinstance(detail.get("param"), str) else None
+    if "context length" in message:
+        prompt = "messages" if path == "/v1/chat/completions" else "prompt"
+        return errors.InvalidRequest(f"{message}; nothing was charged", prompt, code="context_length_exceeded")
+    return errors.InvalidRequest(f"{message}; nothing was charged", param)
 
 
 class Dispatcher:
@@ -160,7 +180,7 @@ class Dispatcher:
                 self.registry.record_failure(node.node)
                 log.warning("node %s failed before answering: %r", node.node, exc)
                 continue
-            if response.status >= 500:
+            if response.status >= 500 or response.status in NODE_FAULT_STATUSES:
                 node.in_flight -= 1
                 response.close()
                 self.registry.record_failure(node.node)
@@ -192,7 +212,7 @@ class Dispatcher:
         node_time = time.perf_counter() - started
         if response.status != 200:
             await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
-            return Response(content, status_code=response.status, media_type="application/json")
+            raise node_refusal(content, held.path)
         signed: SignedReceipt | None = None
         header = response.headers.get(RECEIPT_HEADER)
         if header is not None:
@@ -214,7 +234,7 @@ class Dispatcher:
                 node.in_flight -= 1
                 response.release()
             await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
-            return Response(content, status_code=response.status, media_type="application/json")
+            raise node_refusal(content, held.path)
         headers = {"Sluice-Job-Id": "0x" + held.job_id.hex(), "Cache-Control": "no-cache"}
         return StreamingResponse(self._relay(held, node, response), media_type="text/event-stream", headers=headers)
 

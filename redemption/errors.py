@@ -53,6 +53,11 @@ class UnknownModel(ApiError):
     code = "model_not_found"
 
 
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
 # 401: the signature
 class AuthError(ApiError):
     status = 401
@@ -172,9 +177,12 @@ HOLD_MESSAGES: dict[str, str] = {
     "paused": "the compute token is paused by the operator; try again later",
     "not_allowlisted": "the payer is not allowlisted; ask the operator to allowlist it",
     "suspended": "the account is suspended for unpaid usage; the payer must top up and ask the operator to clear it",
-    "insufficient_balance": "the payer's balance, less open holds and unsettled usage, does not cover Sluice-Max-Cost",
+    "insufficient_balance": (
+        "the payer's balance, less open holds and unsettled usage, does not cover this call's worst-case cost; "
+        "top up the payer's balance, or lower max_tokens or Sluice-Max-Cost"
+    ),
     "insufficient_allowance": (
-        "the payer's allowance to this key, less open holds and unsettled usage, does not cover Sluice-Max-Cost; "
-        "ask the payer to approve a larger budget"
+        "the payer's allowance to this key, less open holds and unsettled usage, does not cover this call's "
+        "worst-case cost; ask the payer to approve a larger budget, or lower max_tokens or Sluice-Max-Cost"
     ),
 }

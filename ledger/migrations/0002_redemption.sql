@@ -182,15 +182,17 @@ BEGIN
         RETURN 'suspended';
     END IF;
     INSERT INTO reserved_payer (payer) VALUES (p_payer) ON CONFLICT DO NOTHING;
+    -- Invariant 1: the signed maxCost must fit what is available; the reservation itself is the
+    -- worst case of the clamped call (p_amount <= p_max_cost).
     UPDATE reserved_payer SET reserved = reserved + p_amount
-        WHERE payer = p_payer AND reserved + p_amount <= p_balance;
+        WHERE payer = p_payer AND reserved + p_max_cost <= p_balance;
     IF NOT FOUND THEN
         RETURN 'insufficient_balance';
     END IF;
     IF p_spender <> p_payer THEN
         INSERT INTO reserved_pair (payer, spender) VALUES (p_payer, p_spender) ON CONFLICT DO NOTHING;
         UPDATE reserved_pair SET reserved = reserved + p_amount
-            WHERE payer = p_payer AND spender = p_spender AND reserved + p_amount <= p_allowance;
+            WHERE payer = p_payer AND spender = p_spender AND reserved + p_max_cost <= p_allowance;
         IF NOT FOUND THEN
             UPDATE reserved_payer SET reserved = reserved - p_amount WHERE payer = p_payer;
             RETURN 'insufficient_allowance';
