@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from functools import cache
 
 from coincurve import PrivateKey, PublicKey
-from Crypto.Hash import keccak as _keccak
 from eth_utils.address import to_checksum_address
+
+from ledger.keccak import keccak256
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 HALF_N = SECP256K1_N // 2
@@ -40,9 +41,7 @@ RECEIPT_DOMAIN_NAME = "Sluice Node"
 DOMAIN_VERSION = "1"
 
 
-def keccak(data: bytes) -> bytes:
-    """keccak256 straight from pycryptodome (eth-hash's dispatch costs twice the hash on the hot path)."""
-    return _keccak.new(digest_bits=256, data=data).digest()
+keccak = keccak256
 
 
 class SignatureError(ValueError):

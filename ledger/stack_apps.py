@@ -1,9 +1,11 @@
-"""The application half of the embedded stack: the redemption service and the simulated nodes.
+"""The application half of the embedded stack: the redemption service, the simulated nodes and the
+settlement worker.
 
 `sluice up` starts these after the contracts are deployed, each as a child process
 with the stack's environment: the redemption service (`python -m redemption`),
 then for every embedded node a vLLM-API simulator (internal, never routed to
-directly) and the node agent in front of it, which registers with the service.
+directly) and the node agent in front of it, which registers with the service,
+then the settlement worker with its beat (`python -m ledger.cli.worker --beat`).
 Inference on the embedded stack is simulated; production runs the agent in front
 of `vllm serve` on each GPU host.
 """
@@ -30,6 +32,7 @@ from ledger.embedded import (
 from ledger.keys import embedded_account
 
 API = "api"
+WORKER = "worker"
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,23 @@ def node_services(settings: Settings, record: dict[str, Any], nodes: tuple[Embed
     return services
 
 
+def worker_service(settings: Settings, record: dict[str, Any]) -> Service:
+    """The settlement worker with its beat (`sluice worker --beat`).
+
+    It claims no port: its Prometheus metrics go to SLUICE_WORKER_METRICS_PORT when that port is
+    free (the worker logs a warning otherwise), and `sluice status` reads the same figures from
+    PostgreSQL. So it has no client URL either, and counts as up while its process runs (the
+    stack notices when it exits).
+    """
+    return Service(
+        name=WORKER, title="settlement worker (Celery + beat)", url=None, address="sluice worker --beat",
+        healthy=lambda: True,
+        launch=Launch(argv=(sys.executable, "-m", "ledger.cli.worker", "--beat", "--concurrency", "2"),
+                      log=_log(settings, "worker"), env=client_environment(settings), start_timeout=60.0),
+    )
+
+
 def app_services(settings: Settings, record: dict[str, Any]) -> list[Service]:
     """Every application service of the embedded stack, in start order."""
-    return [api_service(settings, record), *node_services(settings, record)]
+    return [api_service(settings, record), *node_services(settings, record), worker_service(settings, record)]
 

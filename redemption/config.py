@@ -22,6 +22,8 @@ class ServiceSettings(Settings):
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections of the service")
     node_timeout_seconds: float = Field(30.0, gt=0, description="wait this long for a node's first byte")
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
+    run_indexer: bool = Field(True, description="index every contract event into chain_events from this process")
+    auditor_cache_seconds: float = Field(5.0, ge=0, description="how long an AUDITOR_ROLE check is reused")
     dispatch_attempts: int = Field(3, ge=1, description="nodes tried before answering 503 no_capacity")
 
 

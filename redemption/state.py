@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -18,6 +18,9 @@ from redemption.dispatch import Dispatcher
 from redemption.metrics import ServiceMetrics
 from redemption.routing import NodeRegistry
 from redemption.store import ChainFigures, ModelRate, Store
+
+if TYPE_CHECKING:
+    from redemption.audit import AuditorRoles
 
 # A mirror that has not completed a sync for this long is treated as lagging.
 MIRROR_STALE_SECONDS = 5.0
@@ -36,6 +39,8 @@ class ServiceState:
     metrics: ServiceMetrics
     dispatch_signer: str
     mirror: Any = None
+    indexer: Any = None
+    auditors: AuditorRoles | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -99,6 +99,13 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def release_settled(self) -> int:
+        """Drop the reservations of usage whose burn the mirror has seen (ledger.settlement defines it)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT release_settled()")
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
     async def prune_nonces(self, before_unix: int) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute("DELETE FROM call_nonces WHERE deadline < %s", (before_unix,))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from ledger.cli import debts
+from ledger.cli import debts, nodes
 from ledger.cli.common import JsonOpt, KeystoreOpt, handle_errors, open_ledger, operator_key, report_tx
 from ledger.cli.output import console, print_json
 
@@ -22,6 +22,7 @@ app.add_typer(allowlist_app, name="allowlist")
 app.add_typer(rates_app, name="rates")
 app.add_typer(roles_app, name="roles")
 app.add_typer(debts.app, name="debts")
+app.add_typer(nodes.app, name="nodes")
 
 ROLES = ("MINTER_ROLE", "REDEEMER_ROLE", "COMPLIANCE_ROLE", "PAUSER_ROLE", "AUDITOR_ROLE", "SETTLER_ROLE",
          "ISSUER_ROLE", "RATE_SETTER_ROLE", "DEFAULT_ADMIN_ROLE")

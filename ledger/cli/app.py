@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ledger.cli import admin, bench, demo, deploy, node, stack
+from ledger.cli import admin, audit, bench, demo, deploy, node, stack, wallet, worker
 
 app = typer.Typer(
     name="sluice",
@@ -21,9 +21,12 @@ app = typer.Typer(
 stack.register(app)
 deploy.register(app)
 demo.register(app)
+worker.register(app)
 app.add_typer(admin.app, name="admin")
 app.add_typer(bench.app, name="bench")
 app.add_typer(node.app, name="node")
+app.add_typer(wallet.app, name="wallet")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

@@ -19,17 +19,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the end-to-end scenario on the embedded stack (started here if none is running).
 
-        The operator allowlists an enterprise, the enterprise buys compute tokens with a permit and
-        approves a developer, metered usage is settled in one batch, and every receipt is proved
-        against the on-chain Merkle root. Balances, events and transaction hashes are printed.
+        An operator allowlists an enterprise; the enterprise buys compute tokens with a permit and
+        approves two developer keys; the developers make signed calls with the `openai` package (one
+        runs out of budget and gets 402); the Celery workers settle the usage on chain; an auditor
+        verifies the whole history and prints it. Inference is simulated on the embedded stack.
         """
         from ledger import embedded
         from ledger.chain import connect
         from ledger.client import Ledger
         from ledger.config import get_settings
         from ledger.deployment import Deployment
-        from ledger.keys import operator_account, settler_account
-        from ledger.lifecycle import walk_lifecycle
+        from ledger.keys import operator_account
+        from ledger.scenario import run_story
 
         settings = get_settings()
         paths = embedded.StatePaths(settings.state_dir)
@@ -39,7 +40,8 @@ def register(app: typer.Typer) -> None:
             record = json.loads(paths.stack_json.read_text())
             console.print(f"[dim]using the running stack in {paths.root}[/]")
         else:
-            console.print(f"[bold]starting the embedded stack[/] in {paths.root} (chain, PostgreSQL, Redis) …")
+            console.print(f"[bold]starting the embedded stack[/] in {paths.root}: chain, PostgreSQL, Redis, "
+                          "the redemption service, two simulated inference nodes and the settlement workers …")
             record = embedded.start_detached(settings)
             started_here = True
         try:
@@ -47,14 +49,16 @@ def register(app: typer.Typer) -> None:
             w3 = connect(record["rpc_url"])
             deployment = Deployment.from_json(record)
             ledger = Ledger(w3, deployment, timeout=clients.tx_timeout, confirmations=clients.confirmations)
-            console.print(f"[bold]Sluice[/] on chain {deployment.chain_id}, contracts:")
-            for name, address in deployment.contracts.items():
-                console.print(f"  {name:14} {address}")
-            console.rule("token lifecycle")
-            walk_lifecycle(ledger, operator_account(clients), settler_account(clients),
-                           say=lambda line: console.print(line, soft_wrap=True))
+            console.print(f"[bold]Sluice[/] on chain {deployment.chain_id}; API {record['endpoints']['api']}; "
+                          f"nodes {', '.join(record['endpoints'].get('nodes', []))}")
+            console.rule("buy → signed calls → settlement → audit")
+            outcome = run_story(ledger, record["endpoints"]["api"], operator_account(clients),
+                                say=lambda line: console.print(line, soft_wrap=True, highlight=False))
             console.rule()
-            console.print("[bold green]demo complete[/]")
+            if outcome.verify_discrepancies:
+                raise typer.Exit(1)
+            console.print(f"[bold green]demo complete[/]: {outcome.calls_served} calls served, "
+                          f"{outcome.refused_402} refused with 402, every metered call settled and verified")
         finally:
             if started_here and not keep:
                 err_console.print("[dim]stopping the stack this demo started (state kept; --keep leaves it up)[/]")

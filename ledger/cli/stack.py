@@ -79,13 +79,25 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when every service answers, 1 otherwise.
         """
-        from ledger.embedded import stack_status
+        from ledger.embedded import client_settings, stack_status
+        from ledger.settlement import SettlementSettings
+        from ledger.settlement_metrics import settlement_status, status_lines
 
-        report = stack_status(_settings())
+        settings = _settings()
+        report = stack_status(settings)
+        data = report.to_json()
+        database_up = "database" in report.services and report.services["database"].up
+        clients = client_settings(settings)
+        settlement = settlement_status(SettlementSettings(**clients.model_dump())) if database_up else None
+        data["settlement"] = settlement
         if as_json:
-            print_json(report.to_json())
+            print_json(data)
         else:
-            _print_status(report.to_json())
+            _print_status(data)
+            if settlement is not None:
+                console.print("settlement:")
+                for line in status_lines(settlement):
+                    console.print(f"  {line}", highlight=False)
         if not report.all_up:
             raise typer.Exit(1)
 

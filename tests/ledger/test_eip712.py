@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from ledger.eip712 import (
     HALF_N,
     SECP256K1_N,
-    Domains,
     DispatchTicket,
+    Domains,
     Redemption,
     SignatureError,
     UsageReceipt,
@@ -51,7 +51,8 @@ def test_redemption_digest_matches_eth_account(max_cost: int, nonce: int, deadli
 def test_ticket_and_receipt_digests_match_eth_account() -> None:
     node, payer, spender = Account.create(), Account.create(), Account.create()
     job, model, request = os.urandom(32), os.urandom(32), os.urandom(32)
-    ticket = DispatchTicket(job, node.address, payer.address, spender.address, model, 256, 20, 60, request, 1_900_000_000)
+    ticket = DispatchTicket(job, node.address, payer.address, spender.address, model, 256, 20, 60, request,
+                            1_900_000_000)
     ref = node.sign_typed_data(
         DOMAINS.eth_account_domain("Sluice Dispatch"),
         {"DispatchTicket": [{"name": n, "type": t} for n, t in (

@@ -20,6 +20,7 @@ from inference_node.protocol import (
 )
 from redemption import errors
 from redemption.api.deps import State
+from redemption.state import ServiceState
 
 router = APIRouter(tags=["internal"])
 HEARTBEAT_MAX_AGE = 60
@@ -43,13 +44,37 @@ async def heartbeat(beat: NodeHeartbeat, state: State) -> dict[str, str]:
     if signer.lower() != beat.node.lower():
         raise errors.InvalidSignature("heartbeat signature does not match the node address", "signature")
     node = to_checksum_address(beat.node)
-    if await state.store.node_retired(node):
-        raise errors.Forbidden(f"node {node} is retired; an operator must register it again", "node")
+    await refuse_unregistered(state, node)
     await state.store.upsert_node(node, beat.url, beat.models, beat.tier, beat.region, beat.capacity,
                                   beat.running, beat.waiting)
     state.registry.heartbeat(node, beat.url, beat.models, beat.tier, beat.region, beat.capacity, beat.running,
                              beat.waiting)
     return {"status": "ok"}
+
+
+async def refuse_unregistered(state: ServiceState, node: str) -> None:
+    """Refuse a retired node, and, once an operator registered any node, every node it did not register.
+
+    Until then registration is open (any key that signs its heartbeat joins): that is how the embedded
+    stack's simulated nodes join. `sluice admin nodes register` closes it.
+    """
+    async with state.store.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT n.retired, n.registered_by,"
+            " EXISTS (SELECT 1 FROM nodes WHERE registered_by = 'operator')"
+            " FROM (SELECT 1) AS one LEFT JOIN nodes n ON n.node = %s",
+            (bytes.fromhex(node[2:]),),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    retired, registered_by, closed = row
+    if retired:
+        raise errors.Forbidden(f"node {node} is retired; an operator must register it again "
+                               f"(sluice admin nodes register {node})", "node", code="node_retired")
+    if closed and registered_by != "operator":
+        raise errors.Forbidden(f"node {node} is not registered; an operator must register its receipt key "
+                               f"(sluice admin nodes register {node} --url ... --model ... --tier ... --region ...)",
+                               "node", code="node_not_registered")
 
 
 @router.post(RECEIPTS_PATH)

@@ -1,0 +1,812 @@
+"""`sluice wallet`: an enterprise's wallet for compute tokens.
+
+Keys live in encrypted JSON keystores (eth-account, scrypt) under `<state dir>/wallets/<address>.json`;
+passwords come from a hidden prompt or $SLUICE_KEYSTORE_PASSWORD, never from an argument, and a
+keystore is never overwritten. Commands that sign take `--keystore PATH|ADDRESS` and default to the
+only wallet under the state dir. Amounts on the command line are whole tokens, decimals allowed:
+compute tokens have 18 decimals, the payment token its own (6 for the embedded test dollar).
+`--json` prints amounts in base units as integers. Progress goes to stderr, so stdout stays JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import typer
+
+from ledger.cli.common import PASSWORD_ENV, JsonOpt, hint_for, open_ledger
+from ledger.cli.output import console, err_console, fail, print_json
+from ledger.units import DECIMALS, format_amount, format_tokens
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+    from rich.status import Status
+    from web3.contract import Contract
+    from web3.contract.contract import ContractFunction
+
+    from ledger.chain import TxResult
+    from ledger.client import Ledger
+
+app = typer.Typer(help="An enterprise's wallet: keystores, balances, buying compute tokens, developer budgets.",
+                  no_args_is_help=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+WALLETS = "wallets"
+PERMIT_TTL = 3600  # seconds a purchase permit stays valid
+SCRYPT_N = 2**18  # scrypt cost of new keystores: geth's and eth-account's standard
+
+WalletOpt = typer.Option(
+    None, "--keystore",
+    help=f"wallet keystore file, or the address of a wallet under the state dir (default: the only one there); "
+         f"password from ${PASSWORD_ENV} or a prompt",
+)
+OutOpt = typer.Option(None, "--out", help="where to write the keystore (default: <state dir>/wallets/<address>.json)")
+SourceArg = typer.Argument(None, help="an existing JSON keystore to copy in (default: read a private key)")
+ConfirmationsOpt = typer.Option(
+    None, "--confirmations", min=0, help="blocks to wait for after the transaction is mined (default: the settings')"
+)
+
+
+class WalletProblem(Exception):
+    """Something the wallet refuses, with what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _explained(fn: F) -> F:
+    """Every refusal becomes one message plus what to do, on stderr, with exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ledger import errors
+
+        try:
+            return fn(*args, **kwargs)
+        except WalletProblem as exc:
+            fail(str(exc), exc.hint)
+        except errors.NotAllowlisted as exc:
+            account = exc.args_by_name.get("account", "the account")
+            fail(f"{account} is not allowlisted: the compute token moves only between allowlisted accounts",
+                 f"ask the operator to allowlist it: sluice admin allowlist add {account}")
+        except errors.TransactionTimeout as exc:
+            fail(str(exc), f"it may still be mined: look it up by its hash {exc.tx_hash} before trying again")
+        except (errors.LedgerError, ValueError) as exc:
+            fail(str(exc), hint_for(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- keystores -------------------------------------------------------------------------------
+def wallets_dir() -> Path:
+    from ledger.config import get_settings
+
+    return get_settings().state_dir / WALLETS
+
+
+def _checksum(value: str, what: str = "address") -> str:
+    from eth_utils.address import is_address, to_checksum_address
+
+    if not is_address(value):
+        raise typer.BadParameter(f"{what} {value!r} is not an Ethereum address (0x followed by 40 hex digits)")
+    return str(to_checksum_address(value))
+
+
+def _known_wallets() -> list[Path]:
+    folder = wallets_dir()
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _known_hint() -> str:
+    known = _known_wallets()
+    if not known:
+        return "create one with `sluice wallet new`, or bring one with `sluice wallet import`"
+    return "wallets under the state dir: " + ", ".join(p.stem for p in known)
+
+
+def keystore_path(keystore: str | None) -> Path:
+    """The keystore to use: `--keystore` (a path, or a wallet's address), else the only wallet there is."""
+    from eth_utils.address import is_address
+
+    if keystore is None:
+        known = _known_wallets()
+        if len(known) == 1:
+            return known[0]
+        if not known:
+            raise WalletProblem(f"no wallet under {wallets_dir()}", _known_hint())
+        raise WalletProblem(f"{len(known)} wallets under {wallets_dir()}; say which with --keystore", _known_hint())
+    if is_address(keystore) and not Path(keystore).exists():
+        path = wallets_dir() / f"{_checksum(keystore)}.json"
+        if not path.is_file():
+            raise WalletProblem(f"no wallet for {_checksum(keystore)} under {wallets_dir()}", _known_hint())
+        return path
+    path = Path(keystore).expanduser()
+    if not path.is_file():
+        raise WalletProblem(f"keystore {path} does not exist", _known_hint())
+    return path
+
+
+def _read_keystore(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WalletProblem(f"{path} is not a readable JSON keystore ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("crypto", data.get("Crypto")), dict):
+        raise WalletProblem(f"{path} is not an Ethereum JSON keystore (no `crypto` section)")
+    return data
+
+
+def keystore_address(path: Path) -> str:
+    """The wallet's address, read from the keystore without decrypting it."""
+    data = _read_keystore(path)
+    address = data.get("address")
+    if not isinstance(address, str):
+        raise WalletProblem(f"{path} does not record its address", "pass the address as an argument instead")
+    return _checksum(address if address.startswith("0x") else "0x" + address)
+
+
+def _password(path: Path) -> str:
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        password = str(typer.prompt(f"Password for {path.name}", hide_input=True, err=True))
+    return password
+
+
+def _new_password() -> str:
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        password = str(typer.prompt("Password for the keystore", hide_input=True, confirmation_prompt=True,
+                                    err=True))
+    if not password:
+        raise WalletProblem("the password is empty", f"type one at the prompt, or set ${PASSWORD_ENV}")
+    return password
+
+
+def unlock(keystore: str | None) -> LocalAccount:
+    """Decrypt the wallet's key (password from the environment or a prompt)."""
+    from eth_account import Account
+
+    path = keystore_path(keystore)
+    data = _read_keystore(path)
+    password = _password(path)
+    try:
+        key = Account.decrypt(data, password)
+    except ValueError:
+        source = f"${PASSWORD_ENV}" if os.environ.get(PASSWORD_ENV) is not None else "the password typed"
+        raise WalletProblem(f"wrong password for keystore {path}: {source} does not decrypt it",
+                            f"type the password this keystore was created with, or correct ${PASSWORD_ENV}") from None
+    account: LocalAccount = Account.from_key(key)
+    return account
+
+
+def _write_keystore(path: Path, keystore: dict[str, Any]) -> None:
+    """Write a keystore readable by its owner only; an existing file is never replaced."""
+    if path.exists():
+        raise _exists(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keystore-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
+            out.write(json.dumps(keystore) + "\n")
+        try:
+            os.link(tmp, path)  # atomic, and fails instead of replacing a file that appeared meanwhile
+        except FileExistsError:
+            raise _exists(path) from None
+    finally:
+        os.unlink(tmp)
+
+
+def _refuse_existing(out: Path | None) -> None:
+    """Refuse an existing --out before asking for anything."""
+    if out is not None and out.expanduser().exists():
+        raise _exists(out.expanduser())
+
+
+def _exists(path: Path) -> WalletProblem:
+    return WalletProblem(f"{path} already exists; a keystore is never overwritten",
+                         "choose another file with --out, or move the existing one away first")
+
+
+def _save_new(account: LocalAccount, password: str, out: Path | None) -> Path:
+    from eth_account import Account
+
+    path = out.expanduser() if out is not None else wallets_dir() / f"{account.address}.json"
+    _write_keystore(path, Account.encrypt(account.key, password, kdf="scrypt", iterations=SCRYPT_N))
+    return path
+
+
+def _report_wallet(action: str, address: str, path: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({"action": action, "address": address, "keystore": str(path)})
+        return
+    console.print(f"[green]{action}[/] wallet {address}\n  keystore {path}", soft_wrap=True, highlight=False)
+    console.print(f"  next: the operator allowlists it with `sluice admin allowlist add {address}`",
+                  soft_wrap=True, highlight=False)
+
+
+@app.command("new")
+@_explained
+def new(
+    out: Path | None = OutOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a wallet: a new key in an encrypted JSON keystore (password from a prompt or the env)."""
+    from eth_account import Account
+
+    _refuse_existing(out)
+    password = _new_password()
+    account: LocalAccount = Account.create()
+    path = _save_new(account, password, out)
+    _report_wallet("created", account.address, path, as_json)
+
+
+@app.command("import")
+@_explained
+def import_(
+    source: Path | None = SourceArg,
+    from_stdin: bool = typer.Option(False, "--stdin", help="read the private key from the first line of stdin"),
+    out: Path | None = OutOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Bring in a key: an existing keystore file, or a private key typed at a hidden prompt (or --stdin)."""
+    from eth_account import Account
+
+    _refuse_existing(out)
+    if source is not None:
+        if not source.is_file():
+            raise WalletProblem(f"keystore {source} does not exist")
+        data = _read_keystore(source)
+        account: LocalAccount = unlock(str(source))  # proves the password before the copy is kept
+        recorded = data.get("address")
+        if isinstance(recorded, str) and _checksum("0x" + recorded.removeprefix("0x")) != account.address:
+            raise WalletProblem(f"{source} records address 0x{recorded.removeprefix('0x')} but holds the key of "
+                                f"{account.address}; refusing a keystore that lies about its address")
+        path = out.expanduser() if out is not None else wallets_dir() / f"{account.address}.json"
+        if path.resolve() == source.resolve():
+            raise WalletProblem(f"{source} is already this wallet's keystore")
+        _write_keystore(path, data)
+        _report_wallet("imported", account.address, path, as_json)
+        return
+    if from_stdin:
+        raw = typer.get_text_stream("stdin").readline().strip()
+    else:
+        raw = str(typer.prompt("Private key (hex)", hide_input=True, err=True)).strip()
+    digits = raw.removeprefix("0x")
+    if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise WalletProblem("that is not a private key: expected 64 hex digits, optionally after 0x")
+    try:
+        account = Account.from_key(bytes.fromhex(digits))
+    except (ValueError, TypeError):  # zero or not below the curve order
+        raise WalletProblem("that is not a valid secp256k1 private key") from None
+    path = _save_new(account, _new_password(), out)
+    _report_wallet("imported", account.address, path, as_json)
+
+
+@app.command("list")
+@_explained
+def list_wallets(as_json: bool = JsonOpt) -> None:
+    """List the wallets kept under the state dir."""
+    rows = [{"address": keystore_address(p), "keystore": str(p)} for p in _known_wallets()]
+    if as_json:
+        print_json({"wallets": rows})
+        return
+    if not rows:
+        console.print(f"No wallets under {wallets_dir()}; create one with `sluice wallet new`.", soft_wrap=True)
+    for row in rows:
+        console.print(f"{row['address']}  {row['keystore']}", soft_wrap=True, highlight=False)
+
+
+@app.command("address")
+@_explained
+def address(keystore: str | None = WalletOpt, as_json: bool = JsonOpt) -> None:
+    """Print the wallet's address (no password needed)."""
+    path = keystore_path(keystore)
+    account = keystore_address(path)
+    if as_json:
+        print_json({"address": account, "keystore": str(path)})
+    else:
+        console.print(account, highlight=False)
+
+
+def _owner(account: str | None, keystore: str | None) -> str:
+    return _checksum(account) if account is not None else keystore_address(keystore_path(keystore))
+
+
+# -- chain helpers ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PaymentToken:
+    address: str
+    symbol: str
+    decimals: int
+
+    def show(self, units: int) -> str:
+        return f"{format_amount(units, self.decimals)} {self.symbol}"
+
+    def parse(self, text: str, what: str) -> int:
+        return _parse(text, self.decimals, what, self.symbol)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "symbol": self.symbol, "decimals": self.decimals}
+
+
+def _parse(text: str, decimals: int, what: str, unit: str) -> int:
+    from ledger.units import parse_amount
+
+    try:
+        return parse_amount(text, decimals)
+    except ValueError as exc:
+        raise WalletProblem(f"{what}: {exc}", f"{unit} amounts have at most {decimals} decimal places "
+                            "(examples: 100, 12.5)") from None
+
+
+def _tokens(text: str, what: str = "amount") -> int:
+    return _parse(text, DECIMALS, what, "compute-token")
+
+
+def payment_token(ledger: Ledger) -> PaymentToken:
+    from web3.exceptions import Web3Exception
+
+    token = ledger.payment_token
+    try:
+        symbol = str(token.functions.symbol().call())
+    except Web3Exception:  # a payment token without the optional ERC-20 metadata
+        symbol = "payment units"
+    return PaymentToken(token.address, symbol, int(token.functions.decimals().call()))
+
+
+def supports_permit(token: Contract, owner: str) -> bool:
+    """Whether `token` takes EIP-2612 permits signed under an EIP-5267 domain (`nonces` and `eip712Domain`)."""
+    from web3.exceptions import Web3Exception
+
+    try:
+        token.functions.nonces(owner).call()
+        token.functions.eip712Domain().call()
+    except Web3Exception:  # reverted or returned nothing: the function is not there
+        return False
+    return True
+
+
+def _ledger(confirmations: int | None = None) -> Ledger:
+    ledger = cast("Ledger", open_ledger())
+    if confirmations is not None:
+        ledger.confirmations = confirmations
+    return ledger
+
+
+def send(ledger: Ledger, account: LocalAccount, fn: ContractFunction, what: str) -> TxResult:
+    """Sign and send one call, showing it being mined and confirmed block by block (on stderr)."""
+    sender = ledger.sender(account)
+    tx: Any = {"to": fn.address, "data": fn._encode_transaction_data()}
+    with err_console.status(f"{what}: sending …") as status:
+        tx_hash, nonce = sender.send(tx)
+        _watch(ledger, tx_hash, status, what)
+        return sender.wait(tx_hash, nonce, tx)
+
+
+def _watch(ledger: Ledger, tx_hash: str, status: Status, what: str) -> None:
+    """Poll until `tx_hash` is mined and has `ledger.confirmations` blocks on top, updating the spinner."""
+    from hexbytes import HexBytes
+    from web3.exceptions import TransactionNotFound
+
+    from ledger.errors import TransactionTimeout
+
+    deadline = time.monotonic() + ledger.timeout
+    delay = 0.005
+    short = tx_hash[:10] + "…"
+    while True:
+        try:
+            receipt = ledger.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+        except TransactionNotFound:
+            receipt = None
+        if receipt is None:
+            status.update(f"{what}: waiting for {short} to be mined")
+        else:
+            mined = int(receipt["blockNumber"])
+            seen = ledger.w3.eth.block_number - mined
+            if seen >= ledger.confirmations:
+                return
+            status.update(f"{what}: mined in block {mined}, confirmations {seen}/{ledger.confirmations}")
+        if time.monotonic() > deadline:
+            state = "not mined" if receipt is None else f"not confirmed by {ledger.confirmations} blocks"
+            raise TransactionTimeout(f"{what}: transaction {tx_hash} {state} after {ledger.timeout:.0f} s", tx_hash)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _require_allowlisted(ledger: Ledger, account: str, role: str) -> None:
+    if not ledger.is_allowlisted(account):
+        raise WalletProblem(f"{role} {account} is not allowlisted: the compute token moves only between "
+                            "allowlisted accounts",
+                            f"ask the operator to allowlist it: sluice admin allowlist add {account}")
+
+
+def _approved_spenders(ledger: Ledger, owner: str) -> list[str]:
+    """Every spender `owner` ever approved, from the token's Approval logs since the deployment."""
+    from eth_utils.address import to_checksum_address
+    from eth_utils.crypto import keccak
+    from web3.exceptions import Web3RPCError
+
+    topics = ["0x" + keccak(text="Approval(address,address,uint256)").hex(),
+              "0x" + "00" * 12 + owner[2:].lower()]
+    found: dict[str, None] = {}
+
+    def scan(start: int, end: int) -> None:
+        try:
+            logs = ledger.w3.eth.get_logs({"fromBlock": start, "toBlock": end, "address": ledger.token.address,
+                                           "topics": topics})
+        except Web3RPCError:
+            if start == end:
+                raise
+            middle = (start + end) // 2  # the node refused the range (too many blocks or logs): halve it
+            scan(start, middle)
+            scan(middle + 1, end)
+            return
+        for entry in logs:
+            found[str(to_checksum_address(bytes(entry["topics"][2])[-20:]))] = None
+
+    scan(ledger.deployment.deploy_block, ledger.w3.eth.block_number)
+    return list(found)
+
+
+def _tier_table(tiers: list[tuple[int, int]], applied: int | None, pay: PaymentToken) -> Any:
+    from rich.table import Table
+
+    table = Table("", "tier", "from (tokens)", f"price per token ({pay.symbol})", box=None, pad_edge=False)
+    for i, (minimum, price) in enumerate(tiers):
+        table.add_row("→" if i == applied else "", str(i), format_tokens(minimum), format_amount(price, pay.decimals))
+    return table
+
+
+# -- reads -----------------------------------------------------------------------------------
+@app.command("balance")
+@_explained
+def balance(
+    account: str | None = typer.Argument(None, help="address to look at (default: the wallet's)"),
+    keystore: str | None = WalletOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Compute tokens, payment tokens, and the budgets (allowances) granted to developer keys."""
+    owner = _owner(account, keystore)
+    ledger = _ledger()
+    pay = payment_token(ledger)
+    tokens = ledger.balance_of(owner)
+    payment = ledger.payment_balance(owner)
+    allowlisted = ledger.is_allowlisted(owner)
+    budgets = [(s, a) for s in _approved_spenders(ledger, owner) if (a := ledger.allowance(owner, s)) > 0]
+    if as_json:
+        print_json({"address": owner, "allowlisted": allowlisted, "compute_tokens": tokens,
+                    "payment_token": {**pay.to_json(), "balance": payment},
+                    "allowances": [{"developer": s, "allowance": a} for s, a in budgets]})
+        return
+    console.print(f"wallet {owner}" + ("" if allowlisted else "  [yellow](not allowlisted)[/]"), highlight=False)
+    console.print(f"  compute tokens  {format_tokens(tokens)}", highlight=False)
+    console.print(f"  {pay.symbol:<14}  {format_amount(payment, pay.decimals)}", highlight=False)
+    if budgets:
+        console.print("  developer budgets (allowances):")
+        for spender, allowed in budgets:
+            console.print(f"    {spender}  {format_tokens(allowed)}", highlight=False)
+    else:
+        console.print("  no developer budgets")
+    if not allowlisted:
+        console.print(f"  the operator allowlists it with `sluice admin allowlist add {owner}`",
+                      soft_wrap=True, highlight=False)
+
+
+@app.command("quote")
+@_explained
+def quote(
+    amount: str = typer.Argument(..., help="compute tokens to buy, e.g. 1000 or 12.5"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """What buying AMOUNT compute tokens costs in the payment token, and the sale's volume tiers."""
+    units = _tokens(amount)
+    if units == 0:
+        raise WalletProblem("the amount must be more than zero")
+    ledger = _ledger()
+    pay = payment_token(ledger)
+    cost, tier = ledger.quote_purchase(units)
+    tiers = ledger.sale_tiers()
+    if as_json:
+        print_json({"amount": units, "cost": cost, "tier": tier, "payment_token": pay.to_json(),
+                    "tiers": [{"tier": i, "min_amount": m, "price": p, "applies": i == tier}
+                              for i, (m, p) in enumerate(tiers)]})
+        return
+    console.print(f"{format_tokens(units)} compute tokens cost {pay.show(cost)} "
+                  f"(tier {tier}: {pay.show(tiers[tier][1])} per token)", highlight=False)
+    console.print(_tier_table(tiers, tier, pay))
+
+
+# -- writes ----------------------------------------------------------------------------------
+@app.command("buy")
+@_explained
+def buy(
+    amount: str = typer.Argument(..., help="compute tokens to buy, e.g. 1000 or 12.5"),
+    max_cost: str | None = typer.Option(None, "--max-cost", help="pay at most this much of the payment token "
+                                        "(default: exactly the quote); the purchase fails if the price rises"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    no_permit: bool = typer.Option(False, "--no-permit", help="approve the sale in a separate transaction even "
+                                   "if the payment token takes EIP-2612 permits"),
+    keystore: str | None = WalletOpt,
+    confirmations: int | None = ConfirmationsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Buy AMOUNT compute tokens with the payment token, at the sale's volume-tier price.
+
+    Pays with an EIP-2612 permit (one transaction) when the payment token supports it, else with
+    approve + buy. Shows the quote and asks before buying unless --yes.
+    """
+    from web3.logs import DISCARD
+
+    from ledger.errors import CostAboveMax, PaymentShort
+
+    units = _tokens(amount)
+    if units == 0:
+        raise WalletProblem("the amount must be more than zero")
+    path = keystore_path(keystore)
+    buyer = keystore_address(path)
+    ledger = _ledger(confirmations)
+    pay = payment_token(ledger)
+    cost, tier = ledger.quote_purchase(units)
+    limit = cost if max_cost is None else pay.parse(max_cost, "--max-cost")
+    if cost > limit:
+        raise WalletProblem(f"the sale quotes {pay.show(cost)} for {format_tokens(units)} compute tokens, above "
+                            f"--max-cost {pay.show(limit)}; nothing was bought",
+                            "raise --max-cost, or buy less (`sluice wallet quote AMOUNT` shows the tiers)")
+    _require_allowlisted(ledger, buyer, "the wallet")
+    held = ledger.payment_balance(buyer)
+    if held < cost:
+        raise WalletProblem(f"{buyer} holds {pay.show(held)}; {format_tokens(units)} compute tokens cost "
+                            f"{pay.show(cost)}: {pay.show(cost - held)} short",
+                            f"fund the wallet with at least {pay.show(cost - held)} more, or buy less")
+    method = "approve" if no_permit or not supports_permit(ledger.payment_token, buyer) else "permit"
+    price = ledger.sale_tiers()[tier][1]
+    err_console.print(f"Buy {format_tokens(units)} compute tokens for {pay.show(cost)} (tier {tier}: "
+                      f"{pay.show(price)} per token; limit {pay.show(limit)}), paid "
+                      + ("with an EIP-2612 permit (one transaction)" if method == "permit"
+                         else "with approve + buy (two transactions)"), highlight=False, soft_wrap=True)
+    if not yes and not typer.confirm("Proceed?", default=False, err=True):
+        err_console.print("Cancelled; nothing was bought.")
+        raise typer.Exit(1)
+    signer = unlock(str(path))
+    approve_tx: TxResult | None = None
+    try:
+        if method == "permit":
+            deadline = int(ledger.w3.eth.get_block("latest")["timestamp"]) + PERMIT_TTL
+            v, r, s = ledger.sign_permit(ledger.payment_token, signer, ledger.sale.address, limit, deadline)
+            result = send(ledger, signer, ledger.sale.functions.buyWithPermit(units, limit, deadline, v, r, s),
+                          "buying with a permit")
+        else:
+            if int(ledger.payment_token.functions.allowance(buyer, ledger.sale.address).call()) < limit:
+                approve_tx = send(ledger, signer, ledger.payment_token.functions.approve(ledger.sale.address, limit),
+                                  f"approving the sale to take {pay.show(limit)}")
+            result = send(ledger, signer, ledger.sale.functions.buy(units, limit), "buying")
+    except PaymentShort as exc:
+        required, available = int(exc.args_by_name["required"]), int(exc.args_by_name["available"])
+        raise WalletProblem(f"the sale needs {pay.show(required)} but can take only {pay.show(available)}: "
+                            f"{pay.show(required - available)} short; nothing was bought",
+                            f"fund the wallet with at least {pay.show(required - available)} more") from None
+    except CostAboveMax as exc:
+        raise WalletProblem(f"the price rose to {pay.show(int(exc.args_by_name['cost']))}, above the limit "
+                            f"{pay.show(limit)}; nothing was bought",
+                            "check `sluice wallet quote AMOUNT`, then retry with a higher --max-cost") from None
+    bought = ledger.sale.events.Purchased().process_receipt(result.receipt, errors=DISCARD)[0]["args"]
+    now_held = ledger.balance_of(buyer)
+    if as_json:
+        print_json({"action": "bought", "buyer": buyer, "amount": int(bought["amount"]), "cost": int(bought["cost"]),
+                    "tier": int(bought["tier"]), "max_cost": limit, "method": method, "tx_hash": result.tx_hash,
+                    "block": result.block_number, "approve_tx_hash": None if approve_tx is None else approve_tx.tx_hash,
+                    "balance": now_held})
+        return
+    if approve_tx is not None:
+        console.print(f"  approve tx {approve_tx.tx_hash} (block {approve_tx.block_number})", soft_wrap=True,
+                      highlight=False)
+    console.print(f"[green]bought[/] {format_tokens(int(bought['amount']))} compute tokens for "
+                  f"{pay.show(int(bought['cost']))} (tier {int(bought['tier'])}, {method}); the wallet now holds "
+                  f"{format_tokens(now_held)}\n  tx {result.tx_hash} (block {result.block_number})",
+                  soft_wrap=True, highlight=False)
+
+
+@app.command("approve")
+@_explained
+def approve(
+    developer: str = typer.Argument(..., help="the developer key's address"),
+    budget: str = typer.Argument(..., help="compute tokens it may spend; replaces what is left of its budget"),
+    keystore: str | None = WalletOpt,
+    confirmations: int | None = ConfirmationsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Let DEVELOPER spend up to BUDGET of the wallet's compute tokens on signed calls (ERC-20 approve)."""
+    spender = _checksum(developer, "developer")
+    units = _tokens(budget, "budget")
+    path = keystore_path(keystore)
+    owner = keystore_address(path)
+    if spender == owner:
+        raise WalletProblem("the developer key is the wallet itself: it spends its own tokens without a budget",
+                            "approve a separate key for each developer")
+    ledger = _ledger(confirmations)
+    previous = ledger.allowance(owner, spender)
+    signer = unlock(str(path))
+    result = send(ledger, signer, ledger.token.functions.approve(spender, units), "approving")
+    if as_json:
+        print_json({"action": "approved", "owner": owner, "developer": spender, "budget": units,
+                    "previous": previous, "tx_hash": result.tx_hash, "block": result.block_number})
+        return
+    console.print(f"[green]approved[/] {spender} may spend up to {format_tokens(units)} compute tokens of {owner} "
+                  f"(was {format_tokens(previous)})\n  tx {result.tx_hash} (block {result.block_number})",
+                  soft_wrap=True, highlight=False)
+    if not ledger.is_allowlisted(owner):
+        console.print(f"  note: {owner} is not allowlisted yet, so its developers' calls are refused until the "
+                      f"operator runs `sluice admin allowlist add {owner}`", soft_wrap=True, highlight=False)
+
+
+@app.command("revoke")
+@_explained
+def revoke(
+    developer: str = typer.Argument(..., help="the developer key's address"),
+    keystore: str | None = WalletOpt,
+    confirmations: int | None = ConfirmationsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Take back DEVELOPER's budget (approve 0): its new calls are refused.
+
+    Usage it already made but that is not settled yet is still burned from this budget; what the
+    budget no longer covers becomes a debt of the wallet (see `sluice wallet usage`).
+    """
+    spender = _checksum(developer, "developer")
+    path = keystore_path(keystore)
+    owner = keystore_address(path)
+    ledger = _ledger(confirmations)
+    previous = ledger.allowance(owner, spender)
+    if previous == 0:
+        if as_json:
+            print_json({"action": "unchanged", "owner": owner, "developer": spender, "previous": 0,
+                        "tx_hash": None, "block": None})
+        else:
+            console.print(f"{spender} has no budget from {owner}; nothing to revoke", soft_wrap=True, highlight=False)
+        return
+    signer = unlock(str(path))
+    result = send(ledger, signer, ledger.token.functions.approve(spender, 0), "revoking")
+    if as_json:
+        print_json({"action": "revoked", "owner": owner, "developer": spender, "previous": previous,
+                    "tx_hash": result.tx_hash, "block": result.block_number})
+        return
+    console.print(f"[green]revoked[/] {spender}'s budget of {format_tokens(previous)} compute tokens\n"
+                  f"  tx {result.tx_hash} (block {result.block_number})", soft_wrap=True, highlight=False)
+    console.print("  note: its usage not settled yet is still charged; what the budget no longer covers becomes "
+                  "a debt (`sluice wallet usage` shows what is unsettled)", soft_wrap=True, highlight=False)
+
+
+@app.command("transfer")
+@_explained
+def transfer(
+    to: str = typer.Argument(..., help="the recipient's address (it must be allowlisted)"),
+    amount: str = typer.Argument(..., help="compute tokens to send, e.g. 100 or 12.5"),
+    keystore: str | None = WalletOpt,
+    confirmations: int | None = ConfirmationsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Send AMOUNT compute tokens to another allowlisted account."""
+    recipient = _checksum(to, "recipient")
+    units = _tokens(amount)
+    if units == 0:
+        raise WalletProblem("the amount must be more than zero")
+    path = keystore_path(keystore)
+    owner = keystore_address(path)
+    ledger = _ledger(confirmations)
+    held = ledger.balance_of(owner)
+    if held < units:
+        raise WalletProblem(f"{owner} holds {format_tokens(held)} compute tokens; sending {format_tokens(units)} "
+                            f"is {format_tokens(units - held)} short",
+                            "buy more with `sluice wallet buy AMOUNT`, or send less")
+    _require_allowlisted(ledger, owner, "the wallet")
+    _require_allowlisted(ledger, recipient, "the recipient")
+    signer = unlock(str(path))
+    result = send(ledger, signer, ledger.token.functions.transfer(recipient, units), "transferring")
+    left = ledger.balance_of(owner)
+    if as_json:
+        print_json({"action": "transferred", "from": owner, "to": recipient, "amount": units, "balance": left,
+                    "tx_hash": result.tx_hash, "block": result.block_number})
+        return
+    console.print(f"[green]transferred[/] {format_tokens(units)} compute tokens to {recipient}; the wallet now "
+                  f"holds {format_tokens(left)}\n  tx {result.tx_hash} (block {result.block_number})",
+                  soft_wrap=True, highlight=False)
+
+
+# -- usage -----------------------------------------------------------------------------------
+def _service_url() -> str:
+    """The running embedded stack's API, else the API port of the settings."""
+    from ledger.config import get_settings
+    from ledger.embedded import StatePaths, read_stack_record
+
+    settings = get_settings()
+    record = read_stack_record(StatePaths(settings.state_dir)) or {}
+    api = record.get("endpoints", {}).get("api")
+    return str(api) if api else f"http://127.0.0.1:{settings.api_port}"
+
+
+def _usage_from_api(api: str, payer: str) -> list[dict[str, Any]]:
+    import httpx
+
+    url = api.rstrip("/") + "/v1/usage"
+    try:
+        response = httpx.get(url, params={"payer": payer}, timeout=15)
+    except httpx.HTTPError as exc:
+        raise WalletProblem(f"the service at {api} does not answer ({exc.__class__.__name__})",
+                            "start it with `sluice up --detach`, pass --api URL, or set DATABASE_URL to read the "
+                            "database directly") from None
+    if response.status_code == 404:
+        raise WalletProblem(f"the service at {api} has no {url.removeprefix(api.rstrip('/'))}",
+                            "upgrade the service, or set DATABASE_URL to read the database directly")
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise WalletProblem(f"the service refused the usage query ({response.status_code}): {message}")
+    return [{"spender": s["spender"], "calls": int(s["calls"]), "prompt_tokens": int(s["prompt_tokens"]),
+             "completion_tokens": int(s["completion_tokens"]), "metered": int(s["metered"]),
+             "settled": int(s["settled"]), "unsettled": int(s["unsettled"]), "last_call": s["last_call"]}
+            for s in response.json()["spenders"]]
+
+
+def _usage_from_database(url: str, payer: str) -> list[dict[str, Any]]:
+    import psycopg
+    from eth_utils.address import to_checksum_address
+
+    from ledger.db import connect
+    from redemption.api.routes.usage import USAGE_BY_SPENDER
+
+    try:
+        with connect(url) as conn:
+            rows = conn.execute(USAGE_BY_SPENDER, (bytes.fromhex(payer[2:]),)).fetchall()
+    except psycopg.OperationalError as exc:
+        raise WalletProblem(f"the database does not answer: {str(exc).strip()}",
+                            "point DATABASE_URL at the service's PostgreSQL, or unset it to ask the service") from None
+    return [{"spender": str(to_checksum_address(bytes(r[0]))), "calls": int(r[1]), "prompt_tokens": int(r[2]),
+             "completion_tokens": int(r[3]), "metered": int(r[4]), "settled": int(r[5]),
+             "unsettled": int(r[4]) - int(r[5]), "last_call": r[6].isoformat()} for r in rows]
+
+
+@app.command("usage")
+@_explained
+def usage(
+    account: str | None = typer.Argument(None, help="payer address to look at (default: the wallet's)"),
+    keystore: str | None = WalletOpt,
+    api: str | None = typer.Option(None, "--api", envvar="SLUICE_API_URL",
+                                   help="the redemption service (default: the database when DATABASE_URL is set, "
+                                        "else the running stack's service)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Spend per developer key: calls, metered cost, and how much of it is settled on chain."""
+    from ledger.config import get_settings
+
+    payer = _owner(account, keystore)
+    database = get_settings().database_url
+    if api is None and database:
+        source, rows = "database", _usage_from_database(database, payer)
+    else:
+        source, rows = "api", _usage_from_api(api or _service_url(), payer)
+    if as_json:
+        print_json({"payer": payer, "source": source, "spenders": rows})
+        return
+    if not rows:
+        console.print(f"No metered calls paid by {payer}.", highlight=False)
+        return
+    console.print(f"usage paid by {payer}, in compute tokens:", highlight=False)
+    for row in rows:
+        console.print(f"  {row['spender']}  {row['calls']} calls  metered {format_tokens(row['metered'])}  "
+                      f"settled {format_tokens(row['settled'])}  unsettled {format_tokens(row['unsettled'])}  "
+                      f"last call {str(row['last_call'])[:19].replace('T', ' ')}", soft_wrap=True, highlight=False)
+    total = sum(r["metered"] for r in rows)
+    unsettled = sum(r["unsettled"] for r in rows)
+    console.print(f"total {format_tokens(total)}, of which {format_tokens(unsettled)} not settled yet",
+                  highlight=False)

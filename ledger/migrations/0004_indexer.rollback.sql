@@ -1,0 +1,1 @@
+DROP TABLE chain_events, indexer_blocks, indexer_cursor;
