@@ -89,7 +89,7 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
     served = 2
 
     say("\n[bob] calls until his budget of 0.01 tokens runs out")
-    bob_client = openai_client(api, bob, payer=enterprise.address, max_cost=ONE_TOKEN // 400)
+    bob_client = openai_client(api, bob, payer=enterprise.address, max_cost=ONE_TOKEN // 200)
     refused = 0
     for i in range(20):
         try:
@@ -97,7 +97,8 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
                                                messages=[{"role": "user", "content": f"question {i}"}])
             served += 1
         except APIStatusError as exc:
-            error: dict[str, Any] = exc.body.get("error", {}) if isinstance(exc.body, dict) else {}
+            body: Any = exc.body if isinstance(exc.body, dict) else {}
+            error: dict[str, Any] = body.get("error", body)  # the openai package may unwrap the envelope
             say(f"  call {i + 1}: HTTP {exc.status_code} {error.get('code')}: {error.get('message')}")
             refused += 1
             break
@@ -140,6 +141,6 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
     for d in report.discrepancies:
         say(f"  DISCREPANCY {d.check}: {d.detail}")
     say("  the enterprise's history:")
-    for row in history.get("items", history.get("transactions", [])):
-        say(f"    block {row.get('block')}  {row.get('kind', row.get('event')):12}  tx {str(row.get('tx_hash'))[:18]}…")
+    for row in history["data"]:
+        say(f"    block {row['block']:>4}  {row['kind']:12} {row['event']:16} tx {row['tx_hash'][:18]}…")
     return Outcome(served, refused, metered, settled, len(report.discrepancies))

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
                           f"nodes {', '.join(record['endpoints'].get('nodes', []))}")
             console.rule("buy → signed calls → settlement → audit")
             outcome = run_story(ledger, record["endpoints"]["api"], operator_account(clients),
-                                say=lambda line: console.print(line, soft_wrap=True, highlight=False))
+                                say=lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False))
             console.rule()
             if outcome.verify_discrepancies:
                 raise typer.Exit(1)
