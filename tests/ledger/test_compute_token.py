@@ -5,45 +5,24 @@ Every refusal is asserted by its exact custom error and values, every event by i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from web3.contract.contract import ContractEvent
-from web3.logs import DISCARD
 
-from ledger.chain import TxResult
 from ledger.client import Ledger, role_id
-from ledger.errors import ERROR_CLASSES, ContractRevert
 from ledger.units import ONE_TOKEN
+from tests.ledger.assertions import ZERO_ADDRESS, events, latest_timestamp, reverts
 
 if TYPE_CHECKING:
     from tests.ledger.conftest import Actors
 
-ZERO_ADDRESS = "0x" + "00" * 20
 
 
-@contextmanager
-def reverts(error: str, **args: Any) -> Iterator[None]:
-    """Expect the typed revert of exactly this custom error, with exactly these values."""
-    with pytest.raises(ContractRevert) as info:
-        yield
-    assert info.value.error == error
-    assert info.value.args_by_name == args
-    assert type(info.value) is ERROR_CLASSES.get(error, ContractRevert)
 
 
-def events(event: ContractEvent, tx: TxResult) -> list[dict[str, Any]]:
-    """The args of every `event` this contract emitted in `tx` (other contracts share signatures)."""
-    logs = event().process_receipt(tx.receipt, errors=DISCARD)
-    return [dict(e["args"]) for e in logs if e["address"] == event.address]
 
 
-def latest_timestamp(ledger: Ledger) -> int:
-    return int(ledger.w3.eth.get_block("latest")["timestamp"])
 
 
 # -- mint ------------------------------------------------------------------------------------

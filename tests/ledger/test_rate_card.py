@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from web3.contract.contract import ContractEvent
-from web3.logs import DISCARD
 
 from ledger.chain import TxResult
 from ledger.client import Ledger, Rate, Tier, model_id, role_id, usage_cost
 from ledger.config import Settings
 from ledger.deploy import parse_models
-from ledger.errors import ERROR_CLASSES, ContractRevert
 from ledger.units import ONE_TOKEN
+from tests.ledger.assertions import events, reverts
 
 if TYPE_CHECKING:
     from tests.ledger.conftest import Actors
@@ -26,20 +22,8 @@ if TYPE_CHECKING:
 MODEL = "sluice-test/tiny-1B"
 
 
-@contextmanager
-def reverts(error: str, **args: Any) -> Iterator[None]:
-    """Expect the typed revert of exactly this custom error, with exactly these values."""
-    with pytest.raises(ContractRevert) as info:
-        yield
-    assert info.value.error == error
-    assert info.value.args_by_name == args
-    assert type(info.value) is ERROR_CLASSES.get(error, ContractRevert)
 
 
-def events(event: ContractEvent, tx: TxResult) -> list[dict[str, Any]]:
-    """The args of every `event` this contract emitted in `tx` (other contracts share signatures)."""
-    logs = event().process_receipt(tx.receipt, errors=DISCARD)
-    return [dict(e["args"]) for e in logs if e["address"] == event.address]
 
 
 def delist(ledger: Ledger, signer: Any, model: str) -> TxResult:

@@ -7,26 +7,21 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from eth_utils import keccak
-from web3.contract.contract import ContractEvent
-from web3.logs import DISCARD
 
-from ledger.chain import TxResult
 from ledger.client import Ledger, Redemption, SettlementItem, Shortfall, role_id
-from ledger.errors import ERROR_CLASSES, ContractRevert
 from ledger.merkle import build_tree, receipt_leaf, verify_proof
 from ledger.units import ONE_TOKEN
+from tests.ledger.assertions import ZERO_ADDRESS, events, reverts
 
 if TYPE_CHECKING:
     from tests.ledger.conftest import Actors
 
-ZERO_ADDRESS = "0x" + "00" * 20
 ZERO32 = b"\x00" * 32
 MAX_UINT = 2**256 - 1
 REPO = Path(__file__).resolve().parents[2]
@@ -34,20 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 Receipt = tuple[bytes, str, str, int]  # (jobId, payer, spender, cost)
 
 
-@contextmanager
-def reverts(error: str, **args: Any) -> Iterator[None]:
-    """Expect the typed revert of exactly this custom error, with exactly these values."""
-    with pytest.raises(ContractRevert) as info:
-        yield
-    assert info.value.error == error
-    assert info.value.args_by_name == args
-    assert type(info.value) is ERROR_CLASSES.get(error, ContractRevert)
 
 
-def events(event: ContractEvent, tx: TxResult) -> list[dict[str, Any]]:
-    """The args of every `event` this contract emitted in `tx` (other contracts share signatures)."""
-    logs = event().process_receipt(tx.receipt, errors=DISCARD)
-    return [dict(e["args"]) for e in logs if e["address"] == event.address]
 
 
 def batch_id(label: str) -> bytes:
