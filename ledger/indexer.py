@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -50,6 +50,8 @@ from psycopg.types.string import BytesBinaryDumper
 from ledger.client import ROLE_CONTRACT, Ledger, role_id
 from ledger.db import connect
 from ledger.errors import LedgerError
+from ledger.follow import ChainMoved, CursorMoved, StopSignal
+from ledger.follow import FollowStatus as IndexerStatus
 from ledger.rpc import JsonRpc, LogSpan, block_hash, result, too_large
 
 log = logging.getLogger(__name__)
@@ -167,31 +169,6 @@ class IndexerError(LedgerError):
 
 class IndexerChainMismatch(IndexerError):
     """The database indexes another chain id than the RPC endpoint serves."""
-
-
-class _ChainMoved(LedgerError):
-    """The chain reorganised while a window was read; the pass is dropped and planned again."""
-
-
-class _CursorMoved(LedgerError):
-    """Another indexer committed first; the pass is planned again from its cursor."""
-
-
-class StopSignal(Protocol):
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
-@dataclass(frozen=True)
-class IndexerStatus:
-    """Where the index stands: `block` is indexed, `head` was the chain head when it last looked."""
-
-    block: int
-    head: int
-    lag: int
-    block_hash: bytes
-    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -334,7 +311,7 @@ class ChainIndexer:
         while not stop.is_set():
             try:
                 status = self.sync_once()
-            except (_ChainMoved, _CursorMoved) as exc:
+            except (ChainMoved, CursorMoved) as exc:
                 log.info("chain indexer: %s; planning again", exc)
                 continue
             except Exception as exc:  # the loop must outlive every RPC and database failure
@@ -391,7 +368,7 @@ class ChainIndexer:
         for _ in range(attempts - 1):
             try:
                 return self.sync_once(progress)
-            except (_ChainMoved, _CursorMoved) as exc:
+            except (ChainMoved, CursorMoved) as exc:
                 log.info("chain indexer: %s; planning again", exc)
         return self.sync_once(progress)
 
@@ -414,7 +391,7 @@ class ChainIndexer:
             anchor = block_hash(latest if self.confirmations == 0
                                 else self.rpc.call("eth_getBlockByNumber", [hex(target), False]))
             if anchor is None:
-                raise _ChainMoved(f"block {target} vanished while planning")
+                raise ChainMoved(f"block {target} vanished while planning")
             if cursor is None:
                 return _Plan(None, self.deploy_block, target, head, anchor)
             if block_hash(result(answers[1], "eth_getBlockByNumber")) == cursor.block_hash:
@@ -467,13 +444,13 @@ class ChainIndexer:
         calls.append(("eth_getBlockByNumber", [hex(plan.target), False]))
         answers = self.rpc.batch(calls, self.header_batch)
         if block_hash(result(answers[-1], "eth_getBlockByNumber")) != plan.anchor_hash:
-            raise _ChainMoved(f"block {plan.target} changed while the indexer read up to it")
+            raise ChainMoved(f"block {plan.target} changed while the indexer read up to it")
         headers: dict[int, tuple[str, bytes, datetime]] = {}
         blocks: list[Row] = []
         for number, answer in zip(numbers, answers[:-1], strict=True):
             header = result(answer, "eth_getBlockByNumber")
             if header is None:
-                raise _ChainMoved(f"block {number} vanished while the indexer read it")
+                raise ChainMoved(f"block {number} vanished while the indexer read it")
             moment = datetime.fromtimestamp(int(header["timestamp"], 16), UTC)
             raw_hash = bytes.fromhex(header["hash"][2:])
             headers[number] = (str(header["hash"]).lower(), raw_hash, moment)
@@ -485,7 +462,7 @@ class ChainIndexer:
             number = int(entry["blockNumber"], 16)
             hex_hash, raw_hash, moment = headers[number]
             if str(entry["blockHash"]).lower() != hex_hash:
-                raise _ChainMoved(f"block {number} changed while the indexer read it")
+                raise ChainMoved(f"block {number} changed while the indexer read it")
             row = self._decode(entry, number, raw_hash, moment)
             if row is not None:
                 rows.append(row)
@@ -547,7 +524,7 @@ class ChainIndexer:
         cursor = _Cursor(self._chain(), end, next(b[1] for b in blocks if b[0] == end))
         with conn.transaction():
             if _lock_and_read_cursor(conn) != expected:
-                raise _CursorMoved("another indexer advanced the cursor")
+                raise CursorMoved("another indexer advanced the cursor")
             with conn.cursor() as cur:
                 if expected is None:  # a first pass, or a chain that kept none of the recorded blocks
                     cur.execute("DELETE FROM chain_events")
@@ -582,7 +559,7 @@ class ChainIndexer:
         fork = self._fork_point(conn, min(cursor.block, head))
         with conn.transaction():
             if _lock_and_read_cursor(conn) != cursor:
-                raise _CursorMoved("another indexer moved the cursor during a rewind")
+                raise CursorMoved("another indexer moved the cursor during a rewind")
             if fork is None:
                 log.warning("chain indexer: the chain kept none of the indexed blocks; indexing again from block %d",
                             self.deploy_block)

@@ -26,9 +26,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import psycopg
 from eth_typing import ABIEvent, ABIFunction
@@ -47,6 +46,8 @@ from web3.contract import Contract
 from ledger.client import Ledger
 from ledger.db import connect
 from ledger.errors import LedgerError
+from ledger.follow import ChainMoved, CursorMoved, StopSignal
+from ledger.follow import FollowStatus as MirrorStatus
 from ledger.rpc import RpcError
 from ledger.rpc import batch as _rpc_batch
 from ledger.rpc import block_hash as _block_hash
@@ -75,33 +76,6 @@ class MirrorError(LedgerError):
 
 class MirrorChainMismatch(MirrorError):
     """The database mirrors another chain id than the RPC endpoint serves."""
-
-
-class _ChainMoved(LedgerError):
-    """The chain reorganised while a window was read; the window is dropped and retried."""
-
-
-class _CursorMoved(LedgerError):
-    """Another mirror committed first; the window is dropped and planned again from its cursor."""
-
-
-class StopSignal(Protocol):
-    """What `run` waits on: `threading.Event` (set it from any thread, or from asyncio via the loop)."""
-
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
-@dataclass(frozen=True)
-class MirrorStatus:
-    """Where the mirror stands: `block` is mirrored, `head` was the chain head when it last looked."""
-
-    block: int
-    head: int
-    lag: int
-    block_hash: bytes
-    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +267,7 @@ class ChainMirror:
         while not stop.is_set():
             try:
                 status = self.sync_once()
-            except (_ChainMoved, _CursorMoved) as exc:
+            except (ChainMoved, CursorMoved) as exc:
                 log.info("chain mirror: %s; retrying", exc)
                 continue
             except Exception as exc:  # the loop must outlive every RPC and database failure
@@ -367,7 +341,7 @@ class ChainMirror:
         else:
             anchor = _block_hash(_rpc(self.w3, "eth_getBlockByNumber", [hex(target), False]))
         if anchor is None:
-            raise _ChainMoved(f"block {target} vanished while planning")
+            raise ChainMoved(f"block {target} vanished while planning")
         if cursor is None:
             return _Plan(None, self.deploy_block, target, head, anchor, reset=True)
         now_hash = _block_hash(_result(answers[1], "eth_getBlockByNumber"))
@@ -476,7 +450,7 @@ class ChainMirror:
     ) -> _Cursor:
         with conn.transaction():
             if _lock_and_read_cursor(conn) != expected:
-                raise _CursorMoved("another mirror advanced the cursor")
+                raise CursorMoved("another mirror advanced the cursor")
             if reset:
                 for table in (
                     "mirror_balances",
@@ -589,12 +563,12 @@ class ChainMirror:
             calls.append(("eth_getBlockByNumber", [hex(expected.block), False]))
         answers = [_block_hash(_result(a, "eth_getBlockByNumber")) for a in _rpc_batch(self.w3, calls, len(calls))]
         if answers[0] != plan.anchor_hash:
-            raise _ChainMoved(f"block {plan.target} changed while the mirror read it")
+            raise ChainMoved(f"block {plan.target} changed while the mirror read it")
         if len(answers) > 2 and expected is not None and answers[2] != expected.block_hash:
-            raise _ChainMoved(f"block {expected.block} changed while the mirror read it")
+            raise ChainMoved(f"block {expected.block} changed while the mirror read it")
         block_hash = answers[1]
         if block_hash is None:
-            raise _ChainMoved(f"block {to_block} vanished while the mirror read it")
+            raise ChainMoved(f"block {to_block} vanished while the mirror read it")
         return block_hash
 
     def _write_figures(self, conn: psycopg.Connection[TupleRow], figures: _Figures, block: int) -> None:
