@@ -14,7 +14,7 @@ coincurve's libsecp256k1 and accept only low-s signatures.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from coincurve import PrivateKey, PublicKey
 from eth_utils.address import to_checksum_address
@@ -185,9 +185,15 @@ class Domains:
                 "verifyingContract": to_checksum_address(self.verifying_contract)}
 
 
+@lru_cache(maxsize=64)
+def _signing_key(private_key: bytes) -> PrivateKey:
+    # Building a PrivateKey derives its public key: a service signing every ticket keeps it.
+    return PrivateKey(private_key)
+
+
 def sign_digest(private_key: bytes, digest: bytes) -> bytes:
     """A 65-byte r||s||v signature (v = 27/28, low-s as libsecp256k1 always produces)."""
-    sig = PrivateKey(private_key).sign_recoverable(digest, hasher=None)
+    sig = _signing_key(private_key).sign_recoverable(digest, hasher=None)
     return sig[:64] + bytes([sig[64] + 27])
 
 

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from redemption.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async on purpose: FastAPI runs plain `def` dependencies in a thread pool, a hop per request.
     state: ServiceState = request.app.state.sluice
     return state
 

@@ -1,23 +1,32 @@
-"""OpenAI-compatible generation endpoints, paid by signed calls."""
+"""OpenAI-compatible generation endpoints, paid by signed calls.
+
+Plain Starlette routes rather than FastAPI ones: these two carry all the traffic, take the
+raw body (its keccak is signed) and need no dependency injection, which costs ~0.1 ms a call.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
-from redemption.api.deps import State
 from redemption.calls import handle_call
+from redemption.state import ServiceState
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, state: State) -> Response:
+async def chat_completions(request: Request) -> Response:
     """A chat completion (optionally streamed), paid from Sluice-Payer's compute tokens."""
+    state: ServiceState = request.app.state.sluice
     return await handle_call(request, state, "/v1/chat/completions")
 
 
-@router.post("/v1/completions")
-async def completions(request: Request, state: State) -> Response:
+async def completions(request: Request) -> Response:
     """A text completion (optionally streamed), paid from Sluice-Payer's compute tokens."""
+    state: ServiceState = request.app.state.sluice
     return await handle_call(request, state, "/v1/completions")
+
+
+router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+router.add_route("/v1/completions", completions, methods=["POST"])
