@@ -130,7 +130,7 @@ def ticketed_calls(agent: str, node: str, dispatch_key: bytes, payer: str, domai
     return calls
 
 
-def run(calls_per_leg: int = 3000, report: Report = print) -> dict[str, Any]:
+def run(calls_per_leg: int = 3000, report: Report = print, concurrency: int = CONCURRENCY) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home_dir:
         home = Path(home_dir)
         paths = StatePaths(home)
@@ -171,8 +171,8 @@ def run(calls_per_leg: int = 3000, report: Report = print) -> dict[str, Any]:
                                          calls_per_leg, (rate.input_rate, rate.output_rate))
             service_calls = signed_calls(api, bytes(payer.key), payer.address, domains, calls_per_leg, 10**17)
             warm = signed_calls(api, bytes(payer.key), payer.address, domains, 200, 10**17)
-            asyncio.run(_drive(warm, CONCURRENCY))  # connections, caches and the JIT-less interpreter warm up
-            figures: dict[str, Any] = {"concurrency": CONCURRENCY, "output_tokens": OUTPUT_TOKENS,
+            asyncio.run(_drive(warm, concurrency))  # connections, caches and the JIT-less interpreter warm up
+            figures: dict[str, Any] = {"concurrency": concurrency, "output_tokens": OUTPUT_TOKENS,
                                        "calls_per_leg": calls_per_leg}
             processes = {p.service.name: p.proc.pid for p in stack._running}
             watched = {"service": processes["api"], "agent": processes[services[2].name],
@@ -181,7 +181,7 @@ def run(calls_per_leg: int = 3000, report: Report = print) -> dict[str, Any]:
                                ("through_service", service_calls)):
                 before = {name: _cpu_seconds(pid) for name, pid in watched.items()}
                 client_before = time.process_time()
-                figures[leg] = asyncio.run(_drive(calls, CONCURRENCY))
+                figures[leg] = asyncio.run(_drive(calls, concurrency))
                 f = figures[leg]
                 f["cpu_ms_per_call"] = {name: round((_cpu_seconds(pid) - before[name]) * 1000 / len(calls), 3)
                                         for name, pid in watched.items()}

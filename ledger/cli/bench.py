@@ -57,7 +57,8 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
 @app.command("gateway")
 @handle_errors
 def gateway(json_path: Path | None = JsonPath,
-            calls: int = typer.Option(3000, "--calls", help="calls per leg")) -> None:
+            calls: int = typer.Option(3000, "--calls", help="calls per leg"),
+            concurrency: int = typer.Option(64, "--concurrency", help="connections in flight at once")) -> None:
     """Calls/s and added latency of the redemption service versus the node, same load, one run.
 
     Pre-signed non-streamed calls (16 output tokens) at 64 concurrent connections against a zero-latency
@@ -65,7 +66,7 @@ def gateway(json_path: Path | None = JsonPath,
     """
     from redemption.benchmark import run
 
-    _write(json_path, run(calls, report=console.print))
+    _write(json_path, run(calls, report=console.print, concurrency=concurrency))
 
 
 @app.command("settlement")
