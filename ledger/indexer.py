@@ -41,7 +41,6 @@ from eth_abi.abi import decode as abi_decode
 from eth_typing import ABIEvent
 from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.rows import TupleRow
@@ -50,13 +49,13 @@ from psycopg.types.string import BytesBinaryDumper
 from ledger.client import ROLE_CONTRACT, Ledger, role_id
 from ledger.db import connect
 from ledger.errors import LedgerError
-from ledger.follow import ChainMoved, CursorMoved, StopSignal
+from ledger.follow import ChainMoved, Cursor, CursorMoved, CursorTable, StopSignal
 from ledger.follow import FollowStatus as IndexerStatus
 from ledger.rpc import JsonRpc, LogSpan, block_hash, result, too_large
 
 log = logging.getLogger(__name__)
 
-_ADVISORY_LOCK = int.from_bytes(keccak(text="sluice:chain-indexer")[:8], "big", signed=True)
+_CURSOR = CursorTable("indexer_cursor", "sluice:chain-indexer")
 _ZERO = b"\x00" * 20
 # Contracts whose every event is indexed (the payment token is not a Sluice contract).
 INDEXED_CONTRACTS = ("token", "sale", "rate_card", "settlement")
@@ -183,15 +182,8 @@ class IndexProgress:
 
 
 @dataclass(frozen=True)
-class _Cursor:
-    chain_id: int
-    block: int
-    block_hash: bytes
-
-
-@dataclass(frozen=True)
 class _Plan:
-    expected: _Cursor | None
+    expected: Cursor | None
     from_block: int
     target: int
     head: int
@@ -519,9 +511,9 @@ class ChainIndexer:
         return _FIXED_KIND.get(name, "config")
 
     # -- one window's transaction ------------------------------------------------------------
-    def _commit(self, conn: psycopg.Connection[TupleRow], expected: _Cursor | None, end: int, rows: list[Row],
-                blocks: list[Row], head: int) -> _Cursor:
-        cursor = _Cursor(self._chain(), end, next(b[1] for b in blocks if b[0] == end))
+    def _commit(self, conn: psycopg.Connection[TupleRow], expected: Cursor | None, end: int, rows: list[Row],
+                blocks: list[Row], head: int) -> Cursor:
+        cursor = Cursor(self._chain(), end, next(b[1] for b in blocks if b[0] == end))
         with conn.transaction():
             if _lock_and_read_cursor(conn) != expected:
                 raise CursorMoved("another indexer advanced the cursor")
@@ -554,7 +546,7 @@ class ChainIndexer:
         return cursor
 
     # -- reorgs ------------------------------------------------------------------------------
-    def _rewind(self, conn: psycopg.Connection[TupleRow], cursor: _Cursor, head: int) -> None:
+    def _rewind(self, conn: psycopg.Connection[TupleRow], cursor: Cursor, head: int) -> None:
         """Delete every row above the fork point (the highest recorded block the chain still has)."""
         fork = self._fork_point(conn, min(cursor.block, head))
         with conn.transaction():
@@ -575,7 +567,7 @@ class ChainIndexer:
                              (fork.block, fork.block_hash))
         self.reorgs += 1
 
-    def _fork_point(self, conn: psycopg.Connection[TupleRow], below: int) -> _Cursor | None:
+    def _fork_point(self, conn: psycopg.Connection[TupleRow], below: int) -> Cursor | None:
         while True:
             recorded = conn.execute(
                 "SELECT block, block_hash FROM indexer_blocks WHERE block <= %s ORDER BY block DESC LIMIT 64",
@@ -586,7 +578,7 @@ class ChainIndexer:
             answers = self.rpc.batch([("eth_getBlockByNumber", [hex(int(b)), False]) for b, _h in recorded])
             for (number, stored), answer in zip(recorded, answers, strict=True):
                 if block_hash(result(answer, "eth_getBlockByNumber")) == bytes(stored):
-                    return _Cursor(self._chain(), int(number), bytes(stored))
+                    return Cursor(self._chain(), int(number), bytes(stored))
             below = int(recorded[-1][0]) - 1
 
     # -- status ------------------------------------------------------------------------------
@@ -606,7 +598,7 @@ class ChainIndexer:
             self._chain_id = int(self.rpc.call("eth_chainId", []), 16)
         return self._chain_id
 
-    def _heartbeat(self, conn: psycopg.Connection[TupleRow], cursor: _Cursor, head: int) -> None:
+    def _heartbeat(self, conn: psycopg.Connection[TupleRow], cursor: Cursor, head: int) -> None:
         """Record the head now and then while idle, so a stalled indexer shows in `updated_at`."""
         if time.monotonic() - self._last_heartbeat < self.heartbeat_seconds:
             return
@@ -629,27 +621,8 @@ class ChainIndexer:
             self._conn = None
 
 
-def _read_cursor(conn: psycopg.Connection[TupleRow]) -> _Cursor | None:
-    row = conn.execute("SELECT chain_id, block, block_hash FROM indexer_cursor WHERE id = 1").fetchone()
-    return None if row is None else _Cursor(int(row[0]), int(row[1]), bytes(row[2]))
+_read_cursor = _CURSOR.read
+_lock_and_read_cursor = _CURSOR.lock_and_read
+indexer_status = _CURSOR.status  # read on the caller's connection
 
 
-def _lock_and_read_cursor(conn: psycopg.Connection[TupleRow]) -> _Cursor | None:
-    """Take the indexer's transaction lock and read the cursor, in one round trip."""
-    row = conn.execute(
-        "SELECT c.chain_id, c.block, c.block_hash FROM (SELECT pg_advisory_xact_lock(%s)) AS lock"
-        " LEFT JOIN indexer_cursor AS c ON c.id = 1",
-        (_ADVISORY_LOCK,),
-    ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    return _Cursor(int(row[0]), int(row[1]), bytes(row[2]))
-
-
-def indexer_status(conn: psycopg.Connection[Any]) -> IndexerStatus | None:
-    """The indexer's recorded position, read on the caller's connection."""
-    row = conn.execute("SELECT block, head, block_hash, updated_at FROM indexer_cursor WHERE id = 1").fetchone()
-    if row is None:
-        return None
-    block, head = int(row[0]), int(row[1])
-    return IndexerStatus(block, head, max(0, head - block), bytes(row[2]), row[3])

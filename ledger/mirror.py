@@ -46,7 +46,7 @@ from web3.contract import Contract
 from ledger.client import Ledger
 from ledger.db import connect
 from ledger.errors import LedgerError
-from ledger.follow import ChainMoved, CursorMoved, StopSignal
+from ledger.follow import ChainMoved, Cursor, CursorMoved, CursorTable, StopSignal
 from ledger.follow import FollowStatus as MirrorStatus
 from ledger.rpc import RpcError
 from ledger.rpc import batch as _rpc_batch
@@ -58,8 +58,7 @@ from ledger.units import BaseUnits
 
 log = logging.getLogger(__name__)
 
-# One key for every mirror writing to a database: windows of two mirrors never interleave.
-_ADVISORY_LOCK = int.from_bytes(keccak(text="sluice:chain-mirror")[:8], "big", signed=True)
+_CURSOR = CursorTable("mirror_cursor", "sluice:chain-mirror")
 # This many full-size getLogs ranges in a row, each answered faster than _FAST_RANGE_SECONDS, double
 # the range (up to max_range); a streak rather than one answer, so a range just halved is not retried at once.
 _FAST_RANGE_SECONDS = 0.5
@@ -89,13 +88,6 @@ class ChainFigures:
     block: int
 
 
-@dataclass(frozen=True)
-class _Cursor:
-    chain_id: int
-    block: int
-    block_hash: bytes
-
-
 @dataclass
 class _Touched:
     """Everything the events of one window touched: the keys to re-read, never the values."""
@@ -120,7 +112,7 @@ class _Touched:
 class _Plan:
     """One pass of `sync_once`: scan (from_block, target], anchored at target's hash."""
 
-    expected: _Cursor | None
+    expected: Cursor | None
     from_block: int
     target: int
     head: int
@@ -442,12 +434,12 @@ class ChainMirror:
         self,
         conn: psycopg.Connection[TupleRow],
         plan: _Plan,
-        expected: _Cursor | None,
+        expected: Cursor | None,
         to_block: int,
         touched: _Touched,
         reset: bool,
         stale_after: int | None,
-    ) -> _Cursor:
+    ) -> Cursor:
         with conn.transaction():
             if _lock_and_read_cursor(conn) != expected:
                 raise CursorMoved("another mirror advanced the cursor")
@@ -466,7 +458,7 @@ class ChainMirror:
             figures = self._read_figures(touched, to_block, read_token=forced or touched.token or touched.size() > 0)
             block_hash = self._check_anchor(plan, expected if not forced else None, to_block)
             self._write_figures(conn, figures, to_block)
-            cursor = _Cursor(self._chain(), to_block, block_hash)
+            cursor = Cursor(self._chain(), to_block, block_hash)
             conn.execute(
                 "INSERT INTO mirror_cursor (id, chain_id, block, block_hash, head, updated_at)"
                 " VALUES (1, %s, %s, %s, %s, now())"
@@ -552,7 +544,7 @@ class ChainMirror:
             figures.paused = bool(self._paused.decode(w3, _result(next(answers), "paused")))
         return figures
 
-    def _check_anchor(self, plan: _Plan, expected: _Cursor | None, to_block: int) -> bytes:
+    def _check_anchor(self, plan: _Plan, expected: Cursor | None, to_block: int) -> bytes:
         """The hash of `to_block`, once the anchor (and `expected`, when given) are still what the window began on.
 
         The anchor's hash pins every block below it, so an unchanged anchor means the logs and the
@@ -653,7 +645,7 @@ class ChainMirror:
             self._chain_id = int(_rpc(self.w3, "eth_chainId", []), 16)
         return self._chain_id
 
-    def _heartbeat(self, conn: psycopg.Connection[TupleRow], cursor: _Cursor, head: int) -> None:
+    def _heartbeat(self, conn: psycopg.Connection[TupleRow], cursor: Cursor, head: int) -> None:
         """Record the head now and then while idle, so a stalled mirror shows in `updated_at`."""
         if time.monotonic() - self._last_heartbeat < self.heartbeat_seconds:
             return
@@ -685,30 +677,9 @@ def _open(url: str) -> psycopg.Connection[TupleRow]:
     return conn
 
 
-def _read_cursor(conn: psycopg.Connection[TupleRow]) -> _Cursor | None:
-    row = conn.execute("SELECT chain_id, block, block_hash FROM mirror_cursor WHERE id = 1").fetchone()
-    return None if row is None else _Cursor(int(row[0]), int(row[1]), bytes(row[2]))
-
-
-def _lock_and_read_cursor(conn: psycopg.Connection[TupleRow]) -> _Cursor | None:
-    """Take the mirror's transaction lock and read the cursor, in one round trip."""
-    row = conn.execute(
-        "SELECT c.chain_id, c.block, c.block_hash FROM (SELECT pg_advisory_xact_lock(%s)) AS lock"
-        " LEFT JOIN mirror_cursor AS c ON c.id = 1",
-        (_ADVISORY_LOCK,),
-    ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    return _Cursor(int(row[0]), int(row[1]), bytes(row[2]))
-
-
-def mirror_status(conn: psycopg.Connection[Any]) -> MirrorStatus | None:
-    """The mirror's recorded position, read on the caller's connection (e.g. one from the service's pool)."""
-    row = conn.execute("SELECT block, head, block_hash, updated_at FROM mirror_cursor WHERE id = 1").fetchone()
-    if row is None:
-        return None
-    block, head = int(row[0]), int(row[1])
-    return MirrorStatus(block, head, max(0, head - block), bytes(row[2]), row[3])
+_read_cursor = _CURSOR.read
+_lock_and_read_cursor = _CURSOR.lock_and_read
+mirror_status = _CURSOR.status  # read on the caller's connection, e.g. one from the service's pool
 
 
 def read_direct(ledger: Ledger, payer: str | bytes, spender: str | bytes) -> ChainFigures:
