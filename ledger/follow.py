@@ -7,6 +7,8 @@ under them, and stop on a `threading.Event`.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,6 +18,8 @@ from eth_utils.crypto import keccak
 from psycopg.rows import TupleRow
 
 from ledger.errors import LedgerError
+
+log = logging.getLogger(__name__)
 
 
 class ChainMoved(LedgerError):
@@ -85,3 +89,32 @@ class CursorTable:
             return None
         block, head = int(row[0]), int(row[1])
         return FollowStatus(block, head, max(0, head - block), bytes(row[2]), row[3])
+
+
+def follow(stop: StopSignal, label: str, sync: Callable[[], FollowStatus], reset: Callable[[], None],
+           synced: Callable[[FollowStatus], None], interval: float, max_backoff: float) -> None:
+    """Call `sync` every `interval` seconds until `stop` is set, outliving every RPC and database failure.
+
+    A window the chain or another follower moved is planned again at once; any other failure drops the
+    connections (`reset`) and backs off exponentially up to `max_backoff`. `synced` sees each status.
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            status = sync()
+        except (ChainMoved, CursorMoved) as exc:
+            log.info("%s: %s; planning again", label, exc)
+            continue
+        except Exception as exc:  # the loop must outlive every RPC and database failure
+            failures += 1
+            reset()
+            delay = min(max_backoff, interval * 2**failures)
+            log.warning("%s failed (%d in a row), retrying in %.1f s: %s", label, failures, delay, exc,
+                        exc_info=failures == 1)
+            stop.wait(delay)
+            continue
+        synced(status)
+        if failures:
+            log.info("%s recovered at block %d after %d failures", label, status.block, failures)
+        failures = 0
+        stop.wait(interval)

@@ -49,7 +49,7 @@ from psycopg.types.string import BytesBinaryDumper
 from ledger.client import ROLE_CONTRACT, Ledger, role_id
 from ledger.db import connect
 from ledger.errors import LedgerError
-from ledger.follow import ChainMoved, Cursor, CursorMoved, CursorTable, StopSignal
+from ledger.follow import ChainMoved, Cursor, CursorMoved, CursorTable, FollowStatus, StopSignal, follow
 from ledger.follow import FollowStatus as IndexerStatus
 from ledger.rpc import JsonRpc, LogSpan, block_hash, result, too_large
 
@@ -299,27 +299,11 @@ class ChainIndexer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: StopSignal, interval: float = 0.5, max_backoff: float = 10.0) -> None:
         """Index until `stop` is set. Any RPC or database failure is logged and retried with back-off."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                status = self.sync_once()
-            except (ChainMoved, CursorMoved) as exc:
-                log.info("chain indexer: %s; planning again", exc)
-                continue
-            except Exception as exc:  # the loop must outlive every RPC and database failure
-                failures += 1
-                self._drop_connection()
-                delay = min(max_backoff, interval * 2**failures)
-                log.warning("chain indexer failed (%d in a row), retrying in %.1f s: %s", failures, delay, exc,
-                            exc_info=failures == 1)
-                stop.wait(delay)
-                continue
-            self.last_status, self.last_synced = status, time.monotonic()
-            if failures:
-                log.info("chain indexer recovered at block %d after %d failures", status.block, failures)
-            failures = 0
-            stop.wait(interval)
+        follow(stop, "chain indexer", self.sync_once, self._drop_connection, self._synced, interval, max_backoff)
         self.close()
+
+    def _synced(self, status: FollowStatus) -> None:
+        self.last_status, self.last_synced = status, time.monotonic()
 
     def spawn(self, stop: threading.Event, interval: float = 0.5) -> threading.Thread:
         """Run the loop in a daemon thread; set `stop` and join the thread to end it."""

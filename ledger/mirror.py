@@ -46,7 +46,7 @@ from web3.contract import Contract
 from ledger.client import Ledger
 from ledger.db import connect
 from ledger.errors import LedgerError
-from ledger.follow import ChainMoved, Cursor, CursorMoved, CursorTable, StopSignal
+from ledger.follow import ChainMoved, Cursor, CursorMoved, CursorTable, FollowStatus, StopSignal, follow
 from ledger.follow import FollowStatus as MirrorStatus
 from ledger.rpc import RpcError
 from ledger.rpc import batch as _rpc_batch
@@ -255,32 +255,11 @@ class ChainMirror:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: StopSignal, interval: float = 0.2, max_backoff: float = 10.0) -> None:
         """Sync until `stop` is set. Any RPC or database failure is logged and retried with back-off."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                status = self.sync_once()
-            except (ChainMoved, CursorMoved) as exc:
-                log.info("chain mirror: %s; retrying", exc)
-                continue
-            except Exception as exc:  # the loop must outlive every RPC and database failure
-                failures += 1
-                self._drop_connections()
-                delay = min(max_backoff, interval * 2**failures)
-                log.warning(
-                    "chain mirror sync failed (%d in a row), retrying in %.1f s: %s",
-                    failures,
-                    delay,
-                    exc,
-                    exc_info=failures == 1,
-                )
-                stop.wait(delay)
-                continue
-            self.last_status, self.last_synced = status, time.monotonic()
-            if failures:
-                log.info("chain mirror recovered at block %d after %d failures", status.block, failures)
-            failures = 0
-            stop.wait(interval)
+        follow(stop, "chain mirror sync", self.sync_once, self._drop_connections, self._synced, interval, max_backoff)
         self.close()
+
+    def _synced(self, status: FollowStatus) -> None:
+        self.last_status, self.last_synced = status, time.monotonic()
 
     def spawn(self, stop: threading.Event, interval: float = 0.2) -> threading.Thread:
         """Run the loop in a daemon thread; set `stop` and join the thread to end it."""
