@@ -15,7 +15,7 @@ This module owns what a GPU host adds to vLLM to take part in Sluice:
 * registration: signed heartbeats with vLLM's queue depth, and fetching `DispatchInfo`;
 * its own `/health` and `/metrics`, the app factory, the uvicorn runner and :func:`launch_vllm`.
 
-The wire formats live in :mod:`inference_node.protocol`, the typed messages in :mod:`ledger.eip712`.
+The wire formats live in :mod:`inference_node.protocol`, the typed messages in :mod:`ledger.protocol.eip712`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
-from ledger.eip712 import (
+from ledger.domain import TierName, usage_cost
+from ledger.protocol.eip712 import (
     DispatchTicket,
     Domains,
     SignatureError,
@@ -81,8 +82,6 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-NodeTier = Literal["edge", "regional", "cloud"]
-RATE_DENOMINATOR = 1_000_000  # RateCard rates are base units per 1,000,000 model tokens
 # vLLM (like OpenAI) gives a completions call without `max_tokens` 16 tokens; the clamp keeps that default.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _MAX_TOKENS_CAP = 2**31 - 1  # a ticket may allow more than any context; JSON for vLLM must stay in int64
@@ -127,7 +126,7 @@ class AgentConfig(BaseModel):
     service_url: str | None = Field(default=None, description="redemption service base URL; None runs standalone")
     public_url: str | None = Field(default=None, description="URL the service dispatches to (required with a service)")
     models: list[str] | None = Field(default=None, description="served model names; None reads vLLM's GET /v1/models")
-    tier: NodeTier = "regional"
+    tier: TierName = "regional"
     region: str = "local"
     capacity: int = Field(default=256, ge=1, description="concurrent sequences the node serves (vLLM max_num_seqs)")
     heartbeat_interval: float = Field(default=2.0, gt=0, description="seconds between heartbeats")
@@ -436,11 +435,6 @@ def _stream_flag(body: dict[str, Any]) -> bool:
         # vLLM would read "false" as False while we would not: agree on JSON booleans only.
         raise InvalidRequestBody("`stream` must be a boolean", param="stream")
     return value
-
-
-def receipt_cost(prompt_tokens: int, completion_tokens: int, input_rate: int, output_rate: int) -> int:
-    """The RateCard formula: ceil((prompt * inputRate + completion * outputRate) / 1e6), in integers."""
-    return -(-(prompt_tokens * input_rate + completion_tokens * output_rate) // RATE_DENOMINATOR)
 
 
 def _usage_counts(usage: object) -> tuple[int, int] | None:
@@ -828,7 +822,7 @@ class NodeAgent:
 
     def sign_receipt(self, ticket: DispatchTicket, prompt_tokens: int, completion_tokens: int) -> SignedReceipt:
         assert self._domains is not None  # a ticket was admitted, so the domains are known
-        cost = receipt_cost(prompt_tokens, completion_tokens, ticket.input_rate, ticket.output_rate)
+        cost = usage_cost(prompt_tokens, completion_tokens, ticket.input_rate, ticket.output_rate)
         receipt = UsageReceipt(
             job_id=ticket.job_id, payer=ticket.payer, spender=ticket.spender, model=ticket.model,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pydantic import SecretStr
 
 from inference_node.agent import AgentConfig, launch_vllm, run_agent
+from ledger.domain import TIER_NAMES
 
 NODE_KEY_ENV = "SLUICE_NODE_KEY"
 
@@ -34,7 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--public-url", help="URL the service reaches this agent at (default: http://HOST:PORT)")
     parser.add_argument("--model", action="append", dest="models", help="served model name (repeatable; "
                         "default: vLLM's /v1/models)")  # fmt: skip
-    parser.add_argument("--tier", choices=("edge", "regional", "cloud"), default="regional")
+    parser.add_argument("--tier", choices=TIER_NAMES, default="regional")
     parser.add_argument("--region", default="local")
     parser.add_argument("--capacity", type=int, default=256, help="vLLM max_num_seqs (default: 256)")
     parser.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds (default: 2)")

@@ -30,7 +30,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ledger.eip712 import DispatchTicket, UsageReceipt
+from ledger.domain import TierName
+from ledger.protocol.eip712 import DispatchTicket, UsageReceipt
 
 TICKET_HEADER = "Sluice-Ticket"
 RECEIPT_HEADER = "Sluice-Receipt"
@@ -157,7 +158,7 @@ class NodeHeartbeat(BaseModel):
     node: str = Field(description="the node's receipt-signing address")
     url: str = Field(description="base URL of the agent, e.g. http://10.0.0.5:9100")
     models: list[str]
-    tier: str = Field(pattern="^(edge|regional|cloud)$")
+    tier: TierName
     region: str
     capacity: int = Field(ge=1, description="concurrent sequences the node serves (vLLM max_num_seqs)")
     running: int = Field(ge=0, description="vllm:num_requests_running")

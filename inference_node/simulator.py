@@ -42,7 +42,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast
 
@@ -54,6 +53,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
+
+from ledger.domain import TierName
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +72,12 @@ _T = TypeVar("_T")
 # ---------------------------------------------------------------------------------------------
 
 
-class Tier(StrEnum):
-    """Where a node sits; each tier has its own default latency profile."""
-
-    EDGE = "edge"
-    REGIONAL = "regional"
-    CLOUD = "cloud"
-
-
-# (time to first token, seconds per further output token) when the config leaves them unset.
-TIER_LATENCY_SECONDS: dict[Tier, tuple[float, float]] = {
-    Tier.EDGE: (0.02, 0.005),
-    Tier.REGIONAL: (0.05, 0.01),
-    Tier.CLOUD: (0.1, 0.015),
+# Each tier's default latency profile: (time to first token, seconds per further output token)
+# when the config leaves them unset.
+TIER_LATENCY_SECONDS: dict[TierName, tuple[float, float]] = {
+    "edge": (0.02, 0.005),
+    "regional": (0.05, 0.01),
+    "cloud": (0.1, 0.015),
 }
 
 FaultMode = Literal["none", "error", "timeout", "drop_mid_stream", "delay"]
@@ -119,7 +113,7 @@ class SimulatorConfig(BaseModel):
 
     served_model_names: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL_NAME], min_length=1)
     model_path: str | None = Field(default=None, description="ModelCard.root; the first served name if unset.")
-    tier: Tier = Tier.REGIONAL
+    tier: TierName = "regional"
     ttft_seconds: float = Field(default_factory=lambda data: TIER_LATENCY_SECONDS[data["tier"]][0], ge=0)
     per_token_seconds: float = Field(default_factory=lambda data: TIER_LATENCY_SECONDS[data["tier"]][1], ge=0)
     max_model_len: int = Field(default=8192, ge=16)

@@ -14,7 +14,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from ledger.artifacts import CONTRACT_NAMES, abi_of
+from ledger.chain.artifacts import CONTRACT_NAMES, abi_of
 
 
 class LedgerError(Exception):

@@ -25,13 +25,13 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from ledger.chain import connect
-from ledger.client import Ledger
+from ledger.chain.client import Ledger
+from ledger.chain.deployment import load_deployment
+from ledger.chain.sender import connect
 from ledger.db import migrate
-from ledger.deployment import load_deployment
-from ledger.eip712 import Domains
 from ledger.errors import LedgerError
 from ledger.keys import embedded_account
+from ledger.protocol.eip712 import Domains
 from redemption import errors
 from redemption.api.routes import audit, catalog, completions, internal, usage
 from redemption.config import ServiceSettings
@@ -91,7 +91,7 @@ def build_state(
 
 
 def start_mirror(state: ServiceState) -> threading.Thread:
-    from ledger.mirror import ChainMirror
+    from ledger.followers.mirror import ChainMirror
 
     state.mirror = ChainMirror(state.ledger.w3, state.ledger, state.settings.database_url or "",
                                confirmations=state.settings.confirmations)
@@ -101,7 +101,7 @@ def start_mirror(state: ServiceState) -> threading.Thread:
 
 
 def start_indexer(state: ServiceState) -> threading.Thread:
-    from ledger.indexer import ChainIndexer
+    from ledger.followers.indexer import ChainIndexer
 
     state.indexer = ChainIndexer(state.ledger, state.settings.database_url or "")
     return state.indexer.spawn(state.stop)  # type: ignore[no-any-return]
@@ -136,7 +136,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.state.sluice = state
         mirror_thread = start_mirror(state) if settings.run_mirror else None
         indexer_thread = start_indexer(state) if settings.run_indexer else None
-        from redemption.audit import AuditorRoles
+        from redemption.audit.service import AuditorRoles
 
         state.auditors = AuditorRoles(state.ledger, settings.auditor_cache_seconds)
         if state.mirror is not None:

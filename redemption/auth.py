@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from ledger.eip712 import Redemption, SignatureError, keccak, recover_address, typed_digest
+from ledger.protocol.eip712 import Redemption, SignatureError, keccak, recover_address, typed_digest
 from redemption import errors
 
 PAYER = "sluice-payer"

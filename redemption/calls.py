@@ -9,7 +9,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ledger.eip712 import keccak
+from ledger.domain import TIER_NAMES
+from ledger.protocol.eip712 import keccak
 from redemption import errors
 from redemption.auth import read_body, verify_headers
 from redemption.dispatch import HeldCall
@@ -17,7 +18,6 @@ from redemption.models import ChatCompletionRequest, CompletionRequest
 from redemption.pricing import plan_cost
 from redemption.state import ServiceState
 
-TIERS = ("edge", "regional", "cloud")
 # vLLM's defaults when a request gives no max_tokens: the rest of the context for chat, 16 for completions.
 DEFAULT_MAX_TOKENS = {"/v1/chat/completions": 32_768, "/v1/completions": 16}
 REQUEST_MODELS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
@@ -66,8 +66,8 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
         raise errors.UnknownModel(f"The model `{parsed.model}` does not exist. Models on the rate card: {known}",
                                   "model")
     tier = request.headers.get("sluice-tier")
-    if tier is not None and tier not in TIERS:
-        raise errors.InvalidHeader(f"Sluice-Tier must be one of {', '.join(TIERS)}", "Sluice-Tier")
+    if tier is not None and tier not in TIER_NAMES:
+        raise errors.InvalidHeader(f"Sluice-Tier must be one of {', '.join(TIER_NAMES)}", "Sluice-Tier")
     region = request.headers.get("sluice-region")
     if not state.registry.serves(parsed.model):
         raise errors.NoCapacity(f"no node serves model {parsed.model!r} right now; nothing was charged", "model")

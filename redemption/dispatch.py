@@ -31,11 +31,12 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
-from ledger.eip712 import DispatchTicket, Domains, SignatureError, recover_address, sign_digest, typed_digest
+from ledger.domain import usage_cost
+from ledger.protocol.eip712 import DispatchTicket, Domains, SignatureError, recover_address, sign_digest, typed_digest
 from redemption import errors
 from redemption.auth import VerifiedCall
 from redemption.metrics import ServiceMetrics
-from redemption.pricing import CostPlan, worst_case
+from redemption.pricing import CostPlan
 from redemption.routing import NodeRegistry, NodeState
 from redemption.store import ModelRate, Store
 
@@ -120,7 +121,7 @@ class Dispatcher:
             return "signature"
         if signer != node.lower() or signed.node.lower() != node.lower():
             return "signer"
-        if r.cost != worst_case(r.prompt_tokens, r.completion_tokens, rate.input_rate, rate.output_rate):
+        if r.cost != usage_cost(r.prompt_tokens, r.completion_tokens, rate.input_rate, rate.output_rate):
             return "cost"
         if r.cost > max_cost:
             return "over_max_cost"

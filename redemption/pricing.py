@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger.domain import RATE_DENOMINATOR, usage_cost
 from redemption import errors
 
-RATE_DENOMINATOR = 1_000_000
 # Every prompt token is at least one byte of the JSON body, and each message's JSON
 # framing (`{"role":"user","content":""}`, 27 bytes) outweighs its chat-template tokens;
 # a small constant covers the template's BOS and generation prompt.
@@ -29,10 +29,6 @@ def prompt_token_bound(body: bytes) -> int:
     return len(body) + TEMPLATE_ALLOWANCE
 
 
-def worst_case(prompt_tokens: int, completion_tokens: int, input_rate: int, output_rate: int) -> int:
-    return -(-(prompt_tokens * input_rate + completion_tokens * output_rate) // RATE_DENOMINATOR)
-
-
 def plan_cost(body: bytes, requested_max_tokens: int | None, default_max_tokens: int, max_cost: int,
               input_rate: int, output_rate: int) -> CostPlan:
     """Clamp `max_tokens` so the worst case fits `max_cost`; 402 max_cost_too_low when not even one fits."""
@@ -42,11 +38,11 @@ def plan_cost(body: bytes, requested_max_tokens: int | None, default_max_tokens:
     fit = wanted if output_rate == 0 else budget // output_rate
     max_tokens = min(wanted, fit)
     if budget < 0 or max_tokens < 1:
-        cheapest = worst_case(prompt_bound, 1, input_rate, output_rate)
+        cheapest = usage_cost(prompt_bound, 1, input_rate, output_rate)
         raise errors.MaxCostTooLow(
             f"Sluice-Max-Cost {max_cost} does not cover the prompt and one completion token at this model's rates "
             f"(at least {cheapest} base units for this body)",
             "Sluice-Max-Cost",
         )
-    hold = worst_case(prompt_bound, max_tokens, input_rate, output_rate)
+    hold = usage_cost(prompt_bound, max_tokens, input_rate, output_rate)
     return CostPlan(prompt_bound, max_tokens, max(hold, 1))

@@ -27,7 +27,7 @@ from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
 
-from ledger.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
 
 DISCOVERY_PATH = "/.well-known/sluice.json"
 MaxCost = int | Callable[[httpx.Request], int]

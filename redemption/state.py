@@ -10,17 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from ledger.client import Ledger
-from ledger.deployment import Deployment
-from ledger.eip712 import Domains
+from ledger.chain.client import Ledger
+from ledger.chain.deployment import Deployment
+from ledger.domain import ChainFigures
+from ledger.protocol.eip712 import Domains
 from redemption.config import ServiceSettings
 from redemption.dispatch import Dispatcher
 from redemption.metrics import ServiceMetrics
 from redemption.routing import NodeRegistry
-from redemption.store import ChainFigures, ModelRate, Store
+from redemption.store import ModelRate, Store
 
 if TYPE_CHECKING:
-    from redemption.audit import AuditorRoles
+    from redemption.audit.service import AuditorRoles
 
 # A mirror that has not completed a sync for this long is treated as lagging.
 MIRROR_STALE_SECONDS = 5.0
@@ -59,7 +60,6 @@ class ServiceState:
         lag = self.mirror_lag()
         if lag is not None and lag <= self.settings.mirror_max_lag_blocks:
             return None
-        from ledger.mirror import read_direct
+        from ledger.followers.mirror import read_direct
 
-        direct = await asyncio.to_thread(read_direct, self.ledger, payer, spender)
-        return ChainFigures(direct.balance, direct.allowance, direct.allowlisted, direct.paused)
+        return await asyncio.to_thread(read_direct, self.ledger, payer, spender)

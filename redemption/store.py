@@ -15,6 +15,7 @@ from typing import Any
 from eth_utils.address import to_checksum_address
 from psycopg_pool import AsyncConnectionPool
 
+from ledger.domain import ChainFigures, tier_label
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
 
@@ -32,17 +33,6 @@ class ModelRate:
     tier: str
 
 
-@dataclass(frozen=True, slots=True)
-class ChainFigures:
-    """On-chain figures read directly when the mirror lags."""
-
-    balance: int
-    allowance: int
-    allowlisted: bool
-    paused: bool
-
-
-TIERS = ("edge", "regional", "cloud")
 
 
 class Store:
@@ -118,7 +108,7 @@ class Store:
                 "SELECT name, model, input_rate, output_rate, tier FROM mirror_rates WHERE listed ORDER BY name"
             )
             rows = await cur.fetchall()
-        return {r[0]: ModelRate(r[0], bytes(r[1]), int(r[2]), int(r[3]), TIERS[r[4]]) for r in rows}
+        return {r[0]: ModelRate(r[0], bytes(r[1]), int(r[2]), int(r[3]), tier_label(r[4])) for r in rows}
 
     async def available(self, payer: str, spender: str) -> tuple[int, int | None]:
         """(balance available, allowance available or None when spender == payer), from the mirror."""

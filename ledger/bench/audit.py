@@ -34,9 +34,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
-from ledger.client import Ledger, model_id, usage_cost
-from ledger.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
-from ledger.merkle import build_tree, receipt_leaf
+from ledger.chain.client import Ledger
+from ledger.domain import model_id, usage_cost
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.merkle import build_tree, receipt_leaf
 from ledger.units import ONE_TOKEN
 
 Report = Callable[[str], None]
@@ -185,16 +186,16 @@ def _write_rows(db_url: str, batches: Sequence[tuple[bytes, bytes, list[Receipt]
 
 def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Build the throwaway stack and history, then time the backfill and the verification."""
-    from ledger import embedded
-    from ledger.chain import connect
+    from ledger.audit.verifier import AuditApi, verify
+    from ledger.chain.deploy import deploy_all
+    from ledger.chain.deployment import save_deployment
+    from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.db import migrate
-    from ledger.deploy import deploy_all
-    from ledger.deployment import save_deployment
-    from ledger.indexer import ChainIndexer
+    from ledger.followers.indexer import ChainIndexer
     from ledger.keys import embedded_account
-    from ledger.stack_apps import api_service
-    from ledger.verifier import AuditApi, verify
+    from ledger.stack import embedded
+    from ledger.stack.apps import api_service
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-audit-") as home:
         chain_port = embedded.free_port()

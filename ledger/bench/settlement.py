@@ -35,10 +35,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
-from ledger.chain import TxSender
-from ledger.client import Ledger, model_id, usage_cost
-from ledger.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.chain.client import Ledger
+from ledger.chain.sender import TxSender
+from ledger.domain import model_id, usage_cost
 from ledger.keys import embedded_account
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
 from ledger.units import ONE_TOKEN
 
 Report = Callable[[str], None]
@@ -327,13 +328,13 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Start a throwaway stack, fund the pairs, meter and settle in the configured mode(s); returns the figures."""
     import tempfile
 
-    from ledger import embedded
-    from ledger.chain import connect
+    from ledger.chain.deploy import deploy_all
+    from ledger.chain.deployment import save_deployment
+    from ledger.chain.sender import connect
     from ledger.config import Settings
-    from ledger.deploy import deploy_all
-    from ledger.deployment import save_deployment
-    from ledger.mirror import ChainMirror
-    from ledger.settlement import release_settled
+    from ledger.followers.mirror import ChainMirror
+    from ledger.settlement.settler import release_settled
+    from ledger.stack import embedded
 
     modes = ("live", "drain") if config.mode == "both" else (config.mode,)
     results: dict[str, Any] = {"runs": []}

@@ -14,9 +14,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
-from ledger.chain import TxSender
-from ledger.client import Ledger, SettlementItem
-from ledger.merkle import build_tree, receipt_leaf
+from ledger.chain.client import Ledger, SettlementItem
+from ledger.chain.sender import TxSender
+from ledger.protocol.merkle import build_tree, receipt_leaf
 from ledger.units import ONE_TOKEN
 
 BATCH_SIZES = (1, 10, 100, 500)

@@ -84,17 +84,14 @@ def rates_set(
     as_json: bool = JsonOpt,
 ) -> None:
     """Publish MODEL's price: INPUT_RATE and OUTPUT_RATE tokens per million model tokens."""
-    from ledger.client import Tier
+    from ledger.domain import Tier
     from ledger.units import parse_tokens
 
-    try:
-        tier_value = Tier[tier.upper()]
-    except KeyError:
-        raise ValueError(f"tier {tier!r} must be edge, regional or cloud") from None
+    tier_value = Tier.parse(tier)
     rin, rout = parse_tokens(input_rate), parse_tokens(output_rate)
     tx = open_ledger().set_rate(operator_key(keystore), model, rin, rout, tier_value)
     report_tx("rate set", tx.tx_hash, tx.block_number, as_json, model=model, input_rate=rin, output_rate=rout,
-              tier=tier_value.name.lower())
+              tier=tier_value.label)
 
 
 @rates_app.command("list")

@@ -62,7 +62,7 @@ def _database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return settings.database_url
-    from ledger.embedded import StatePaths, postgres_url
+    from ledger.stack.embedded import StatePaths, postgres_url
 
     return postgres_url(StatePaths(settings.state_dir))
 
@@ -84,7 +84,7 @@ def index(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ledger.db import migrate
-    from ledger.indexer import ChainIndexer, IndexProgress
+    from ledger.followers.indexer import ChainIndexer, IndexProgress
 
     db_url = _database_url()
     migrate(db_url)
@@ -208,7 +208,7 @@ def history(
     """
     from rich.table import Table
 
-    from ledger.verifier import AuditApi, VerifyError
+    from ledger.audit.verifier import AuditApi, VerifyError
 
     client = AuditApi(_api_url(api), _auditor(key))
     params: dict[str, Any] = {"account": account, "kind": kind, "from_block": from_block, "to_block": to_block,
@@ -298,9 +298,9 @@ def verify(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ledger.audit.verifier import AuditApi, VerifyError
+    from ledger.audit.verifier import verify as run_verify
     from ledger.errors import LedgerError
-    from ledger.verifier import AuditApi, VerifyError
-    from ledger.verifier import verify as run_verify
 
     try:
         rpc_url = rpc

@@ -29,13 +29,13 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
 
     Runs on a throwaway embedded chain (its own state dir and a free port), so it never touches your stack.
     """
-    from ledger import embedded
     from ledger.bench.settlement_gas import measure
-    from ledger.chain import connect
-    from ledger.client import Ledger
+    from ledger.chain.client import Ledger
+    from ledger.chain.deploy import deploy_all
+    from ledger.chain.sender import connect
     from ledger.config import Settings
-    from ledger.deploy import deploy_all
     from ledger.keys import embedded_account
+    from ledger.stack import embedded
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
         port = embedded.free_port()
@@ -64,7 +64,7 @@ def gateway(json_path: Path | None = JsonPath,
     Pre-signed non-streamed calls (16 output tokens) at 64 concurrent connections against a zero-latency
     simulated node: to its engine directly, to its agent directly, and through the service.
     """
-    from redemption.benchmark import run
+    from ledger.bench.gateway import run
 
     _write(json_path, run(calls, report=console.print, concurrency=concurrency))
 

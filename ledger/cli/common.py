@@ -56,10 +56,10 @@ def handle_errors(fn: F) -> F:
 
 def open_ledger() -> Any:
     """The Ledger of the configured chain's recorded deployment."""
-    from ledger.chain import connect
-    from ledger.client import Ledger
+    from ledger.chain.client import Ledger
+    from ledger.chain.deployment import load_deployment
+    from ledger.chain.sender import connect
     from ledger.config import get_settings
-    from ledger.deployment import load_deployment
 
     settings = get_settings()
     w3 = connect(settings.effective_rpc_url)

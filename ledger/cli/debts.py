@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _database() -> Any:
-    from ledger.settlement import Database, database_url, get_settlement_settings
+    from ledger.settlement.settler import Database, database_url, get_settlement_settings
 
     return Database(database_url(get_settlement_settings()))
 
@@ -61,7 +61,7 @@ def debts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """List outstanding debts and suspended accounts (subcommand `clear PAYER` settles a payer's debts)."""
     if ctx.invoked_subcommand is not None:
         return
-    from ledger.settlement import outstanding_debts, suspended_accounts
+    from ledger.settlement.settler import outstanding_debts, suspended_accounts
     from ledger.units import format_tokens
 
     conn = _database().conn()
@@ -98,7 +98,7 @@ def clear(
     as_json: bool = JsonOpt,
 ) -> None:
     """Burn everything PAYER owes as a new settlement batch, then lift its suspension. Prints the tx hash."""
-    from ledger.settlement import clear_debts, get_settlement_settings, open_settler
+    from ledger.settlement.settler import clear_debts, get_settlement_settings, open_settler
     from ledger.units import format_tokens
 
     account = _address(payer)

@@ -24,13 +24,13 @@ def register(app: typer.Typer) -> None:
         runs out of budget and gets 402); the Celery workers settle the usage on chain; an auditor
         verifies the whole history and prints it. Inference is simulated on the embedded stack.
         """
-        from ledger import embedded
-        from ledger.chain import connect
-        from ledger.client import Ledger
+        from ledger.chain.client import Ledger
+        from ledger.chain.deployment import Deployment
+        from ledger.chain.sender import connect
         from ledger.config import get_settings
-        from ledger.deployment import Deployment
         from ledger.keys import operator_account
-        from ledger.scenario import run_story
+        from ledger.stack import embedded
+        from ledger.stack.scenario import run_story
 
         settings = get_settings()
         paths = embedded.StatePaths(settings.state_dir)

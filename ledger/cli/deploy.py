@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
 
         Idempotent: a second run reuses the deployment recorded for the chain id under the state dir.
         """
+        from ledger.chain.deploy import ensure_deployed
         from ledger.config import get_settings
-        from ledger.deploy import ensure_deployed
 
         record = ensure_deployed(get_settings(), progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
         if as_json:

@@ -20,12 +20,12 @@ import typer
 
 from ledger.cli.common import JsonOpt, handle_errors
 from ledger.cli.output import console, fail, print_json
+from ledger.domain import TIER_NAMES
 
 app = typer.Typer(help="Inference nodes: list them with their receipt keys, register or retire one.",
                   no_args_is_help=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-TIERS = ("edge", "regional", "cloud")
 # `nodes.last_heartbeat` is NOT NULL and the service reads its age as liveness, so a node the operator
 # registered before it ever sent a heartbeat carries this timestamp: never seen, never routed to.
 NEVER = "1970-01-01 00:00:00+00"
@@ -62,7 +62,7 @@ def _row(raw: tuple[Any, ...]) -> NodeRow:
 def _database_url() -> str:
     """DATABASE_URL, else the embedded PostgreSQL under the state dir."""
     from ledger.config import get_settings
-    from ledger.embedded import StatePaths, postgres_url
+    from ledger.stack.embedded import StatePaths, postgres_url
 
     settings = get_settings()
     return settings.database_url or postgres_url(StatePaths(settings.state_dir))
@@ -159,8 +159,8 @@ def register(
     from ledger.db import connect
 
     node = _address(address)
-    if tier is not None and tier not in TIERS:
-        raise typer.BadParameter(f"tier {tier!r} must be edge, regional or cloud", param_hint="--tier")
+    if tier is not None and tier not in TIER_NAMES:
+        raise typer.BadParameter(f"tier {tier!r} must be one of {', '.join(TIER_NAMES)}", param_hint="--tier")
     if url is not None and not url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
     key = bytes.fromhex(node[2:])

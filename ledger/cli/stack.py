@@ -1,6 +1,6 @@
 """`sluice up`, `sluice down`, `sluice status`: run and inspect the local Sluice stack.
 
-The work happens in `ledger.embedded` (services, supervisor, status probes);
+The work happens in `ledger.stack.embedded` (services, supervisor, status probes);
 this module turns it into commands, human output, JSON and exit codes.
 """
 
@@ -17,7 +17,7 @@ from ledger.cli.output import console, err_console, fail, print_json
 
 if TYPE_CHECKING:
     from ledger.config import Settings
-    from ledger.embedded import StackError, StatePaths
+    from ledger.stack.embedded import StackError, StatePaths
 
 # One-line messages carry paths and URLs: no markup, no colouring guesses, no wrapping at the terminal width.
 PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when nothing was running, too.
         """
-        from ledger.embedded import StackError, show_path, stop_detached
+        from ledger.stack.embedded import StackError, show_path, stop_detached
 
         settings = _settings()
         try:
@@ -79,9 +79,9 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when every service answers, 1 otherwise.
         """
-        from ledger.embedded import client_settings, stack_status
-        from ledger.settlement import SettlementSettings
-        from ledger.settlement_metrics import settlement_status, status_lines
+        from ledger.settlement.metrics import settlement_status, status_lines
+        from ledger.settlement.settler import SettlementSettings
+        from ledger.stack.embedded import client_settings, stack_status
 
         settings = _settings()
         report = stack_status(settings)
@@ -120,8 +120,8 @@ def _settings() -> Settings:
 
 
 def _up_foreground() -> None:
-    from ledger.embedded import StackError, StackRunning, serve
     from ledger.errors import LedgerError
+    from ledger.stack.embedded import StackError, StackRunning, serve
 
     def progress(message: str) -> None:
         err_console.print(message, style="dim", **PLAIN)
@@ -140,7 +140,7 @@ def _up_foreground() -> None:
 
 
 def _up_detached(timeout: float) -> None:
-    from ledger.embedded import StackError, StackRunning, StatePaths, running_pid, show_path, start_detached
+    from ledger.stack.embedded import StackError, StackRunning, StatePaths, running_pid, show_path, start_detached
 
     settings = _settings()
     paths = StatePaths(settings.state_dir)
@@ -165,7 +165,7 @@ def _wait_for_record(paths: StatePaths, pid: int, timeout: float) -> dict[str, A
     """The record of a stack that is running, waiting while it is still starting (another `up` in progress)."""
     import time
 
-    from ledger.embedded import read_stack_record, running_pid, show_path
+    from ledger.stack.embedded import read_stack_record, running_pid, show_path
 
     deadline = time.monotonic() + timeout
     pause = 0.05
@@ -190,7 +190,7 @@ def _fail_stack(exc: StackError) -> NoReturn:
 
 
 def _print_ready(record: dict[str, Any]) -> None:
-    from ledger.embedded import show_path
+    from ledger.stack.embedded import show_path
 
     endpoints = record["endpoints"]
     table = Table(box=None, show_header=False, pad_edge=False)

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from web3.contract import Contract
     from web3.contract.contract import ContractFunction
 
-    from ledger.chain import TxResult
-    from ledger.client import Ledger
+    from ledger.chain.client import Ledger
+    from ledger.chain.sender import TxResult
 
 app = typer.Typer(help="An enterprise's wallet: keystores, balances, buying compute tokens, developer budgets.",
                   no_args_is_help=True)
@@ -725,7 +725,7 @@ def transfer(
 def _service_url() -> str:
     """The running embedded stack's API, else the API port of the settings."""
     from ledger.config import get_settings
-    from ledger.embedded import StatePaths, read_stack_record
+    from ledger.stack.embedded import StatePaths, read_stack_record
 
     settings = get_settings()
     record = read_stack_record(StatePaths(settings.state_dir)) or {}

@@ -1,6 +1,6 @@
 """`sluice worker`: run a settlement worker (optionally with the beat that cuts batches).
 
-Runs the Celery app of `ledger.celery_app` against BROKER_URL (Redis, or RabbitMQ with an
+Runs the Celery app of `ledger.settlement.celery_app` against BROKER_URL (Redis, or RabbitMQ with an
 amqp:// URL; the embedded Redis of the state dir by default) and serves the settlement
 metrics for Prometheus on 127.0.0.1:SLUICE_WORKER_METRICS_PORT. Also runnable as
 `python -m ledger.cli.worker` (the embedded stack starts it that way).
@@ -19,8 +19,8 @@ def run_worker(*, beat: bool, concurrency: int, pool: str, loglevel: str) -> Non
     """Serve metrics, then run the Celery worker in this process until SIGTERM/SIGINT (warm shutdown)."""
     import logging
 
-    from ledger.settlement import get_settlement_settings
-    from ledger.settlement_metrics import serve_metrics
+    from ledger.settlement.metrics import serve_metrics
+    from ledger.settlement.settler import get_settlement_settings
 
     if pool not in POOLS:
         raise typer.BadParameter(f"--pool must be one of {', '.join(POOLS)}")
@@ -32,7 +32,7 @@ def run_worker(*, beat: bool, concurrency: int, pool: str, loglevel: str) -> Non
             logging.getLogger(__name__).warning(
                 "settlement metrics not served on port %d: %s", settings.worker_metrics_port, exc
             )
-    from ledger.celery_app import app
+    from ledger.settlement.celery_app import app
 
     argv = [
         "worker",

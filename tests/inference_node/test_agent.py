@@ -51,8 +51,8 @@ from inference_node.protocol import (
     SignedTicket,
 )
 from inference_node.simulator import SimulatorConfig, build_simulator_server
-from ledger.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
-from ledger.embedded import free_port
+from ledger.protocol.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
+from ledger.stack.embedded import free_port
 
 MODEL = "sim-model"
 CHAT_MESSAGES = [

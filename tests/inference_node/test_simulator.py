@@ -24,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference_node.simulator import (
     FaultPlan,
     SimulatorConfig,
-    Tier,
     WordTokenizer,
     build_simulator_server,
 )
@@ -169,13 +168,13 @@ def faulty(sim: RunningSimulator) -> Iterator[RunningSimulator]:
 
 
 def test_latency_defaults_come_from_the_tier_and_zero_is_allowed() -> None:
-    edge = SimulatorConfig(tier=Tier.EDGE)
+    edge = SimulatorConfig(tier="edge")
     assert (edge.ttft_seconds, edge.per_token_seconds) == (0.02, 0.005)
     regional = SimulatorConfig()
-    assert (regional.tier, regional.ttft_seconds, regional.per_token_seconds) == (Tier.REGIONAL, 0.05, 0.01)
+    assert (regional.tier, regional.ttft_seconds, regional.per_token_seconds) == ("regional", 0.05, 0.01)
     cloud = SimulatorConfig.model_validate({"tier": "cloud"})
     assert (cloud.ttft_seconds, cloud.per_token_seconds) == (0.1, 0.015)
-    bench = SimulatorConfig(tier=Tier.CLOUD, ttft_seconds=0, per_token_seconds=0)
+    bench = SimulatorConfig(tier="cloud", ttft_seconds=0, per_token_seconds=0)
     assert (bench.ttft_seconds, bench.per_token_seconds) == (0, 0)
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         SimulatorConfig(ttft_seconds=-0.1)

@@ -26,16 +26,16 @@ from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from typer.testing import CliRunner
 
-from ledger.chain import poll_until
+from ledger.audit.verifier import AuditApi, VerifyReport, verify
+from ledger.chain.sender import poll_until
 from ledger.cli.app import app as cli
-from ledger.eip712 import Domains, Redemption, sign_digest, typed_digest
 from ledger.keys import embedded_account
-from ledger.settlement import Database, SettlementSettings, Settler, clear_debts, cut_batch
+from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.settlement.settler import Database, SettlementSettings, Settler, clear_debts, cut_batch
 from ledger.units import ONE_TOKEN
-from ledger.verifier import AuditApi, VerifyReport, verify
-from redemption.audit import AuditBatch, AuditReceiptDetail
+from redemption.audit.service import AuditBatch, AuditReceiptDetail
 from redemption.sdk import SluiceAuth
-from tests.redemption.conftest import SMALL_MODEL, Deployed, with_database
+from tests.support.stack import SMALL_MODEL, Deployed, with_database
 
 CHAT = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "meter me"}], "max_tokens": 6})
 

@@ -26,12 +26,12 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
-from ledger.chain import poll_until
-from ledger.client import usage_cost
-from ledger.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.chain.sender import poll_until
+from ledger.domain import usage_cost
 from ledger.keys import embedded_account
-from ledger.stack_apps import EMBEDDED_NODES
-from tests.redemption.conftest import LARGE_MODEL, SMALL_MODEL, Deployed
+from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.stack.apps import EMBEDDED_NODES
+from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
 CHAT = "/v1/chat/completions"
 NODE_TIMEOUT = 3.0  # SLUICE_NODE_TIMEOUT_SECONDS in the deployment

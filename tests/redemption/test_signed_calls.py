@@ -10,9 +10,9 @@ import pytest
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 
-from ledger.client import usage_cost
+from ledger.domain import usage_cost
 from redemption.sdk import SluiceAuth, async_openai_client, openai_client
-from tests.redemption.conftest import LARGE_MODEL, SMALL_MODEL, Deployed
+from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
 
 def rate(deployed: Deployed, model: str) -> tuple[int, int]:
@@ -119,7 +119,7 @@ def test_max_tokens_is_clamped_so_the_call_never_costs_more_than_signed(deployed
 
 def test_no_overspend_under_concurrency(deployed: Deployed) -> None:
     """200 concurrent calls against a budget covering 50 calls: exactly 50 served, 150 refused with 402."""
-    from ledger.client import Tier
+    from ledger.domain import Tier
 
     enterprise = deployed.fund(10)
     input_rate, output_rate = rate(deployed, SMALL_MODEL)

@@ -9,8 +9,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from redemption import audit, errors
+from redemption import errors
 from redemption.api.deps import State
+from redemption.audit import service as audit
 from redemption.auth import VerifiedCall
 
 router = APIRouter(prefix="/audit", tags=["audit"])

@@ -1,0 +1,306 @@
+"""Typed Python API over the Sluice contracts, bound from the committed artifacts.
+
+Reads go straight to the chain; writes go through one `TxSender` per key and
+raise the decoded `ContractRevert` subclass when the contracts refuse them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
+
+from ledger.chain.artifacts import abi_of
+from ledger.chain.deployment import Deployment
+from ledger.chain.sender import TxResult, TxSender, revert_from
+from ledger.domain import Tier, model_id
+from ledger.units import BaseUnits
+
+CONTRACT_ARTIFACTS = {
+    "token": "ComputeToken",
+    "sale": "TokenSale",
+    "rate_card": "RateCard",
+    "settlement": "Settlement",
+    "payment_token": "TestStablecoin",
+}
+
+# Which contract holds each role.
+ROLE_CONTRACT = {
+    "MINTER_ROLE": "token",
+    "REDEEMER_ROLE": "token",
+    "COMPLIANCE_ROLE": "token",
+    "PAUSER_ROLE": "token",
+    "AUDITOR_ROLE": "token",
+    "SETTLER_ROLE": "settlement",
+    "ISSUER_ROLE": "sale",
+    "RATE_SETTER_ROLE": "rate_card",
+}
+
+
+def role_id(name: str) -> bytes:
+    """The bytes32 id of an AccessControl role."""
+    return b"\x00" * 32 if name == "DEFAULT_ADMIN_ROLE" else keccak(text=name)
+
+
+
+def ref_bytes32(ref: str) -> bytes:
+    """An issuance reference as bytes32: its UTF-8 text, right-padded (readable on chain)."""
+    raw = ref.encode()
+    if len(raw) > 32:
+        raise ValueError(f"reference {ref!r} is {len(raw)} bytes; use at most 32")
+    return raw.ljust(32, b"\x00")
+
+
+
+@dataclass(frozen=True)
+class Rate:
+    model: str
+    input_rate: BaseUnits
+    output_rate: BaseUnits
+    tier: Tier
+
+
+@dataclass(frozen=True)
+class SettlementItem:
+    payer: str
+    spender: str
+    amount: BaseUnits
+
+
+@dataclass(frozen=True)
+class Redemption:
+    payer: str
+    spender: str
+    amount: BaseUnits
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    payer: str
+    spender: str
+    owed: BaseUnits
+    paid: BaseUnits
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    tx: TxResult
+    total: BaseUnits
+    redeemed: list[Redemption]
+    shortfalls: list[Shortfall]
+
+
+
+class Ledger:
+    """The Sluice contracts of one deployment."""
+
+    def __init__(self, w3: Web3, deployment: Deployment, *, timeout: float = 120.0, confirmations: int = 0) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.timeout = timeout
+        self.confirmations = confirmations
+        self.token = self._bind("token")
+        self.sale = self._bind("sale")
+        self.rate_card = self._bind("rate_card")
+        self.settlement = self._bind("settlement")
+        self.payment_token = self._bind("payment_token")
+        self._senders: dict[str, TxSender] = {}
+        self._senders_lock = threading.Lock()
+
+    def _bind(self, key: str) -> Contract:
+        address = to_checksum_address(self.deployment.contracts[key])
+        return self.w3.eth.contract(address=address, abi=abi_of(CONTRACT_ARTIFACTS[key]))
+
+    def contract(self, key: str) -> Contract:
+        return {
+            "token": self.token,
+            "sale": self.sale,
+            "rate_card": self.rate_card,
+            "settlement": self.settlement,
+            "payment_token": self.payment_token,
+        }[key]
+
+    def sender(self, account: LocalAccount) -> TxSender:
+        """The one sender for `account` in this process (shared so nonces never collide)."""
+        with self._senders_lock:
+            sender = self._senders.get(account.address)
+            if sender is None:
+                sender = TxSender(self.w3, account, timeout=self.timeout, confirmations=self.confirmations)
+                self._senders[account.address] = sender
+            return sender
+
+    def _call(self, fn: ContractFunction) -> Any:
+        try:
+            return fn.call()
+        except ContractLogicError as exc:
+            raise revert_from(exc) from None
+
+    def _transact(self, account: LocalAccount, fn: ContractFunction) -> TxResult:
+        tx = {"to": fn.address, "data": fn._encode_transaction_data()}
+        return self.sender(account).transact(tx)  # type: ignore[arg-type]
+
+    # -- reads -----------------------------------------------------------------------------
+    def balance_of(self, account: str) -> BaseUnits:
+        return BaseUnits(self._call(self.token.functions.balanceOf(to_checksum_address(account))))
+
+    def allowance(self, owner: str, spender: str) -> BaseUnits:
+        fn = self.token.functions.allowance(to_checksum_address(owner), to_checksum_address(spender))
+        return BaseUnits(self._call(fn))
+
+    def total_supply(self) -> BaseUnits:
+        return BaseUnits(self._call(self.token.functions.totalSupply()))
+
+    def is_allowlisted(self, account: str) -> bool:
+        return bool(self._call(self.token.functions.isAllowlisted(to_checksum_address(account))))
+
+    def paused(self) -> bool:
+        return bool(self._call(self.token.functions.paused()))
+
+    def has_role(self, role: str, account: str) -> bool:
+        contract = self.contract(ROLE_CONTRACT.get(role, "token"))
+        return bool(self._call(contract.functions.hasRole(role_id(role), to_checksum_address(account))))
+
+    def payment_balance(self, account: str) -> int:
+        return int(self._call(self.payment_token.functions.balanceOf(to_checksum_address(account))))
+
+    def rate(self, model: str) -> Rate:
+        raw = self._call(self.rate_card.functions.rateOf(model_id(model)))
+        return Rate(model, BaseUnits(raw[0]), BaseUnits(raw[1]), Tier(raw[2]))
+
+    def rates(self) -> list[Rate]:
+        """Every listed model with its rate, in listing order."""
+        out: list[Rate] = []
+        for mid in self._call(self.rate_card.functions.models()):
+            name = self._call(self.rate_card.functions.nameOf(mid))
+            try:
+                raw = self._call(self.rate_card.functions.rateOf(mid))
+            except Exception:  # delisted model: not for sale now
+                continue
+            out.append(Rate(name, BaseUnits(raw[0]), BaseUnits(raw[1]), Tier(raw[2])))
+        return out
+
+    def quote_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> BaseUnits:
+        fn = self.rate_card.functions.quote(model_id(model), prompt_tokens, completion_tokens)
+        return BaseUnits(self._call(fn))
+
+    def quote_purchase(self, amount: int) -> tuple[int, int]:
+        """(payment cost, tier index) of buying `amount` base units."""
+        cost, tier = self._call(self.sale.functions.quote(amount))
+        return int(cost), int(tier)
+
+    def sale_tiers(self) -> list[tuple[int, int]]:
+        return [(int(t[0]), int(t[1])) for t in self._call(self.sale.functions.tiers())]
+
+    def is_settled(self, batch_id: bytes) -> bool:
+        return bool(self._call(self.settlement.functions.isSettled(batch_id)))
+
+    # -- operator writes -------------------------------------------------------------------
+    def set_allowlisted(self, signer: LocalAccount, account: str, allowed: bool) -> TxResult:
+        return self._transact(signer, self.token.functions.setAllowlisted(to_checksum_address(account), allowed))
+
+    def mint(self, signer: LocalAccount, to: str, amount: int) -> TxResult:
+        return self._transact(signer, self.token.functions.mint(to_checksum_address(to), amount))
+
+    def issue(self, signer: LocalAccount, to: str, amount: int, ref: str) -> TxResult:
+        fn = self.sale.functions.issue(to_checksum_address(to), amount, ref_bytes32(ref))
+        return self._transact(signer, fn)
+
+    def set_rate(self, signer: LocalAccount, model: str, input_rate: int, output_rate: int, tier: Tier) -> TxResult:
+        return self._transact(signer, self.rate_card.functions.setRate(model, input_rate, output_rate, int(tier)))
+
+    def pause(self, signer: LocalAccount) -> TxResult:
+        return self._transact(signer, self.token.functions.pause())
+
+    def unpause(self, signer: LocalAccount) -> TxResult:
+        return self._transact(signer, self.token.functions.unpause())
+
+    def grant_role(self, signer: LocalAccount, role: str, account: str) -> TxResult:
+        contract = self.contract(ROLE_CONTRACT.get(role, "token"))
+        return self._transact(signer, contract.functions.grantRole(role_id(role), to_checksum_address(account)))
+
+    def revoke_role(self, signer: LocalAccount, role: str, account: str) -> TxResult:
+        contract = self.contract(ROLE_CONTRACT.get(role, "token"))
+        return self._transact(signer, contract.functions.revokeRole(role_id(role), to_checksum_address(account)))
+
+    def mint_payment(self, signer: LocalAccount, to: str, amount: int) -> TxResult:
+        """Fund a wallet with the embedded chain's test stablecoin."""
+        return self._transact(signer, self.payment_token.functions.mint(to_checksum_address(to), amount))
+
+    # -- holder writes ---------------------------------------------------------------------
+    def approve(self, signer: LocalAccount, spender: str, amount: int) -> TxResult:
+        return self._transact(signer, self.token.functions.approve(to_checksum_address(spender), amount))
+
+    def transfer(self, signer: LocalAccount, to: str, amount: int) -> TxResult:
+        return self._transact(signer, self.token.functions.transfer(to_checksum_address(to), amount))
+
+    def burn(self, signer: LocalAccount, amount: int) -> TxResult:
+        return self._transact(signer, self.token.functions.burn(amount))
+
+    def burn_from(self, signer: LocalAccount, owner: str, amount: int) -> TxResult:
+        return self._transact(signer, self.token.functions.burnFrom(to_checksum_address(owner), amount))
+
+    def buy(self, signer: LocalAccount, amount: int, max_cost: int | None = None, *, permit: bool = True) -> TxResult:
+        """Buy `amount` base units with the payment token: a permit when it supports one, else approve."""
+        cost, _tier = self.quote_purchase(amount)
+        limit = cost if max_cost is None else max_cost
+        if permit:
+            deadline = int(time.time()) + 3600
+            v, r, s = self.sign_permit(self.payment_token, signer, self.sale.address, limit, deadline)
+            return self._transact(signer, self.sale.functions.buyWithPermit(amount, limit, deadline, v, r, s))
+        self._transact(signer, self.payment_token.functions.approve(self.sale.address, limit))
+        return self._transact(signer, self.sale.functions.buy(amount, limit))
+
+    def sign_permit(
+        self, token: Contract, owner: LocalAccount, spender: str, value: int, deadline: int, nonce: int | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """An EIP-2612 permit signature (v, r, s) by `owner` on `token`."""
+        if nonce is None:
+            nonce = int(token.functions.nonces(owner.address).call())
+        fields = token.functions.eip712Domain().call()
+        domain = {"name": fields[1], "version": fields[2], "chainId": fields[3], "verifyingContract": fields[4]}
+        message = {"owner": owner.address, "spender": to_checksum_address(spender), "value": value,
+                   "nonce": nonce, "deadline": deadline}
+        types = {"Permit": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"},
+                            {"name": "value", "type": "uint256"}, {"name": "nonce", "type": "uint256"},
+                            {"name": "deadline", "type": "uint256"}]}
+        signed = owner.sign_typed_data(domain, types, message)
+        return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+    def permit(self, signer: LocalAccount, owner: str, spender: str, value: int, deadline: int,
+               v: int, r: bytes, s: bytes) -> TxResult:
+        fn = self.token.functions.permit(to_checksum_address(owner), to_checksum_address(spender), value,
+                                         deadline, v, r, s)
+        return self._transact(signer, fn)
+
+    # -- settlement ------------------------------------------------------------------------
+    def settle_fn(self, batch_id: bytes, root: bytes, receipt_count: int,
+                  items: Sequence[SettlementItem]) -> ContractFunction:
+        rows = [(to_checksum_address(i.payer), to_checksum_address(i.spender), int(i.amount)) for i in items]
+        return self.settlement.functions.settle(batch_id, root, receipt_count, rows)
+
+    def settle_batch(self, signer: LocalAccount, batch_id: bytes, root: bytes, receipt_count: int,
+                     items: Sequence[SettlementItem]) -> SettleResult:
+        """Submit one batch and wait for it; returns what was burned and any shortfalls."""
+        tx = self._transact(signer, self.settle_fn(batch_id, root, receipt_count, items))
+        return self.settle_result(tx)
+
+    def settle_result(self, tx: TxResult) -> SettleResult:
+        events = self.settlement.events
+        redeemed = [Redemption(e["args"]["payer"], e["args"]["spender"], BaseUnits(e["args"]["amount"]))
+                    for e in events.Redeemed().process_receipt(tx.receipt, errors=DISCARD)]
+        shortfalls = [Shortfall(e["args"]["payer"], e["args"]["spender"], BaseUnits(e["args"]["owed"]),
+                                BaseUnits(e["args"]["paid"]))
+                      for e in events.Shortfall().process_receipt(tx.receipt, errors=DISCARD)]
+        settled = events.BatchSettled().process_receipt(tx.receipt, errors=DISCARD)
+        return SettleResult(tx, BaseUnits(settled[0]["args"]["total"]), redeemed, shortfalls)

@@ -1,0 +1,227 @@
+"""Settlement metrics, read from PostgreSQL at scrape time.
+
+Every figure comes from the settlement tables, so any number of workers (and `sluice status`)
+report the same values, and restarts lose nothing. `SettlementCollector` is the Prometheus
+view (served by `sluice worker`); `settlement_status` is the same snapshot as a dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ledger.settlement.settler import SettlementSettings, database_url
+
+log = logging.getLogger(__name__)
+
+# Gauges over "recent" batches (sizes, gas, lag) look this far back.
+RECENT_WINDOW_S = 300
+
+SNAPSHOT_SQL = """
+SELECT
+    (SELECT count(*) FROM settlement_outbox),
+    (SELECT extract(epoch FROM now() - min(u.finished_at)) FROM usage_records u
+       WHERE u.status IN ('metered', 'batched')),
+    (SELECT count(*) FROM settlement_batches WHERE status = 'confirmed' AND released_at IS NULL),
+    (SELECT count(*) FROM settlement_attempts WHERE action = 'failed'),
+    (SELECT count(*) FROM debts WHERE cleared_at IS NULL),
+    (SELECT coalesce(sum(owed - paid), 0) FROM debts WHERE cleared_at IS NULL),
+    (SELECT count(*) FROM suspended_accounts)
+"""
+OPEN_SQL = """
+SELECT status, count(*), coalesce(sum(receipt_count), 0) FROM settlement_batches
+WHERE status <> 'confirmed' GROUP BY status
+"""
+TOTALS_SQL = """
+SELECT kind, count(*), coalesce(sum(receipt_count), 0), coalesce(sum(item_count), 0), coalesce(sum(gas_used), 0)
+FROM settlement_batches WHERE status = 'confirmed' GROUP BY kind
+"""
+RECENT_SQL = """
+SELECT count(*), coalesce(sum(receipt_count), 0), coalesce(sum(item_count), 0), coalesce(sum(gas_used), 0),
+       max(confirmed_at)
+FROM settlement_batches WHERE status = 'confirmed' AND confirmed_at > now() - make_interval(secs => %(window)s)
+"""
+LAG_SQL = """
+SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM b.confirmed_at - u.finished_at))
+FROM settlement_batches b JOIN usage_records u ON u.batch_id = b.batch_id
+WHERE b.kind = 'usage' AND b.status = 'confirmed' AND b.confirmed_at > now() - make_interval(secs => %(window)s)
+"""
+
+
+@dataclass
+class SettlementSnapshot:
+    """Where settlement stands, as the database says."""
+
+    waiting_records: int = 0
+    oldest_unsettled_seconds: float | None = None
+    open_batches: dict[str, int] = field(default_factory=dict)  # status -> batches
+    open_records: dict[str, int] = field(default_factory=dict)  # status -> records in them
+    confirmed_batches: dict[str, int] = field(default_factory=dict)  # kind -> batches
+    settled_records: int = 0
+    settled_items: int = 0
+    gas_used: int = 0
+    unreleased_batches: int = 0
+    failures: int = 0
+    outstanding_debts: int = 0
+    outstanding_debt_amount: int = 0
+    suspended_accounts: int = 0
+    recent_batches: int = 0
+    recent_batch_records: float | None = None
+    recent_batch_items: float | None = None
+    recent_gas_per_item: float | None = None
+    recent_gas_per_record: float | None = None
+    lag_p50_seconds: float | None = None
+    lag_p99_seconds: float | None = None
+    last_confirmed_at: str | None = None
+
+    @property
+    def backlog_records(self) -> int:
+        """Metered records not yet in a confirmed batch."""
+        return self.waiting_records + sum(self.open_records.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "backlog_records": self.backlog_records}
+
+
+def read_snapshot(conn: psycopg.Connection[Any], window: float = RECENT_WINDOW_S) -> SettlementSnapshot:
+    snap = SettlementSnapshot()
+    row = conn.execute(SNAPSHOT_SQL).fetchone()
+    assert row is not None
+    snap.waiting_records = int(row[0])
+    snap.oldest_unsettled_seconds = None if row[1] is None else float(row[1])
+    snap.unreleased_batches, snap.failures, snap.outstanding_debts = int(row[2]), int(row[3]), int(row[4])
+    snap.outstanding_debt_amount, snap.suspended_accounts = int(row[5]), int(row[6])
+    for status, batches, records in conn.execute(OPEN_SQL):
+        snap.open_batches[str(status)] = int(batches)
+        snap.open_records[str(status)] = int(records)
+    for kind, batches, records, items, gas in conn.execute(TOTALS_SQL):
+        snap.confirmed_batches[str(kind)] = int(batches)
+        snap.settled_records += int(records) if kind == "usage" else 0
+        snap.settled_items += int(items)
+        snap.gas_used += int(gas)
+    recent = conn.execute(RECENT_SQL, {"window": window}).fetchone()
+    if recent is not None and int(recent[0]) > 0:
+        batches, records, items, gas = int(recent[0]), int(recent[1]), int(recent[2]), int(recent[3])
+        snap.recent_batches = batches
+        snap.recent_batch_records = records / batches
+        snap.recent_batch_items = items / batches
+        snap.recent_gas_per_item = gas / items if items else None
+        snap.recent_gas_per_record = gas / records if records else None
+        snap.last_confirmed_at = recent[4].isoformat() if recent[4] is not None else None
+    lag = conn.execute(LAG_SQL, {"window": window}).fetchone()
+    if lag is not None and lag[0] is not None:
+        snap.lag_p50_seconds, snap.lag_p99_seconds = float(lag[0][0]), float(lag[0][1])
+    return snap
+
+
+def settlement_status(settings: SettlementSettings) -> dict[str, Any] | None:
+    """The settlement snapshot for `sluice status` (JSON-ready); None when the database does not answer."""
+    try:
+        with psycopg.connect(database_url(settings), autocommit=True, connect_timeout=2) as conn:
+            return read_snapshot(conn).to_json()
+    except psycopg.Error:
+        return None
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """`settlement_status` as a few human lines."""
+
+    def secs(value: Any) -> str:
+        return "-" if value is None else f"{value:.2f} s"
+
+    def num(value: Any, fmt: str = ",.0f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    open_batches = ", ".join(f"{n} {s}" for s, n in sorted(status["open_batches"].items())) or "none"
+    return [
+        f"settlement backlog: {status['backlog_records']:,} records ({status['waiting_records']:,} waiting for a cut;"
+        f" open batches: {open_batches}); oldest unsettled {secs(status['oldest_unsettled_seconds'])}",
+        f"settled: {status['settled_records']:,} records in {sum(status['confirmed_batches'].values()):,} batches;"
+        f" failures {status['failures']:,}; {status['unreleased_batches']} batches await the mirror",
+        f"last {RECENT_WINDOW_S // 60} min: {status['recent_batches']} batches, {num(status['recent_batch_records'])}"
+        f" records / {num(status['recent_batch_items'])} items each, gas {num(status['recent_gas_per_item'])} per item"
+        f" / {num(status['recent_gas_per_record'])} per record, lag p50 {secs(status['lag_p50_seconds'])}"
+        f" p99 {secs(status['lag_p99_seconds'])}",
+        f"debts: {status['outstanding_debts']} outstanding ({status['outstanding_debt_amount']} base units);"
+        f" {status['suspended_accounts']} accounts suspended",
+    ]
+
+
+class SettlementCollector(Collector):
+    """Prometheus collector: one database snapshot per scrape."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+
+    def collect(self) -> Iterable[Any]:
+        try:
+            with psycopg.connect(self.db_url, autocommit=True, connect_timeout=2) as conn:
+                snap = read_snapshot(conn)
+        except psycopg.Error as exc:
+            log.warning("settlement metrics: database unavailable: %s", exc)
+            yield GaugeMetricFamily("sluice_settlement_database_up", "Whether the settlement database answered", 0)
+            return
+        yield GaugeMetricFamily("sluice_settlement_database_up", "Whether the settlement database answered", 1)
+        backlog = GaugeMetricFamily("sluice_settlement_backlog_records",
+                                    "Metered records not yet in a confirmed batch, by where they wait",
+                                    labels=["state"])
+        backlog.add_metric(["waiting"], snap.waiting_records)
+        for status in ("cut", "submitted", "failed"):
+            backlog.add_metric([status], snap.open_records.get(status, 0))
+        yield backlog
+        open_batches = GaugeMetricFamily("sluice_settlement_open_batches", "Unconfirmed batches by status",
+                                         labels=["status"])
+        for status in ("cut", "submitted", "failed"):
+            open_batches.add_metric([status], snap.open_batches.get(status, 0))
+        yield open_batches
+        yield GaugeMetricFamily("sluice_settlement_oldest_unsettled_seconds",
+                                "Age of the oldest metered record not yet settled",
+                                snap.oldest_unsettled_seconds or 0.0)
+        batches = CounterMetricFamily("sluice_settlement_batches", "Confirmed batches", labels=["kind"])
+        for kind in ("usage", "debt"):
+            batches.add_metric([kind], snap.confirmed_batches.get(kind, 0))
+        yield batches
+        yield CounterMetricFamily("sluice_settlement_records", "Usage records settled", snap.settled_records)
+        yield CounterMetricFamily("sluice_settlement_items", "Batch items (payer, spender) settled",
+                                  snap.settled_items)
+        yield CounterMetricFamily("sluice_settlement_gas", "Gas used by confirmed settlement transactions",
+                                  snap.gas_used)
+        yield CounterMetricFamily("sluice_settlement_failures", "Failed settlement attempts (retried)", snap.failures)
+        recent = f" (batches confirmed in the last {RECENT_WINDOW_S} s)"
+        yield GaugeMetricFamily("sluice_settlement_batch_size_records", "Records per batch" + recent,
+                                snap.recent_batch_records or 0.0)
+        yield GaugeMetricFamily("sluice_settlement_batch_size_items", "Items per batch" + recent,
+                                snap.recent_batch_items or 0.0)
+        yield GaugeMetricFamily("sluice_settlement_gas_per_item", "Gas per settled item" + recent,
+                                snap.recent_gas_per_item or 0.0)
+        yield GaugeMetricFamily("sluice_settlement_gas_per_record", "Gas per settled record" + recent,
+                                snap.recent_gas_per_record or 0.0)
+        lag = GaugeMetricFamily("sluice_settlement_lag_seconds", "Metered to confirmed" + recent,
+                                labels=["quantile"])
+        lag.add_metric(["0.5"], snap.lag_p50_seconds or 0.0)
+        lag.add_metric(["0.99"], snap.lag_p99_seconds or 0.0)
+        yield lag
+        yield GaugeMetricFamily("sluice_settlement_unreleased_batches",
+                                "Confirmed batches whose burn the chain mirror has not seen yet",
+                                snap.unreleased_batches)
+        yield GaugeMetricFamily("sluice_settlement_outstanding_debts", "Unpaid shortfalls", snap.outstanding_debts)
+        yield GaugeMetricFamily("sluice_settlement_suspended_accounts", "Accounts refused new calls",
+                                snap.suspended_accounts)
+
+
+def metrics_registry(settings: SettlementSettings) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SettlementCollector(database_url(settings)))
+    return registry
+
+
+def serve_metrics(settings: SettlementSettings, port: int) -> None:
+    """Serve the settlement metrics at http://127.0.0.1:`port`/metrics from a daemon thread."""
+    start_http_server(port, addr="127.0.0.1", registry=metrics_registry(settings))

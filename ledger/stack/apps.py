@@ -1,0 +1,144 @@
+"""The application half of the embedded stack: the redemption service, the simulated nodes and the
+settlement worker.
+
+`sluice up` starts these after the contracts are deployed, each as a child process
+with the stack's environment: the redemption service (`python -m redemption`),
+then for every embedded node a vLLM-API simulator (internal, never routed to
+directly) and the node agent in front of it, which registers with the service,
+then the settlement worker with its beat (`python -m ledger.cli.worker --beat`).
+Inference on the embedded stack is simulated; production runs the agent in front
+of `vllm serve` on each GPU host.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.chain.deploy import parse_models
+from ledger.config import Settings
+from ledger.keys import embedded_account
+from ledger.stack.embedded import (
+    INTERNAL_PREFIX,
+    NODE_PREFIX,
+    Launch,
+    PortClaim,
+    Service,
+    StatePaths,
+    client_environment,
+)
+
+API = "api"
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class EmbeddedNode:
+    """One simulated node: its name, tier, region, key index and which rate-card models it serves."""
+
+    name: str
+    tier: str
+    region: str
+    key_index: int
+    model_indexes: tuple[int, ...]
+
+
+# An edge site serving the small model and a regional data centre serving every model.
+EMBEDDED_NODES = (
+    EmbeddedNode("edge-1", "edge", "eu-west-edge", 10, (0,)),
+    EmbeddedNode("regional-1", "regional", "eu-west", 11, (0, 1)),
+)
+
+
+def http_ok(url: str, path: str = "/health", timeout: float = 1.0) -> bool:
+    """True when GET url+path answers 200."""
+    host_port = url.split("://", 1)[1].rstrip("/")
+    host, _, port = host_port.partition(":")
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _log(settings: Settings, name: str) -> Any:
+    path = StatePaths(settings.state_dir).root / "logs" / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.api_port}"
+
+
+def api_service(settings: Settings, record: dict[str, Any]) -> Service:
+    url = api_url(settings)
+    env = {**client_environment(settings), "SLUICE_API_PORT": str(settings.api_port)}
+    return Service(
+        name=API, title="redemption service", url=url, address=url, healthy=lambda: http_ok(url),
+        launch=Launch(argv=(sys.executable, "-m", "redemption"), log=_log(settings, "api"),
+                      ports=(PortClaim(settings.api_port, "SLUICE_API_PORT"),), env=env, start_timeout=60.0),
+    )
+
+
+def node_services(settings: Settings, record: dict[str, Any], nodes: tuple[EmbeddedNode, ...] = EMBEDDED_NODES,
+                  sim_overrides: dict[str, Any] | None = None) -> list[Service]:
+    """A simulator and a node agent for each of `nodes`; `sim_overrides` adjusts every SimulatorConfig."""
+    models = [name for name, *_ in parse_models(settings.models)]
+    services: list[Service] = []
+    for i, node in enumerate(nodes):
+        served = [models[m] for m in node.model_indexes if m < len(models)]
+        if not served:
+            continue
+        sim_port, agent_port = settings.node_base_port + 2 * i, settings.node_base_port + 2 * i + 1
+        sim_url, agent_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{agent_port}"
+        sim_config = json.dumps({"served_model_names": served, "tier": node.tier, "seed": i, **(sim_overrides or {})})
+        services.append(Service(
+            name=f"{INTERNAL_PREFIX}vllm-sim-{node.name}", title=f"vLLM simulator ({node.name})", url=sim_url,
+            address=sim_url, healthy=lambda u=sim_url: http_ok(u),  # type: ignore[misc]
+            launch=Launch(argv=(sys.executable, "-m", "inference_node.sim_main", "--port", str(sim_port),
+                                "--config-json", sim_config),
+                          log=_log(settings, f"vllm-sim-{node.name}"),
+                          ports=(PortClaim(sim_port, "SLUICE_NODE_BASE_PORT"),), env=client_environment(settings)),
+        ))
+        env = {**client_environment(settings),
+               "SLUICE_NODE_KEY": "0x" + bytes(embedded_account(node.key_index).key).hex()}
+        argv = [sys.executable, "-m", "inference_node.agent_main", "--port", str(agent_port), "--vllm-url", sim_url,
+                "--service-url", api_url(settings), "--tier", node.tier, "--region", node.region]
+        for model in served:
+            argv += ["--model", model]
+        services.append(Service(
+            name=f"{NODE_PREFIX}{node.name}", title=f"node agent ({node.name}, {node.tier})", url=agent_url,
+            address=agent_url, healthy=lambda u=agent_url: http_ok(u),  # type: ignore[misc]
+            launch=Launch(argv=tuple(argv), log=_log(settings, f"node-{node.name}"),
+                          ports=(PortClaim(agent_port, "SLUICE_NODE_BASE_PORT"),), env=env, start_timeout=60.0),
+        ))
+    return services
+
+
+def worker_service(settings: Settings, record: dict[str, Any]) -> Service:
+    """The settlement worker with its beat (`sluice worker --beat`).
+
+    It claims no port: its Prometheus metrics go to SLUICE_WORKER_METRICS_PORT when that port is
+    free (the worker logs a warning otherwise), and `sluice status` reads the same figures from
+    PostgreSQL. So it has no client URL either, and counts as up while its process runs (the
+    stack notices when it exits).
+    """
+    return Service(
+        name=WORKER, title="settlement worker (Celery + beat)", url=None, address="sluice worker --beat",
+        healthy=lambda: True,
+        launch=Launch(argv=(sys.executable, "-m", "ledger.cli.worker", "--beat", "--concurrency", "2"),
+                      log=_log(settings, "worker"), env=client_environment(settings), start_timeout=60.0),
+    )
+
+
+def app_services(settings: Settings, record: dict[str, Any]) -> list[Service]:
+    """Every application service of the embedded stack, in start order."""
+    return [api_service(settings, record), *node_services(settings, record), worker_service(settings, record)]
+

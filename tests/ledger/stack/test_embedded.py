@@ -1,0 +1,450 @@
+"""The embedded stack: each service starts, answers, persists and stops; the CLI drives it end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import redis
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from kombu.connection import Connection
+from web3 import Web3
+from web3.types import Nonce, TxParams, TxReceipt, Wei
+
+from ledger.chain.artifacts import load_artifact
+from ledger.config import Settings
+from ledger.db import MIGRATIONS_DIR, applied_migrations, migrate
+from ledger.keys import embedded_account
+from ledger.stack import embedded
+from ledger.stack.embedded import (
+    Launch,
+    PortInUse,
+    Service,
+    Stack,
+    StackError,
+    StatePaths,
+    anvil_binary,
+    anvil_service,
+    chain_id_at,
+    database_answers,
+    default_services,
+    free_port,
+    free_port_run,
+    postgres_service,
+    redis_client_url,
+    redis_service,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+CHAIN_ID = 31337
+ZERO_FEES: TxParams = {"maxFeePerGas": Wei(0), "maxPriorityFeePerGas": Wei(0)}
+
+
+def anvil(state_dir: Path, port: int) -> Service:
+    """The embedded Anvil exactly as `sluice up` runs it, with its state in `state_dir`."""
+    return anvil_service(StatePaths(state_dir), port=port, chain_id=CHAIN_ID, binary=anvil_binary(Settings()))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- Anvil
+
+
+def test_anvil_starts_with_zero_fees_and_stops(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    service = anvil(tmp_path, free_port())
+    assert service.url is not None
+    with Stack([service]):
+        w3 = Web3(Web3.HTTPProvider(service.url))
+        assert w3.eth.chain_id == CHAIN_ID
+        assert w3.eth.gas_price == 0
+        assert w3.eth.get_block("latest")["baseFeePerGas"] == 0
+        assert service.healthy()
+    assert chain_id_at(service.url) is None
+    assert paths.chain_state.is_file(), "a clean stop dumps the chain state"
+    assert "Listening on 127.0.0.1" in paths.anvil_log.read_text()
+
+
+def test_key_without_ether_transacts_at_zero_gas(fresh_anvil: str) -> None:
+    w3 = Web3(Web3.HTTPProvider(fresh_anvil))
+    wallet = Account.create()
+    assert w3.eth.get_balance(wallet.address) == 0
+    artifact = load_artifact("TestStablecoin")
+    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+
+    # A legacy transaction priced at 0.
+    deploy_tx = factory.constructor(wallet.address).build_transaction(
+        {"from": wallet.address, "nonce": 0, "gasPrice": 0, "chainId": CHAIN_ID}
+    )
+    deployed = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(wallet.sign_transaction(deploy_tx).raw_transaction), timeout=10
+    )
+    assert deployed["status"] == 1
+    assert deployed["effectiveGasPrice"] == 0
+    token = w3.eth.contract(address=deployed["contractAddress"], abi=artifact["abi"])
+
+    # An EIP-1559 transaction with zero fees. They are explicit: Anvil's eth_maxPriorityFeePerGas never
+    # suggests less than 1 gwei, so web3's default fee strategy would ask for ether this wallet lacks.
+    mint_tx = token.functions.mint(wallet.address, 5).build_transaction({"from": wallet.address, **ZERO_FEES})
+    mint_tx["nonce"] = Nonce(1)
+    minted = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(wallet.sign_transaction(mint_tx).raw_transaction), timeout=10
+    )
+    assert minted["status"] == 1
+    assert minted["type"] == 2
+    assert minted["effectiveGasPrice"] == 0
+    assert token.functions.balanceOf(wallet.address).call() == 5
+    assert w3.eth.get_balance(wallet.address) == 0
+
+
+def _chain_snapshot(w3: Web3, token_address: str, holder: str, payee: str) -> dict[str, Any]:
+    token = w3.eth.contract(address=Web3.to_checksum_address(token_address), abi=load_artifact("TestStablecoin")["abi"])
+    logs = w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest"})
+    return {
+        "block_number": w3.eth.block_number,
+        "head_hash": w3.eth.get_block("latest")["hash"],
+        "code": w3.eth.get_code(token.address),
+        "token_balance": token.functions.balanceOf(holder).call(),
+        "ether_balance": w3.eth.get_balance(Web3.to_checksum_address(payee)),
+        "logs": [
+            (log["blockNumber"], log["logIndex"], log["address"], log["topics"], log["data"], log["transactionHash"])
+            for log in logs
+        ],
+        "receipts": [
+            (r["transactionHash"], r["blockNumber"], r["status"], r["effectiveGasPrice"])
+            for r in (w3.eth.get_transaction_receipt(log["transactionHash"]) for log in logs)
+        ],
+    }
+
+
+def send(w3: Web3, key: LocalAccount, tx: Mapping[str, Any]) -> TxReceipt:
+    """Sign a complete `tx` (but its nonce) with `key`, send it and wait for its receipt."""
+    signed = key.sign_transaction({**tx, "nonce": w3.eth.get_transaction_count(key.address)})
+    return w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), timeout=10)
+
+
+def test_chain_state_survives_stop_and_start(tmp_path: Path) -> None:
+    wallet, payee, funder = Account.create(), Account.create(), embedded_account(9)
+    artifact = load_artifact("TestStablecoin")
+    service = anvil(tmp_path, free_port())
+    by_wallet: TxParams = {"from": wallet.address, **ZERO_FEES}
+    with Stack([service]):
+        w3 = Web3(Web3.HTTPProvider(service.url))
+        factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        deployed = send(w3, wallet, factory.constructor(wallet.address).build_transaction(by_wallet))
+        token = w3.eth.contract(address=deployed["contractAddress"], abi=artifact["abi"])
+        send(w3, wallet, token.functions.mint(wallet.address, 7).build_transaction(by_wallet))
+        send(w3, funder, {"to": payee.address, "value": 10**18, "gas": 21_000, "chainId": CHAIN_ID, **ZERO_FEES})
+        before = _chain_snapshot(w3, token.address, wallet.address, payee.address)
+    assert before["block_number"] == 3
+    assert before["token_balance"] == 7
+    assert before["ether_balance"] == 10**18
+    assert len(before["logs"]) == 2  # OwnershipTransferred at deployment, Transfer from the mint
+
+    with Stack([service]):  # same port: it is free again right after a clean stop
+        w3 = Web3(Web3.HTTPProvider(service.url))
+        after = _chain_snapshot(w3, token.address, wallet.address, payee.address)
+        assert after == before
+        # The chain goes on from where it stopped, and its logs keep accumulating.
+        send(w3, wallet, token.functions.mint(wallet.address, 1).build_transaction(by_wallet))
+        assert w3.eth.block_number == 4
+        assert len(w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest"})) == 3
+
+
+def test_port_in_use_names_the_port_and_the_setting(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(PortInUse) as caught:
+            Stack([anvil(tmp_path, port)]).start()
+    assert str(caught.value) == f"port {port} on 127.0.0.1 is already in use, so Anvil cannot listen there"
+    assert caught.value.hint == (
+        f"set SLUICE_CHAIN_PORT to a free port, or stop whatever listens on {port} "
+        "(or set RPC_URL to use a running endpoint)"
+    )
+
+
+# --------------------------------------------------------------------------- the generic supervisor
+
+
+def _process_service(tmp_path: Path, argv: tuple[str, ...], healthy: Callable[[], bool], timeout: float) -> Service:
+    log = tmp_path / "proc.log"
+    return Service(
+        name="proc", title="Proc", url=None, address="nowhere", healthy=healthy,
+        launch=Launch(argv=argv, log=log, start_timeout=timeout),
+    )  # fmt: skip
+
+
+def test_a_service_that_never_answers_fails_with_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    service = _process_service(tmp_path, ("sh", "-c", "echo $$; exec sleep 30"), lambda: False, timeout=0.3)
+    with pytest.raises(StackError) as caught:
+        Stack([service]).start()
+    assert str(caught.value) == "Proc did not answer on nowhere within 0.3 s; see proc.log"
+    assert caught.value.log == tmp_path / "proc.log"
+    pid = int(caught.value.log_tail(1))
+    assert not _alive(pid), "a failed start stops the process it launched"
+
+
+def test_a_service_that_exits_during_start_up_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    service = _process_service(tmp_path, ("sh", "-c", "echo cannot start; exit 3"), lambda: False, timeout=20)
+    began = time.monotonic()
+    with pytest.raises(StackError) as caught:
+        Stack([service]).start()
+    assert time.monotonic() - began < 5
+    assert str(caught.value) == "Proc exited during start-up (exit code 3); see proc.log"
+    assert caught.value.log_tail().endswith("cannot start")
+
+
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    script = (
+        "import signal, sys\n"
+        "from pathlib import Path\n"
+        "from ledger.stack.embedded import Stack, StatePaths, redis_service\n"
+        "Stack([redis_service(StatePaths(Path(sys.argv[1])))]).start()\n"
+        "print('ready', flush=True)\n"
+        "signal.pause()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline() == "ready\n"
+        socket_url = redis_client_url(redis_service(StatePaths(tmp_path)).url or "")
+        child = int(redis.Redis.from_url(socket_url).info("server")["process_id"])
+    finally:
+        parent.kill()
+        parent.wait()
+    wait_for(lambda: not _alive(child), 10, "redis-server exits when its parent is SIGKILLed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat_file:
+            state = stat_file.read().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return state != "Z"  # a zombie has exited; it only waits to be reaped
+
+
+def test_external_endpoints_are_checked_not_started(fresh_anvil: str, postgres_url: str, redis_url: str) -> None:
+    settings = Settings(home=Path("/nonexistent/sluice"), rpc_url=fresh_anvil, database_url=postgres_url,
+                        broker_url=redis_url)  # fmt: skip
+    services = default_services(settings)
+    assert [(s.name, s.embedded, s.url) for s in services] == [
+        ("chain", False, fresh_anvil),
+        ("database", False, postgres_url),
+        ("broker", False, redis_url),
+    ]
+    stack = Stack(services)
+    stack.start()
+    assert stack.endpoints == {"rpc": fresh_anvil, "database": postgres_url, "broker": redis_url}
+    stack.stop()
+
+
+def test_an_external_endpoint_that_does_not_answer_says_which_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "EXTERNAL_TIMEOUT_S", 0.2)
+    url = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(home=Path("/nonexistent/sluice"), rpc_url=url)
+    with pytest.raises(StackError) as caught:
+        Stack(default_services(settings)[:1]).start()
+    assert str(caught.value) == f"chain did not answer at {url} within 0.2 s"
+    assert caught.value.hint == (
+        "check that it runs and that RPC_URL is right, or unset RPC_URL to start the embedded one"
+    )
+
+
+def test_sockets_move_to_tmp_when_the_state_dir_is_too_long() -> None:
+    short = StatePaths(Path("/srv/sluice"))
+    assert short.run_dir == Path("/srv/sluice/run")
+    long = StatePaths(Path("/srv/" + "deep/" * 25 + "sluice"))
+    assert long.run_dir.parent == Path("/tmp")
+    assert long.run_dir.name.startswith(f"sluice-{os.getuid()}-")
+    assert len(str(long.postgres_socket_dir / ".s.PGSQL.5432")) <= 107
+    assert long.run_dir == StatePaths(Path("/srv/" + "deep/" * 25 + "sluice")).run_dir  # stable across processes
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def test_postgres_starts_keeps_data_and_stops(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    # What an initdb interrupted by Ctrl-C leaves behind: it must not pass for a cluster.
+    (paths.postgres_dir / "data.initdb").mkdir(parents=True)
+    (paths.postgres_dir / "data.initdb" / "PG_VERSION").write_text("16\n")
+    service = postgres_service(paths)
+    assert service.url is not None
+    with Stack([service]), psycopg.connect(service.url, autocommit=True) as conn:
+        assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("16")  # type: ignore[index]
+        assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
+        conn.execute("CREATE TABLE kept (n int)")
+        conn.execute("INSERT INTO kept VALUES (42)")
+    assert not database_answers(service.url)
+    with Stack([service]), psycopg.connect(service.url) as conn:
+        assert conn.execute("SELECT n FROM kept").fetchall() == [(42,)]
+
+
+@pytest.fixture
+def empty_database(postgres_url: str) -> Iterator[str]:
+    """URL of a new, empty database on the session's server, dropped afterwards."""
+    name = f"migrate_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_migrations_apply_once(empty_database: str) -> None:
+    every = sorted(p.name.removesuffix(".sql") for p in MIGRATIONS_DIR.glob("*.sql") if ".rollback." not in p.name)
+    assert every[0] == "0001_base"
+    assert migrate(empty_database) == every
+    assert migrate(empty_database) == []
+    assert applied_migrations(empty_database) == every
+    with psycopg.connect(empty_database) as conn:
+        columns = conn.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'deployments' ORDER BY ordinal_position"
+        ).fetchall()
+        assert columns == [
+            ("chain_id", "bigint", "NO"),
+            ("record", "jsonb", "NO"),
+            ("created_at", "timestamp with time zone", "NO"),
+        ]
+        conn.execute("INSERT INTO deployments (chain_id, record) VALUES (31337, '{\"deploy_block\": 1}')")
+        assert conn.execute("SELECT record, created_at IS NOT NULL FROM deployments").fetchall() == [
+            ({"deploy_block": 1}, True)
+        ]
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def test_redis_carries_celery_messages_across_a_restart(tmp_path: Path) -> None:
+    service = redis_service(StatePaths(tmp_path))
+    assert service.url is not None
+    assert service.url == f"redis+socket://{tmp_path}/run/redis.sock"
+    with Stack([service]):
+        assert redis.Redis.from_url(redis_client_url(service.url)).ping() is True
+        with Connection(service.url) as conn:  # type: ignore[no-untyped-call]
+            queue = conn.SimpleQueue("sluice-test")
+            queue.put({"job": 1})
+            queue.close()
+    assert not service.healthy()
+    with Stack([service]), Connection(service.url) as conn:  # type: ignore[no-untyped-call]
+        queue = conn.SimpleQueue("sluice-test")
+        message = queue.get(timeout=5)
+        assert message.payload == {"job": 1}
+        message.ack()
+        queue.close()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _sluice_env(home: Path, port: int, api_port: int = 0, node_base_port: int = 0) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RPC_URL", "DATABASE_URL", "BROKER_URL")}
+    env.update({"SLUICE_HOME": str(home), "SLUICE_CHAIN_PORT": str(port)})
+    if api_port:
+        env.update({"SLUICE_API_PORT": str(api_port), "SLUICE_NODE_BASE_PORT": str(node_base_port)})
+    return env
+
+
+def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from ledger.cli.app import main; main()", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ledger.chain.deploy") is None, reason="deployer not built yet")
+def test_up_detach_status_down(tmp_path: Path) -> None:
+    home, port, api_port, node_port = tmp_path / "home", free_port(), free_port(), free_port_run(4)
+    env = _sluice_env(home, port, api_port, node_port)
+    try:
+        up = _sluice(env, "up", "--detach")
+        assert up.returncode == 0, up.stderr
+        record = json.loads(up.stdout)
+        assert set(record) == {"chain_id", "rpc_url", "deploy_block", "contracts", "endpoints"}
+        assert record["chain_id"] == 31337
+        assert set(record["contracts"]) == {"token", "sale", "rate_card", "settlement", "payment_token"}
+        assert record["endpoints"] == {
+            "rpc": f"http://127.0.0.1:{port}",
+            "database": f"postgresql://postgres@/postgres?host={home}/run/pg",
+            "broker": f"redis+socket://{home}/run/redis.sock",
+            "api": f"http://127.0.0.1:{api_port}",
+            "nodes": [f"http://127.0.0.1:{node_port + 1}", f"http://127.0.0.1:{node_port + 3}"],
+        }
+        assert json.loads((home / "stack.json").read_text()) == record
+
+        again = _sluice(env, "up", "--detach")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout) == record
+        assert "already running" in again.stderr
+
+        status = _sluice(env, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["running"] is True
+        assert {name: s["up"] for name, s in report["services"].items()} == {
+            "chain": True, "database": True, "broker": True, "api": True, "node-1": True, "node-2": True,
+        }  # fmt: skip
+        assert report["endpoints"] == record["endpoints"]
+        assert report["chain_head"] >= record["deploy_block"]
+        assert report["deployment"] == {k: v for k, v in record.items() if k != "endpoints"}
+        assert applied_migrations(record["endpoints"]["database"])[0] == "0001_base"
+    finally:
+        down = _sluice(env, "down")
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.startswith("Stopped the Sluice stack (pid ")
+    assert chain_id_at(record["endpoints"]["rpc"]) is None
+    assert not (home / "stack.json").exists()
+
+    stopped = _sluice(env, "status", "--json")
+    assert stopped.returncode == 1
+    assert json.loads(stopped.stdout)["running"] is False
+    nothing = _sluice(env, "down")
+    assert (nothing.returncode, nothing.stdout) == (0, "No Sluice stack is running for " + str(home) + ".\n")
+
+    # The foreground stack reuses the deployment (the chain kept it) and stops cleanly on Ctrl-C.
+    foreground = subprocess.Popen(
+        [sys.executable, "-c", "from ledger.cli.app import main; main()", "up"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (home / "stack.json").exists() or foreground.poll() is not None, 60, "foreground stack ready")
+        assert foreground.poll() is None, foreground.communicate()[1]
+        assert json.loads((home / "stack.json").read_text()) == record
+        foreground.send_signal(signal.SIGINT)
+        out, err = foreground.communicate(timeout=60)
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+    assert foreground.returncode == 0, err
+    assert "Sluice stack ready" in out
+    assert out.endswith("Stopped.\n")
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "received SIGINT; stack stopped"

@@ -1,0 +1,152 @@
+"""A whole Sluice deployment for the redemption tests, run the way `sluice up` runs it.
+
+One Anvil, a fresh database on the session PostgreSQL, the contracts deployed,
+then the application services of `ledger.stack.apps` — the redemption service
+and two simulated nodes (vLLM-API simulator + node agent each) — as real child
+processes on free ports. Tests talk to them over HTTP with signed calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import httpx
+import psycopg
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from ledger.chain.client import Ledger
+from ledger.chain.deploy import deploy_all
+from ledger.chain.deployment import Deployment, save_deployment
+from ledger.chain.sender import connect, poll_until
+from ledger.config import Settings
+from ledger.db import migrate
+from ledger.keys import embedded_account
+from ledger.stack.apps import EMBEDDED_NODES, api_service, node_services
+from ledger.stack.embedded import Service, Stack, StatePaths, anvil_binary, anvil_service, free_port, free_port_run
+from ledger.units import ONE_TOKEN
+
+SMALL_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+LARGE_MODEL = "Qwen/Qwen2.5-72B-Instruct"
+# Tests want failures quickly: a node that does not answer in 3 s is skipped.
+SERVICE_ENV = {
+    "SLUICE_NODE_TIMEOUT_SECONDS": "3",
+    "SLUICE_NODE_STALE_SECONDS": "6",
+    "SLUICE_MIRROR_MAX_LAG_BLOCKS": "0",
+}
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@dataclass
+class Deployed:
+    settings: Settings
+    deployment: Deployment
+    ledger: Ledger
+    api: str
+    db_url: str
+    stack: Stack
+    api_svc: Service
+    node_svcs: list[Service]
+
+    @property
+    def operator(self) -> LocalAccount:
+        return embedded_account(0)
+
+    def sim_url(self, node: str) -> str:
+        svc = next(s for s in self.node_svcs if s.name.endswith(f"vllm-sim-{node}"))
+        assert svc.url is not None
+        return svc.url
+
+    def set_fault(self, node: str, **plan: Any) -> None:
+        response = httpx.post(self.sim_url(node) + "/sim/faults", json=plan, timeout=5)
+        response.raise_for_status()
+
+    def clear_faults(self) -> None:
+        for node in EMBEDDED_NODES:
+            self.set_fault(node.name, mode="none")
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            return conn.execute(query.encode(), params).fetchall()  # type: ignore[arg-type]
+
+    def restart_api(self) -> None:
+        """Stop and start the redemption service process (the database keeps its state)."""
+        self.stack.restart(self.api_svc.name)
+        self.wait_for_nodes(len(EMBEDDED_NODES))
+
+    def wait_for_nodes(self, count: int, timeout: float = 30) -> None:
+        poll_until(lambda: httpx.get(self.api + "/health", timeout=2).json()["nodes"] >= count, timeout,
+                   f"{count} nodes registered with the service")
+
+    def fund(self, tokens: int = 100, *, allowlist: bool = True) -> LocalAccount:
+        """A new enterprise wallet holding `tokens` compute tokens."""
+        enterprise: LocalAccount = Account.create()
+        if allowlist:
+            self.ledger.set_allowlisted(self.operator, enterprise.address, True)
+            if tokens:
+                self.ledger.mint(self.operator, enterprise.address, tokens * ONE_TOKEN)
+        return enterprise
+
+    def developer(self, enterprise: LocalAccount, budget: int) -> LocalAccount:
+        dev: LocalAccount = Account.create()
+        self.ledger.approve(enterprise, dev.address, budget)
+        return dev
+
+    def wait_rates(self, model: str, input_rate: str) -> None:
+        """Until the service's model list shows `model` at `input_rate`."""
+        def shown() -> bool:
+            cards = httpx.get(self.api + "/v1/models", timeout=5).json()["data"]
+            return any(c["id"] == model and c["sluice"]["input_rate"] == input_rate for c in cards)
+
+        poll_until(shown, 20, f"the service pricing {model} at input rate {input_rate}")
+
+    def wait_mirrored(self) -> None:
+        """Until the mirror has seen the chain head."""
+        head = self.ledger.w3.eth.block_number
+        poll_until(lambda: bool(self.sql("SELECT 1 FROM mirror_cursor WHERE block >= %s", head)), 20,
+                   f"the mirror reaching block {head}")
+
+
+@pytest.fixture(scope="module")
+def deployed(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    home: Path = tmp_path_factory.mktemp("sluice")
+    chain_port = free_port()
+    chain = anvil_service(StatePaths(home), port=chain_port, chain_id=31337,
+                          binary=anvil_binary(Settings(home=home)))
+    name = f"redemption_{uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    db_url = with_database(postgres_url, name)
+    migrate(db_url)
+    stack = Stack([chain])
+    stack.start()
+    try:
+        settings = Settings(home=home, rpc_url=f"http://127.0.0.1:{chain_port}", database_url=db_url,
+                            api_port=free_port(), node_base_port=free_port_run(2 * len(EMBEDDED_NODES)))
+        w3 = connect(settings.effective_rpc_url)
+        deployment = deploy_all(settings, w3, embedded_account(0), embedded_account(1))
+        save_deployment(settings.state_dir, deployment)
+        record = deployment.to_json()
+        api = api_service(settings, record)
+        assert api.launch is not None and api.launch.env is not None
+        api = dataclasses.replace(api, launch=dataclasses.replace(api.launch, env={**api.launch.env, **SERVICE_ENV}))
+        nodes = node_services(settings, record)
+        stack.start_services([api, *nodes])
+        assert api.url is not None
+        d = Deployed(settings, deployment, Ledger(w3, deployment, timeout=30), api.url, db_url, stack, api, nodes)
+        d.wait_for_nodes(len(EMBEDDED_NODES))
+        yield d
+    finally:
+        stack.stop()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
