@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     def state_dir(self) -> Path:
         return self.home.resolve()
 
+    @property
+    def effective_database_url(self) -> str:
+        """DATABASE_URL, else the embedded PostgreSQL under the state dir."""
+        from ledger.paths import StatePaths, postgres_url
+
+        return self.database_url or postgres_url(StatePaths(self.state_dir))
+
+    @property
+    def effective_broker_url(self) -> str:
+        """BROKER_URL (Redis or RabbitMQ), else the embedded Redis under the state dir."""
+        from ledger.paths import StatePaths, broker_url
+
+        return self.broker_url or broker_url(StatePaths(self.state_dir))
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

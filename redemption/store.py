@@ -35,6 +35,16 @@ class ModelRate:
 
 
 
+# Per spender of one payer: calls, model tokens, and compute-token cost in base units, all of it
+# and the part whose burn is confirmed on chain ('settled', then 'released' once the mirror saw it).
+USAGE_BY_SPENDER = (
+    "SELECT spender, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+    " coalesce(sum(cost), 0), coalesce(sum(cost) FILTER (WHERE status IN ('settled', 'released')), 0),"
+    " max(finished_at)"
+    " FROM usage_records WHERE payer = %s GROUP BY spender ORDER BY sum(cost) DESC, spender"
+)
+
+
 class Store:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool

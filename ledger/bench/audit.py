@@ -194,13 +194,14 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from ledger.db import migrate
     from ledger.followers.indexer import ChainIndexer
     from ledger.keys import embedded_account
+    from ledger.paths import StatePaths
     from ledger.stack import embedded
     from ledger.stack.apps import api_service
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-audit-") as home:
         chain_port = embedded.free_port()
         settings = Settings(home=Path(home), chain_port=chain_port, api_port=embedded.free_port())
-        paths = embedded.StatePaths(settings.state_dir)
+        paths = StatePaths(settings.state_dir)
         chain = embedded.anvil_service(paths, port=chain_port, chain_id=settings.chain_id,
                                        binary=embedded.anvil_binary(settings))
         database = embedded.postgres_service(paths)

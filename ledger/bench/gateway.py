@@ -30,9 +30,10 @@ from ledger.chain.deployment import save_deployment
 from ledger.chain.sender import connect, poll_until
 from ledger.config import Settings
 from ledger.keys import embedded_account
+from ledger.paths import StatePaths
 from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, sign_digest, typed_digest
 from ledger.stack.apps import EmbeddedNode, api_service, node_services
-from ledger.stack.embedded import Stack, StatePaths, anvil_binary, anvil_service, free_port, postgres_service
+from ledger.stack.embedded import Stack, anvil_binary, anvil_service, free_port, postgres_service
 from ledger.units import ONE_TOKEN
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

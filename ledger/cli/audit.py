@@ -56,16 +56,6 @@ def _auditor(value: str | None) -> Any:
         fail("--key is neither a keystore file nor a 0x private key")
 
 
-def _database_url() -> str:
-    from ledger.config import get_settings
-
-    settings = get_settings()
-    if settings.database_url:
-        return settings.database_url
-    from ledger.stack.embedded import StatePaths, postgres_url
-
-    return postgres_url(StatePaths(settings.state_dir))
-
 
 # --------------------------------------------------------------------------- index
 
@@ -83,10 +73,11 @@ def index(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from ledger.config import get_settings
     from ledger.db import migrate
     from ledger.followers.indexer import ChainIndexer, IndexProgress
 
-    db_url = _database_url()
+    db_url = get_settings().effective_database_url
     migrate(db_url)
     indexer = ChainIndexer(open_ledger(), db_url, confirmations=confirmations)
     began = time.perf_counter()

@@ -35,12 +35,13 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
     from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.keys import embedded_account
+    from ledger.paths import StatePaths
     from ledger.stack import embedded
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
         port = embedded.free_port()
         settings = Settings(home=Path(home), chain_port=port)
-        service = embedded.anvil_service(embedded.StatePaths(settings.state_dir), port=port,
+        service = embedded.anvil_service(StatePaths(settings.state_dir), port=port,
                                          chain_id=settings.chain_id, binary=embedded.anvil_binary(settings))
         stack = embedded.Stack([service], lambda msg: console.print(f"[dim]{msg}[/]"))
         stack.start()

@@ -22,9 +22,9 @@ app = typer.Typer(
 
 
 def _database() -> Any:
-    from ledger.settlement.settler import Database, database_url, get_settlement_settings
+    from ledger.settlement.settler import Database, get_settlement_settings
 
-    return Database(database_url(get_settlement_settings()))
+    return Database(get_settlement_settings().effective_database_url)
 
 
 def _address(value: str) -> str:

@@ -29,11 +29,12 @@ def register(app: typer.Typer) -> None:
         from ledger.chain.sender import connect
         from ledger.config import get_settings
         from ledger.keys import operator_account
+        from ledger.paths import StatePaths
         from ledger.stack import embedded
         from ledger.stack.scenario import run_story
 
         settings = get_settings()
-        paths = embedded.StatePaths(settings.state_dir)
+        paths = StatePaths(settings.state_dir)
         started_here = False
         record: dict[str, Any]
         if embedded.running_pid(paths) is not None and paths.stack_json.is_file():

@@ -59,14 +59,6 @@ def _row(raw: tuple[Any, ...]) -> NodeRow:
                    raw[6], bool(raw[7]), registered_at.isoformat(), None if raw[9] is None else int(raw[9]))
 
 
-def _database_url() -> str:
-    """DATABASE_URL, else the embedded PostgreSQL under the state dir."""
-    from ledger.config import get_settings
-    from ledger.stack.embedded import StatePaths, postgres_url
-
-    settings = get_settings()
-    return settings.database_url or postgres_url(StatePaths(settings.state_dir))
-
 
 def _database_errors(fn: F) -> F:
     """A database that does not answer, or whose schema is behind, is one line with a hint."""
@@ -110,9 +102,10 @@ def _age(seconds: int | None) -> str:
 @_database_errors
 def list_nodes(as_json: bool = JsonOpt) -> None:
     """List every node: receipt key, URL, models, tier, region, last heartbeat, and whether it is retired."""
+    from ledger.config import get_settings
     from ledger.db import connect
 
-    with connect(_database_url()) as conn:
+    with connect(get_settings().effective_database_url) as conn:
         rows = [_row(r) for r in conn.execute(_COLUMNS + " ORDER BY retired, registered_at, node").fetchall()]
     closed = any(r.registered_by == "operator" for r in rows)
     if as_json:
@@ -156,6 +149,7 @@ def register(
     URL, models and load current afterwards. The first registration closes open registration:
     from then on only nodes registered here are accepted.
     """
+    from ledger.config import get_settings
     from ledger.db import connect
 
     node = _address(address)
@@ -164,7 +158,7 @@ def register(
     if url is not None and not url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
     key = bytes.fromhex(node[2:])
-    with connect(_database_url()) as conn:
+    with connect(get_settings().effective_database_url) as conn:
         # One registration at a time, so "was registration open?" is answered once.
         conn.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")
         was_closed = bool(conn.execute(
@@ -220,10 +214,11 @@ def register(
 @_database_errors
 def retire(address: str = typer.Argument(..., help="the node's receipt-key address"), as_json: bool = JsonOpt) -> None:
     """Retire a node: the service stops routing to it and refuses its heartbeats (`register` brings it back)."""
+    from ledger.config import get_settings
     from ledger.db import connect
 
     node = _address(address)
-    with connect(_database_url()) as conn:
+    with connect(get_settings().effective_database_url) as conn:
         found = conn.execute("SELECT retired FROM nodes WHERE node = %s FOR UPDATE", (bytes.fromhex(node[2:]),))
         row = found.fetchone()
         if row is None:

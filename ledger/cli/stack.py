@@ -17,7 +17,8 @@ from ledger.cli.output import console, err_console, fail, print_json
 
 if TYPE_CHECKING:
     from ledger.config import Settings
-    from ledger.stack.embedded import StackError, StatePaths
+    from ledger.paths import StatePaths
+    from ledger.stack.embedded import StackError
 
 # One-line messages carry paths and URLs: no markup, no colouring guesses, no wrapping at the terminal width.
 PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
@@ -140,7 +141,8 @@ def _up_foreground() -> None:
 
 
 def _up_detached(timeout: float) -> None:
-    from ledger.stack.embedded import StackError, StackRunning, StatePaths, running_pid, show_path, start_detached
+    from ledger.paths import StatePaths
+    from ledger.stack.embedded import StackError, StackRunning, running_pid, show_path, start_detached
 
     settings = _settings()
     paths = StatePaths(settings.state_dir)

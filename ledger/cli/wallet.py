@@ -725,7 +725,8 @@ def transfer(
 def _service_url() -> str:
     """The running embedded stack's API, else the API port of the settings."""
     from ledger.config import get_settings
-    from ledger.stack.embedded import StatePaths, read_stack_record
+    from ledger.paths import StatePaths
+    from ledger.stack.embedded import read_stack_record
 
     settings = get_settings()
     record = read_stack_record(StatePaths(settings.state_dir)) or {}
@@ -763,7 +764,7 @@ def _usage_from_database(url: str, payer: str) -> list[dict[str, Any]]:
     from eth_utils.address import to_checksum_address
 
     from ledger.db import connect
-    from redemption.api.routes.usage import USAGE_BY_SPENDER
+    from redemption.store import USAGE_BY_SPENDER
 
     try:
         with connect(url) as conn:

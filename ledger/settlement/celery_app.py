@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger
 
-from ledger.settlement.settler import SettlementSettings, broker_url, get_settlement_settings
+from ledger.settlement.settler import SettlementSettings, get_settlement_settings
 
 CUT_TASK = "sluice.cut_batches"
 SUBMIT_TASK = "sluice.submit_batch"
@@ -48,7 +48,7 @@ def make_app(settings: SettlementSettings) -> Celery:
     app = Celery("sluice", include=["ledger.settlement.tasks"])
     full_poll = min(FULL_BATCH_POLL_MAX_S, settings.batch_interval / 2)
     app.conf.update(
-        broker_url=broker_url(settings),
+        broker_url=settings.effective_broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         task_default_queue=settings.settlement_queue,

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ledger.settlement.settler import SettlementSettings, database_url
+from ledger.settlement.settler import SettlementSettings
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_snapshot(conn: psycopg.Connection[Any], window: float = RECENT_WINDOW_S
 def settlement_status(settings: SettlementSettings) -> dict[str, Any] | None:
     """The settlement snapshot for `sluice status` (JSON-ready); None when the database does not answer."""
     try:
-        with psycopg.connect(database_url(settings), autocommit=True, connect_timeout=2) as conn:
+        with psycopg.connect(settings.effective_database_url, autocommit=True, connect_timeout=2) as conn:
             return read_snapshot(conn).to_json()
     except psycopg.Error:
         return None
@@ -218,7 +218,7 @@ class SettlementCollector(Collector):
 
 def metrics_registry(settings: SettlementSettings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SettlementCollector(database_url(settings)))
+    registry.register(SettlementCollector(settings.effective_database_url))
     return registry
 
 

@@ -119,23 +119,6 @@ def get_settlement_settings() -> SettlementSettings:
     return SettlementSettings()
 
 
-def database_url(settings: Settings) -> str:
-    """DATABASE_URL, else the embedded PostgreSQL under the state dir."""
-    if settings.database_url:
-        return settings.database_url
-    from ledger.stack.embedded import StatePaths, postgres_url
-
-    return postgres_url(StatePaths(settings.state_dir))
-
-
-def broker_url(settings: Settings) -> str:
-    """BROKER_URL (Redis or RabbitMQ), else the embedded Redis under the state dir."""
-    if settings.broker_url:
-        return settings.broker_url
-    from ledger.stack.embedded import StatePaths
-    from ledger.stack.embedded import broker_url as embedded_broker_url
-
-    return embedded_broker_url(StatePaths(settings.state_dir))
 
 
 class SettlementPending(LedgerError):

@@ -25,7 +25,6 @@ from ledger.settlement.settler import (
     SettlementSettings,
     Settler,
     cut_batch,
-    database_url,
     get_settlement_settings,
     note_failure,
     open_batches,
@@ -50,7 +49,7 @@ class _Process:
 
     def __init__(self, settings: SettlementSettings) -> None:
         self.settings = settings
-        self.db = Database(database_url(settings))
+        self.db = Database(settings.effective_database_url)
         self._settler: Settler | None = None
         self._lock = threading.Lock()
 

@@ -21,13 +21,13 @@ from typing import Any
 from ledger.chain.deploy import parse_models
 from ledger.config import Settings
 from ledger.keys import embedded_account
+from ledger.paths import StatePaths
 from ledger.stack.embedded import (
     INTERNAL_PREFIX,
     NODE_PREFIX,
     Launch,
     PortClaim,
     Service,
-    StatePaths,
     client_environment,
 )
 

@@ -12,16 +12,7 @@ system services:
   detached supervisor are the same code), holding the state dir's lock;
 - the detached supervisor (`start_detached`, `stop_detached`) and `stack_status`.
 
-State dir layout (`SLUICE_HOME`, default `./.sluice`):
-
-    chain/        state.json (accounts, code, blocks, receipts, logs), anvil.log
-    postgres/     data/ (PGDATA), postgres.log
-    redis/        redis.conf, appendonly.aof, redis.log
-    deployments/  <chain id>.json, the deployer's record (ledger.deployment)
-    run/          unix sockets (or /tmp/sluice-<uid>-<hash> when this path is too long for them)
-    stack.pid     lock and pid of the process running the stack
-    stack.json    the running stack's deployment record and endpoints
-    stack.log     the detached supervisor's log
+The state dir's layout (`SLUICE_HOME`, default `./.sluice`) is `ledger.paths`.
 
 Endpoint forms: the chain is `http://127.0.0.1:<SLUICE_CHAIN_PORT>`; the database
 `postgresql://postgres@/postgres?host=<socket dir>` (libpq/psycopg 3; `ledger.db`
@@ -38,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import hashlib
 import http.client
 import json
 import os
@@ -59,10 +49,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from ledger.config import EMBEDDED_MNEMONIC, Settings
 from ledger.errors import LedgerError
+from ledger.paths import POSTGRES_SOCKET_PORT, StatePaths, broker_url, postgres_url
 
 Progress = Callable[[str], None]
 
@@ -72,12 +63,8 @@ EXTERNAL_TIMEOUT_S = 10.0
 DETACHED_START_TIMEOUT_S = 180.0
 # Anvil dumps its state on a clean stop; the periodic dump bounds what a SIGKILL loses.
 ANVIL_STATE_INTERVAL_S = 5
-# PostgreSQL only listens on a unix socket; the port merely names the socket file.
-POSTGRES_SOCKET_PORT = 5432
 # PostgreSQL refuses to run as root; as root it runs as this user (the same one pgserver creates).
 POSTGRES_OS_USER = "pgserver"
-# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
-_SOCKET_PATH_MAX = 107
 
 CHAIN, DATABASE, BROKER = "chain", "database", "broker"
 # Keys of the `endpoints` object clients read (stack.json, `up --detach`, status).
@@ -137,78 +124,6 @@ class StopRequested(Exception):
 
 
 # --------------------------------------------------------------------------- paths
-
-
-@dataclass(frozen=True)
-class StatePaths:
-    """Where each service keeps its data, logs and sockets under the state dir."""
-
-    root: Path
-
-    @property
-    def chain_dir(self) -> Path:
-        return self.root / "chain"
-
-    @property
-    def chain_state(self) -> Path:
-        return self.chain_dir / "state.json"
-
-    @property
-    def anvil_log(self) -> Path:
-        return self.chain_dir / "anvil.log"
-
-    @property
-    def postgres_dir(self) -> Path:
-        return self.root / "postgres"
-
-    @property
-    def pgdata(self) -> Path:
-        return self.postgres_dir / "data"
-
-    @property
-    def postgres_log(self) -> Path:
-        return self.postgres_dir / "postgres.log"
-
-    @property
-    def redis_dir(self) -> Path:
-        return self.root / "redis"
-
-    @property
-    def redis_conf(self) -> Path:
-        return self.redis_dir / "redis.conf"
-
-    @property
-    def redis_log(self) -> Path:
-        return self.redis_dir / "redis.log"
-
-    @property
-    def run_dir(self) -> Path:
-        """Directory of the unix sockets: `<state>/run`, or a short path in /tmp when that one is too long."""
-        preferred = self.root / "run"
-        if len(os.fsencode(preferred / "pg" / f".s.PGSQL.{POSTGRES_SOCKET_PORT}")) <= _SOCKET_PATH_MAX:
-            return preferred
-        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:12]
-        return Path("/tmp") / f"sluice-{os.getuid()}-{digest}"
-
-    @property
-    def postgres_socket_dir(self) -> Path:
-        return self.run_dir / "pg"
-
-    @property
-    def redis_socket(self) -> Path:
-        return self.run_dir / "redis.sock"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "stack.pid"
-
-    @property
-    def stack_json(self) -> Path:
-        return self.root / "stack.json"
-
-    @property
-    def stack_log(self) -> Path:
-        return self.root / "stack.log"
 
 
 def show_path(path: Path) -> str:
@@ -405,11 +320,6 @@ def anvil_service(paths: StatePaths, *, port: int, chain_id: int, binary: Path) 
     )
 
 
-def postgres_url(paths: StatePaths) -> str:
-    """The psycopg URL of the embedded PostgreSQL (unix socket, trust auth, user and database `postgres`)."""
-    return f"postgresql://postgres@/postgres?host={quote(str(paths.postgres_socket_dir), safe='/')}"
-
-
 def postgres_service(paths: StatePaths) -> Service:
     """PostgreSQL 16 from the pgserver wheel, listening only on a unix socket, data in `<state>/postgres/data`.
 
@@ -459,11 +369,6 @@ def postgres_service(paths: StatePaths) -> Service:
         ),
         setting="DATABASE_URL",
     )
-
-
-def broker_url(paths: StatePaths) -> str:
-    """The Celery broker URL of the embedded Redis (kombu's unix-socket form)."""
-    return f"redis+socket://{paths.redis_socket}"
 
 
 def redis_client_url(url: str) -> str:

@@ -38,9 +38,10 @@ from ledger.db import migrate
 from ledger.domain import model_id, usage_cost
 from ledger.followers.mirror import ChainMirror
 from ledger.keys import embedded_account
+from ledger.paths import StatePaths
 from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
 from ledger.protocol.merkle import receipt_leaf, verify_proof
-from ledger.stack.embedded import Service, Stack, StatePaths, anvil_binary, anvil_service, free_port, redis_service
+from ledger.stack.embedded import Service, Stack, anvil_binary, anvil_service, free_port, redis_service
 from ledger.units import ONE_TOKEN
 
 CHAIN_ID = 31337

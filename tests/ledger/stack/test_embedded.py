@@ -222,7 +222,8 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import signal, sys\n"
         "from pathlib import Path\n"
-        "from ledger.stack.embedded import Stack, StatePaths, redis_service\n"
+        "from ledger.stack.embedded import Stack, redis_service\n"
+        "from ledger.paths import StatePaths\n"
         "Stack([redis_service(StatePaths(Path(sys.argv[1])))]).start()\n"
         "print('ready', flush=True)\n"
         "signal.pause()\n"
