@@ -1,7 +1,7 @@
 """Command-line entry to the vLLM-API simulator: ``python -m inference_node.sim_main``.
 
-Owns only argument parsing; the simulator itself lives in :mod:`inference_node.simulator`.
-The whole :class:`~inference_node.simulator.SimulatorConfig` is given as JSON, so a test
+Owns only argument parsing; the simulator itself lives in :mod:`inference_node.sim`.
+The whole :class:`~inference_node.sim.config.SimulatorConfig` is given as JSON, so a test
 harness can start a simulator in a subprocess with exactly the config it would pass in-process::
 
     python -m inference_node.sim_main --port 8100 \\
@@ -14,7 +14,8 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from inference_node.simulator import SimulatorConfig, run_simulator
+from inference_node.sim.api_server import run_simulator
+from inference_node.sim.config import SimulatorConfig
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -50,7 +50,8 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
-from inference_node.simulator import SimulatorConfig, build_simulator_server
+from inference_node.sim.api_server import build_simulator_server
+from inference_node.sim.config import SimulatorConfig
 from ledger.protocol.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
 from ledger.stack.embedded import free_port
 

@@ -21,12 +21,10 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_node.simulator import (
-    FaultPlan,
-    SimulatorConfig,
-    WordTokenizer,
-    build_simulator_server,
-)
+from inference_node.sim.api_server import build_simulator_server
+from inference_node.sim.config import SimulatorConfig
+from inference_node.sim.faults import FaultPlan
+from inference_node.sim.tokenizer import WordTokenizer
 
 MODEL = "sim-model"
 ALIAS = "sim-alias"

@@ -1,0 +1,1 @@
+"""The vLLM OpenAI-compatible API simulator, the development and CI stand-in for ``vllm serve``."""
