@@ -1,7 +1,8 @@
 """Command-line entry to the node agent: ``python -m inference_node.agent_main``.
 
-Owns only argument parsing; the agent lives in :mod:`inference_node.agent`. The node key is read
-from ``SLUICE_NODE_KEY`` (never from the command line, where ``ps`` would show it)::
+Owns only argument parsing; the agent lives in :mod:`inference_node.agent`. The node key comes from
+``SLUICE_NODE_KEY`` through :class:`~inference_node.agent.config.AgentSettings` (never from the
+command line, where ``ps`` would show it)::
 
     SLUICE_NODE_KEY=0x... python -m inference_node.agent_main --vllm-url http://127.0.0.1:8000 \\
         --service-url http://10.0.0.1:8000 --public-url http://10.0.0.5:9100 --port 9100
@@ -13,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 
-from pydantic import SecretStr
-
-from inference_node.agent import AgentConfig, launch_vllm, run_agent
+from inference_node.agent.api_server import run_agent
+from inference_node.agent.config import NODE_KEY_ENV, AgentConfig, AgentSettings
+from inference_node.agent.launcher import launch_vllm
 from ledger.domain import TIER_NAMES
-
-NODE_KEY_ENV = "SLUICE_NODE_KEY"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,8 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node_key = os.environ.get(NODE_KEY_ENV)
-    if not node_key:
+    node_key = AgentSettings().node_key
+    if node_key is None:
         raise SystemExit(f"set {NODE_KEY_ENV} to the node's hex private key")
     vllm_url = args.vllm_url
     vllm = None
@@ -58,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         vllm_url = f"http://127.0.0.1:{args.vllm_port}"
     config = AgentConfig(
         vllm_url=vllm_url,
-        node_key=SecretStr(node_key),
+        node_key=node_key,
         service_url=args.service_url,
         public_url=args.public_url or (f"http://{args.host}:{args.port}" if args.service_url else None),
         models=args.models,

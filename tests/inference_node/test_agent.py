@@ -25,19 +25,12 @@ from eth_hash.auto import keccak
 from fastapi import FastAPI, Request
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_node.agent import (
-    CHAT,
-    COMPLETIONS,
-    AgentConfig,
-    Endpoint,
-    InvalidRequestBody,
-    SpentTickets,
-    VllmNotInstalled,
-    build_agent_server,
-    launch_vllm,
-    output_bounds,
-    write_output_limit,
-)
+from inference_node.agent.api_server import build_agent_server
+from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint, output_bounds, write_output_limit
+from inference_node.agent.config import AgentConfig
+from inference_node.agent.errors import InvalidRequestBody, VllmNotInstalled
+from inference_node.agent.launcher import launch_vllm
+from inference_node.agent.tickets import SpentTickets
 from inference_node.protocol import (
     DISPATCH_INFO_PATH,
     HEARTBEAT_PATH,

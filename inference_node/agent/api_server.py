@@ -1,0 +1,105 @@
+"""The agent's FastAPI app (:func:`create_agent_app`), its exception handlers and the uvicorn runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference_node.agent.bounds import CHAT, COMPLETIONS
+from inference_node.agent.config import AgentConfig
+from inference_node.agent.errors import ErrorDetail, ErrorEnvelope, InvalidRequestBody, RequestRefused
+from inference_node.agent.serving import SHUTDOWN_GRACE_SECONDS, NodeAgent
+
+logger = logging.getLogger(__name__)
+
+
+async def _refused_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestRefused)
+    return exc.to_response()
+
+
+_HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+    body = ErrorEnvelope(error=ErrorDetail(message=str(exc.detail), type="invalid_request_error", code=code))
+    return Response(body.model_dump_json(), status_code=exc.status_code, media_type="application/json")
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return InvalidRequestBody(str(exc.errors())[:500]).to_response()
+
+
+def create_agent_app(config: AgentConfig) -> FastAPI:
+    """Build the agent's FastAPI app; its state (`app.state.agent`) is started by the lifespan."""
+    agent = NodeAgent(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await agent.start()
+        try:
+            yield
+        finally:
+            await agent.stop()
+
+    app = FastAPI(title="Sluice node agent", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.agent = agent
+    app.add_exception_handler(RequestRefused, _refused_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+
+    # The generation routes take the raw request: the body is forwarded as JSON with every field vLLM knows.
+    @app.post(CHAT.path)
+    async def chat_completions(request: Request) -> Response:
+        return await agent.handle(request, CHAT)
+
+    @app.post(COMPLETIONS.path)
+    async def completions(request: Request) -> Response:
+        return await agent.handle(request, COMPLETIONS)
+
+    @app.get("/health")
+    async def health() -> Response:
+        status, report = await agent.health()
+        return Response(report.model_dump_json(), status_code=status, media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(agent.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def build_agent_server(
+    config: AgentConfig, host: str = "127.0.0.1", port: int = 9100, *, log_level: str = "info"
+) -> uvicorn.Server:
+    """A uvicorn server for the agent, on uvloop and httptools when they are installed."""
+    uvicorn_config = uvicorn.Config(
+        create_agent_app(config),
+        host=host,
+        port=port,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        log_level=log_level,
+        access_log=log_level in {"debug", "trace"},
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
+    )
+    return uvicorn.Server(uvicorn_config)
+
+
+def run_agent(config: AgentConfig, host: str, port: int) -> None:
+    """Serve the agent until interrupted (the `sluice node run` command)."""
+    server = build_agent_server(config, host, port)
+    logger.info("node agent for vLLM at %s on http://%s:%d", config.vllm_url, host, port)
+    server.run()

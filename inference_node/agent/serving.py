@@ -1,0 +1,510 @@
+"""The node agent (:class:`NodeAgent`): admit, forward to vLLM, meter, register.
+
+* admission: a call runs only with a dispatch ticket (:mod:`inference_node.agent.tickets`);
+* forwarding to vLLM with `max_tokens` clamped to the ticket (:mod:`inference_node.agent.bounds`) and
+  usage forced on for streams; a service hanging up aborts the vLLM request;
+* metering: an EIP-712 `UsageReceipt` signed by the node key for what vLLM reports it generated, in
+  the `Sluice-Receipt` header, as the last SSE event (:mod:`inference_node.agent.relay`), or POSTed
+  to the service when the service hung up mid-stream;
+* registration: signed heartbeats with vLLM's queue depth, and fetching `DispatchInfo`.
+
+The wire formats live in :mod:`inference_node.protocol`, the typed messages in :mod:`ledger.protocol.eip712`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import aiohttp
+import orjson
+from coincurve import PrivateKey
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_hash.auto import keccak
+from eth_utils.address import to_checksum_address
+from fastapi import Request
+from fastapi.responses import Response
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field, ValidationError
+from yarl import URL
+
+from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint, clamp_output, is_int, optional_int
+from inference_node.agent.config import AgentConfig
+from inference_node.agent.errors import (
+    HTTP_FAILURES,
+    InvalidRequestBody,
+    ModelMismatch,
+    NodeNotReady,
+    RequestRefused,
+    TicketRefused,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from inference_node.agent.metrics import AgentMetrics
+from inference_node.agent.relay import RelayedStream, StreamRelay, usage_counts
+from inference_node.agent.tickets import TicketGate
+from inference_node.protocol import (
+    DISPATCH_INFO_PATH,
+    HEARTBEAT_PATH,
+    RECEIPT_HEADER,
+    RECEIPTS_PATH,
+    TICKET_HEADER,
+    DispatchInfo,
+    NodeHeartbeat,
+    SignedReceipt,
+)
+from ledger.domain import usage_cost
+from ledger.protocol.eip712 import DispatchTicket, UsageReceipt, typed_digest
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Fields of a chat request that shape its prompt, forwarded to vLLM's /tokenize to count it.
+_CHAT_PROMPT_FIELDS = ("messages", "add_generation_prompt", "continue_final_message", "add_special_tokens",
+                       "chat_template", "chat_template_kwargs", "tools")  # fmt: skip
+_VLLM_RUNNING = "vllm:num_requests_running"
+_VLLM_WAITING = "vllm:num_requests_waiting"
+SHUTDOWN_GRACE_SECONDS = 5.0
+_DISPATCH_RETRY_MAX_SECONDS = 10.0
+_CONNECT_TIMEOUT_SECONDS = 5.0
+_KEEPALIVE_SECONDS = 60.0
+# Health, /metrics and /v1/models reads: the node reports vLLM down rather than wait on it.
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(connect=2.0, sock_connect=2.0, sock_read=2.0)
+_SERVICE_TIMEOUT = aiohttp.ClientTimeout(connect=10.0, sock_connect=_CONNECT_TIMEOUT_SECONDS, sock_read=10.0)
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_TOKENIZE_PATH = "/tokenize"
+_METRICS_PATH = "/metrics"
+_MODELS_PATH = "/v1/models"
+_HEALTH_PATH = "/health"
+_VLLM_PATHS = (CHAT.path, COMPLETIONS.path, _TOKENIZE_PATH, _METRICS_PATH, _MODELS_PATH, _HEALTH_PATH)
+_SERVICE_PATHS = (DISPATCH_INFO_PATH, HEARTBEAT_PATH, RECEIPTS_PATH)
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    value = body.get("stream")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        # vLLM would read "false" as False while we would not: agree on JSON booleans only.
+        raise InvalidRequestBody("`stream` must be a boolean", param="stream")
+    return value
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> tuple[bool, _T | None]:
+    """Run `work`, cancelling it if the client hangs up first: (True, result) or (False, None)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False, None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A whole (non-streamed) answer from vLLM."""
+
+    status: int
+    media_type: str | None
+    body: bytes
+
+
+class HealthReport(BaseModel):
+    status: Literal["ok", "unavailable"]
+    node: str
+    vllm: Literal["ok", "down"]
+    dispatch: Literal["ok", "pending"] = Field(description="whether the ticket signer and domains are known")
+
+
+class NodeAgent:
+    """The agent's state, built once per app: keys, the HTTP client, spent tickets, background tasks."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._key = bytes.fromhex(config.node_key.get_secret_value().removeprefix("0x"))
+        # Kept whole: building a PrivateKey derives its public key, more than half the cost of a signature.
+        self._signer = PrivateKey(self._key)
+        public = self._signer.public_key.format(compressed=False)[1:]
+        self.address: str = to_checksum_address(keccak(public)[12:])
+        self.metrics = AgentMetrics()
+        self.tickets = TicketGate(self.address, clock_skew=config.clock_skew, max_lifetime=config.ticket_max_lifetime)
+        self._dispatch_ready = asyncio.Event()
+        self._models: list[str] | None = config.models
+        self._context: dict[str, int] = {}  # max_model_len by served name, from vLLM
+        # Parsed once: aiohttp takes a URL object as it is, where a string is parsed on every call.
+        self._vllm_urls = {path: URL(config.vllm_url + path) for path in _VLLM_PATHS}
+        service = config.service_url
+        self._service_urls = {path: URL(service + path) for path in _SERVICE_PATHS} if service is not None else {}
+        self._vllm_auth: dict[str, str] = {}  # only for vLLM: the service must never see vLLM's API key
+        if config.vllm_api_key is not None:
+            self._vllm_auth["Authorization"] = f"Bearer {config.vllm_api_key.get_secret_value()}"
+        self._vllm_json_headers = {**_JSON_HEADERS, **self._vllm_auth}
+        self._session: aiohttp.ClientSession | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        pinned = config.pinned_dispatch
+        if pinned is not None:
+            self._use_dispatch(pinned)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        # One pool for vLLM and the service. The default timeout is vLLM's: per read, and for a pooled
+        # connection; service and health calls pass their own.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.max_connections, keepalive_timeout=_KEEPALIVE_SECONDS),
+            timeout=aiohttp.ClientTimeout(
+                connect=config.vllm_timeout, sock_connect=_CONNECT_TIMEOUT_SECONDS, sock_read=config.vllm_timeout
+            ),
+            # vLLM's bodies go out byte for byte, so they must arrive unencoded and stay so.
+            headers={"Accept-Encoding": "identity"},
+            auto_decompress=False,
+            trust_env=False,
+        )
+        if config.service_url is None:
+            logger.info("node %s runs standalone: no heartbeats, abort receipts are only logged", self.address)
+            return
+        if self.tickets.dispatch is None:
+            self._loops.append(asyncio.create_task(self._fetch_dispatch_info(), name="sluice-dispatch-info"))
+            try:
+                await asyncio.wait_for(self._dispatch_ready.wait(), config.dispatch_info_wait)
+            except TimeoutError:
+                logger.warning(
+                    "no DispatchInfo from %s after %.1f s; serving 503 node_not_ready until it answers",
+                    config.service_url, config.dispatch_info_wait,
+                )  # fmt: skip
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="sluice-heartbeat"))
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            # Abort receipts still being delivered are worth a few seconds of shutdown.
+            _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background, keeping a reference until it ends and logging its failure."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The agent's one HTTP client, to vLLM and to the service."""
+        if self._session is None:
+            raise NodeNotReady("the agent has not started")
+        return self._session
+
+    def _use_dispatch(self, info: DispatchInfo) -> None:
+        self.tickets.use_dispatch(info)
+        self._dispatch_ready.set()
+
+    async def _fetch_dispatch_info(self) -> None:
+        url = self._service_urls[DISPATCH_INFO_PATH]
+        delay = 0.2
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.http.get(url, timeout=_SERVICE_TIMEOUT) as response:
+                    response.raise_for_status()
+                    info = DispatchInfo.model_validate_json(await response.read())
+            except (*HTTP_FAILURES, ValidationError) as exc:
+                if attempt == 1 or attempt % 10 == 0:
+                    logger.warning("DispatchInfo from %s failed (attempt %d): %s", self.config.service_url, attempt,
+                                   exc or type(exc).__name__)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _DISPATCH_RETRY_MAX_SECONDS)
+                continue
+            self._use_dispatch(info)
+            logger.info("dispatch signer %s on chain %d, settlement %s", info.dispatch_signer, info.chain_id,
+                        info.settlement)  # fmt: skip
+            return
+
+    # -- receipts -------------------------------------------------------------------------------
+
+    def sign_receipt(self, ticket: DispatchTicket, prompt_tokens: int, completion_tokens: int) -> SignedReceipt:
+        domains = self.tickets.domains
+        assert domains is not None  # a ticket was admitted, so the domains are known
+        cost = usage_cost(prompt_tokens, completion_tokens, ticket.input_rate, ticket.output_rate)
+        receipt = UsageReceipt(
+            job_id=ticket.job_id, payer=ticket.payer, spender=ticket.spender, model=ticket.model,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost,
+            request_digest=ticket.request_digest,
+        )  # fmt: skip
+        digest = typed_digest(domains.receipt, receipt.struct_hash())
+        signature = self._signer.sign_recoverable(digest, hasher=None)
+        # r || s || v with v = 27/28, as ledger.eip712.sign_digest produces.
+        return SignedReceipt(receipt, signature[:64] + bytes([signature[64] + 27]), self.address)
+
+    def record_receipt(self, signed: SignedReceipt, delivery: str) -> None:
+        self.metrics.receipts.labels(delivery).inc()
+        self.metrics.model_tokens.labels("prompt").inc(signed.receipt.prompt_tokens)
+        self.metrics.model_tokens.labels("completion").inc(signed.receipt.completion_tokens)
+
+    async def deliver_receipt(self, signed: SignedReceipt) -> None:
+        """POST a receipt to the service with a few retries (the service keys receipts by job id)."""
+        body = signed.encode()
+        job = "0x" + signed.receipt.job_id.hex()
+        self.record_receipt(signed, "posted")
+        url = self._service_urls.get(RECEIPTS_PATH)
+        if url is None:
+            logger.warning("standalone node: receipt for job %s has no service to go to: %s", job, body)
+            return
+        problem = ""
+        attempts = self.config.receipt_post_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.http.post(url, data=body.encode(), headers=_JSON_HEADERS,
+                                          timeout=_SERVICE_TIMEOUT) as response:  # fmt: skip
+                    status, answer = response.status, await response.read()
+            except HTTP_FAILURES as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if 200 <= status < 300:
+                    return
+                problem = f"HTTP {status}: {answer.decode(errors='replace')[:200]}"
+                if 400 <= status < 500 and status not in (408, 429):
+                    break  # the service refused this receipt; sending it again will not change that
+            if attempt < attempts:
+                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+        self.metrics.receipt_post_failures.inc()
+        logger.error("receipt for job %s not delivered after %d attempts (%s): %s", job, attempt, problem, body)
+
+    # -- forwarding -----------------------------------------------------------------------------
+
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        """Admit, forward and meter one generation request; every outcome is counted."""
+        try:
+            response = await self._handle(request, endpoint)
+        except RequestRefused as refused:
+            if isinstance(refused, TicketRefused):
+                self.metrics.ticket_rejections.labels(refused.code).inc()
+            response = refused.to_response()
+        self.metrics.requests.labels(endpoint.name, str(response.status_code)).inc()
+        return response
+
+    async def _handle(self, request: Request, endpoint: Endpoint) -> Response:
+        ticket = self.tickets.admit(request.headers.get(TICKET_HEADER))
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestBody(f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequestBody("the body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not self.tickets.is_ticket_model(model, ticket):
+            raise ModelMismatch(f"model {model!r} is not the model the ticket was issued for", param="model")
+        stream = _stream_flag(body)
+        await clamp_output(body, endpoint, model, ticket.max_tokens, self)
+        if stream:
+            options = body.get("stream_options")
+            # Metering needs usage on every chunk; the service decides what its client sees.
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}), "include_usage": True, "continuous_usage_stats": True
+            }  # fmt: skip
+        self.tickets.spend(ticket)
+        # The job id names the vLLM request, so vLLM's logs and response ids point at the job.
+        headers = {**self._vllm_json_headers, "X-Request-Id": ticket.job_id.hex()}
+        # Always the object checked here, re-encoded (about 1 us): the ticket's bound must not rest on vLLM's
+        # JSON parser reading the client's bytes (duplicate keys, say) exactly as orjson did.
+        payload = orjson.dumps(body)
+        if stream:
+            n = optional_int(body, "n") or 1
+            return await self._forward_stream(endpoint, ticket, payload, headers, n)
+        return await self._forward(request, endpoint, ticket, payload, headers)
+
+    async def _forward(
+        self, request: Request, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str]
+    ) -> Response:
+        started = time.perf_counter()
+        _, reply = await _unless_disconnected(
+            request, _upstream_call(self._post_vllm(self._vllm_urls[endpoint.path], payload, headers))
+        )
+        if reply is None:
+            # The service hung up: the vLLM connection was dropped, so vLLM aborted; nothing was delivered to bill.
+            logger.info("job 0x%s: service left before vLLM answered; generation aborted", ticket.job_id.hex())
+            return Response(status_code=499)
+        self.metrics.forward_latency.labels(endpoint.name, "false").observe(time.perf_counter() - started)
+        if reply.status != 200:
+            return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+        try:
+            counts = usage_counts(orjson.loads(reply.body).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            counts = None
+        if counts is None:
+            raise UpstreamUnavailable("vLLM answered without usage; the job cannot be metered")
+        receipt = self.sign_receipt(ticket, *counts)
+        self.record_receipt(receipt, "header")
+        return Response(reply.body, media_type=reply.media_type, headers={RECEIPT_HEADER: receipt.encode()})
+
+    async def _post_vllm(self, url: URL, payload: bytes, headers: dict[str, str]) -> UpstreamReply:
+        # Cancelled mid-call (the service hung up), aiohttp closes the connection and vLLM aborts the request.
+        async with self.http.post(url, data=payload, headers=headers) as response:
+            return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
+
+    async def _forward_stream(
+        self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str], n: int
+    ) -> Response:
+        started = time.perf_counter()
+        upstream = await _upstream_call(self.http.post(self._vllm_urls[endpoint.path], data=payload, headers=headers))
+        self.metrics.forward_latency.labels(endpoint.name, "true").observe(time.perf_counter() - started)
+        if upstream.status != 200:
+            try:
+                content = await _upstream_call(upstream.read())
+            finally:
+                upstream.release()
+            return Response(content, status_code=upstream.status, media_type=upstream.headers.get("Content-Type"))
+        return RelayedStream(StreamRelay(self, ticket, upstream, n))
+
+    # -- heartbeats and health ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.send_heartbeat()
+            except HTTP_FAILURES as exc:
+                # Logged when beats start failing and when they recover, not every interval.
+                if not failing:
+                    logger.warning("heartbeats failing (vLLM or the service): %s: %s", type(exc).__name__, exc)
+                failing = True
+            except Exception:
+                # A failed beat must not end the loop, or the service would silently stop routing here.
+                logger.exception("heartbeat failed")
+                failing = True
+            else:
+                if failing:
+                    logger.info("heartbeats delivered again")
+                failing = False
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    async def send_heartbeat(self) -> NodeHeartbeat:
+        url, public_url = self._service_urls.get(HEARTBEAT_PATH), self.config.public_url
+        assert url is not None and public_url is not None  # AgentConfig requires both together
+        running, waiting = await self.queue_depth()
+        beat = NodeHeartbeat(
+            node=self.address, url=public_url, models=await self.served_models(), tier=self.config.tier,
+            region=self.config.region, capacity=self.config.capacity, running=running, waiting=waiting,
+            timestamp=int(time.time()), signature="",
+        )  # fmt: skip
+        signed = Account.sign_message(encode_defunct(text=beat.signing_text()), private_key=self._key)
+        beat = beat.model_copy(update={"signature": "0x" + bytes(signed.signature).hex()})
+        async with self.http.post(url, data=beat.model_dump_json().encode(), headers=_JSON_HEADERS,
+                                  timeout=_SERVICE_TIMEOUT) as response:  # fmt: skip
+            response.raise_for_status()
+            await response.read()
+        return beat
+
+    async def queue_depth(self) -> tuple[int, int]:
+        """(running, waiting) requests from vLLM's /metrics, summed over its label sets (engines, models)."""
+        url = self._vllm_urls[_METRICS_PATH]
+        async with self.http.get(url, headers=self._vllm_auth, timeout=_HEALTH_TIMEOUT) as response:
+            response.raise_for_status()
+            exposition = await response.text()
+        totals = {_VLLM_RUNNING: 0.0, _VLLM_WAITING: 0.0}
+        for family in text_string_to_metric_families(exposition):
+            for sample in family.samples:
+                if sample.name in totals:
+                    totals[sample.name] += sample.value
+        return round(totals[_VLLM_RUNNING]), round(totals[_VLLM_WAITING])
+
+    async def served_models(self) -> list[str]:
+        if self._models is None:
+            await self._read_model_cards()
+        assert self._models is not None
+        return self._models
+
+    async def _read_model_cards(self) -> None:
+        url = self._vllm_urls[_MODELS_PATH]
+        async with self.http.get(url, headers=self._vllm_auth, timeout=_HEALTH_TIMEOUT) as response:
+            response.raise_for_status()
+            cards = orjson.loads(await response.read())["data"]
+        if self._models is None:
+            self._models = [str(card["id"]) for card in cards]
+        self._context.update({str(card["id"]): card["max_model_len"] for card in cards
+                              if is_int(card.get("max_model_len"))})  # fmt: skip
+
+    # -- output limits (bounds.PromptLengths) ---------------------------------------------------
+
+    async def context_length(self, model: str) -> int | None:
+        if model not in self._context:
+            with contextlib.suppress(*HTTP_FAILURES, KeyError, TypeError, ValueError):
+                await self._read_model_cards()
+        return self._context.get(model)
+
+    async def prompt_tokens(self, endpoint: Endpoint, body: dict[str, Any]) -> int | None:
+        """The prompt's length in tokens from vLLM's /tokenize; None when it cannot say."""
+        prompt = body.get("prompt")
+        if endpoint.is_chat:
+            request = {field: body[field] for field in ("model", *_CHAT_PROMPT_FIELDS) if field in body}
+        elif isinstance(prompt, str):
+            request = {field: body[field] for field in ("model", "prompt", "add_special_tokens") if field in body}
+        elif isinstance(prompt, list) and all(is_int(token) for token in prompt):
+            return len(prompt)
+        else:
+            return None  # several prompts: the ticket's share is written as it is
+        url = self._vllm_urls[_TOKENIZE_PATH]
+        try:
+            async with self.http.post(url, data=orjson.dumps(request), headers=self._vllm_json_headers) as response:
+                count = orjson.loads(await response.read())["count"] if response.status == 200 else None
+        except (*HTTP_FAILURES, ValueError, KeyError, TypeError):
+            return None
+        return count if is_int(count) else None
+
+    async def health(self) -> tuple[int, HealthReport]:
+        try:
+            url = self._vllm_urls[_HEALTH_PATH]
+            async with self.http.get(url, headers=self._vllm_auth, timeout=_HEALTH_TIMEOUT) as response:
+                vllm_ok = response.status == 200
+        except HTTP_FAILURES:
+            vllm_ok = False
+        report = HealthReport(
+            status="ok" if vllm_ok else "unavailable",
+            node=self.address,
+            vllm="ok" if vllm_ok else "down",
+            dispatch="ok" if self.tickets.dispatch is not None else "pending",
+        )
+        return (200 if vllm_ok else 503), report
+
+
+async def _upstream_call(call: Awaitable[_T]) -> _T:
+    """Await a vLLM call, turning transport failures into the agent's 502/504."""
+    try:
+        return await call
+    except TimeoutError as exc:  # aiohttp's own timeout errors are TimeoutErrors too
+        raise UpstreamTimeout(f"vLLM did not answer in time: {type(exc).__name__}") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"vLLM is unreachable: {type(exc).__name__}: {exc}") from None
