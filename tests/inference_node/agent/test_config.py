@@ -1,0 +1,43 @@
+"""The agent's configuration and the settings its process reads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from inference_node.agent.config import NODE_KEY_ENV, AgentConfig, AgentSettings
+
+
+def test_config_requires_a_service_or_the_dispatch_settings() -> None:
+    key = "0x" + "a1" * 32
+    with pytest.raises(ValueError, match="standalone"):
+        AgentConfig.model_validate({"node_key": key})
+    with pytest.raises(ValueError, match="public_url"):
+        AgentConfig.model_validate({"node_key": key, "service_url": "http://service"})
+    with pytest.raises(ValueError, match="32 bytes"):
+        AgentConfig.model_validate({"node_key": "0x1234", "service_url": "http://s", "public_url": "http://a"})
+
+
+def test_the_node_key_comes_from_sluice_node_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert NODE_KEY_ENV == "SLUICE_NODE_KEY"
+    monkeypatch.setenv("SLUICE_NODE_KEY", "0x" + "a1" * 32)
+    key = AgentSettings().node_key
+    assert key is not None and key.get_secret_value() == "0x" + "a1" * 32
+    assert "a1a1" not in repr(AgentSettings())  # a SecretStr never prints
+    monkeypatch.setenv("SLUICE_NODE_KEY", "")
+    assert AgentSettings().node_key is None  # empty counts as unset, as it always did
+    monkeypatch.delenv("SLUICE_NODE_KEY")
+    assert AgentSettings().node_key is None
+
+
+def test_the_agent_process_refuses_to_start_without_a_node_key() -> None:
+    env = {name: value for name, value in os.environ.items() if name != "SLUICE_NODE_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_node.agent_main", "--port", "1"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "set SLUICE_NODE_KEY to the node's hex private key"

@@ -1,0 +1,137 @@
+"""Behaviour of NodeAgent in front of the vLLM simulator: metering, vLLM's failures, heartbeats, health."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from inference_node.agent.bounds import CHAT
+from inference_node.protocol import RECEIPT_EVENT, RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
+from ledger.stack.embedded import free_port
+from tests.inference_node.agent.support import (
+    CHAIN_ID,
+    CHAT_PROMPT_TOKENS,
+    DISPATCHER,
+    HTTP,
+    MODEL,
+    NODE,
+    SETTLEMENT,
+    FakeService,
+    RunningServer,
+    agent_server,
+    chat,
+    check_receipt,
+    issue,
+    wait_until,
+    without_created,
+)
+
+
+def test_non_stream_returns_vllms_body_unchanged_with_a_receipt(agent: RunningServer, sim: RunningServer) -> None:
+    ticket, header = issue()
+    response = HTTP.post(agent.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: header})
+    assert response.status_code == 200, response.text
+    # The agent names the vLLM request after the job and gives chat the ticket's 256 tokens.
+    same_request = {"X-Request-Id": ticket.job_id.hex()}
+    direct = HTTP.post(sim.base_url + CHAT.path, json=chat(max_tokens=256), headers=same_request)
+
+    assert without_created(response.text) == without_created(direct.text)  # byte for byte, field order included
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] == CHAT_PROMPT_TOKENS and 20 <= usage["completion_tokens"] <= 60
+    check_receipt(SignedReceipt.decode(response.headers[RECEIPT_HEADER]), ticket, CHAT_PROMPT_TOKENS,
+                  usage["completion_tokens"])  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_error_status_passes_through_without_a_receipt(faulty: RunningServer, agent: RunningServer,
+                                                             stream: bool) -> None:  # fmt: skip
+    HTTP.post(faulty.base_url + "/sim/faults", json={"mode": "error", "status": 503, "count": 1})
+    _, header = issue()
+    response = HTTP.post(agent.base_url + CHAT.path, json=chat(stream), headers={TICKET_HEADER: header})
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": {"message": "Service Unavailable", "type": "ServiceUnavailableError", "param": None, "code": 503}
+    }
+    assert RECEIPT_HEADER not in response.headers and RECEIPT_EVENT not in response.text
+
+
+def test_service_hanging_up_before_a_full_answer_aborts_vllm_without_a_receipt(
+    slow_agent: RunningServer, slow_sim: RunningServer, recorder: FakeService
+) -> None:
+    aborted = slow_sim.metric("vllm:request_success_total", finished_reason="abort")
+    ticket, header = issue()
+    with pytest.raises(httpx.ReadTimeout):  # about 1 s of generation; the service gives up after 0.2 s
+        HTTP.post(slow_agent.base_url + CHAT.path, json=chat(max_tokens=50, ignore_eos=True),
+                  headers={TICKET_HEADER: header}, timeout=0.2)  # fmt: skip
+    wait_until(lambda: slow_sim.metric("vllm:request_success_total", finished_reason="abort") == aborted + 1)
+    assert recorder.receipt_for(ticket.job_id) is None  # nothing was delivered, so nothing is billed
+
+
+def test_heartbeats_are_signed_and_carry_vllms_queue(slow_agent: RunningServer, recorder: FakeService) -> None:
+    bodies = [chat(True, max_tokens=40, ignore_eos=True), chat(True, max_tokens=5)]
+    with (
+        HTTP.stream("POST", slow_agent.base_url + CHAT.path, json=bodies[0], headers={TICKET_HEADER: issue()[1]}),
+        HTTP.stream("POST", slow_agent.base_url + CHAT.path, json=bodies[1], headers={TICKET_HEADER: issue()[1]}),
+    ):
+        beat = wait_until(lambda: next((hb for hb in reversed(recorder.heartbeats)
+                                        if hb["url"] == slow_agent.base_url and hb["waiting"] == 1), None))  # fmt: skip
+
+    heartbeat = NodeHeartbeat.model_validate(beat)
+    signer = Account.recover_message(encode_defunct(text=heartbeat.signing_text()), signature=heartbeat.signature)
+    assert signer == NODE.address == heartbeat.node
+    assert (heartbeat.models, heartbeat.tier, heartbeat.region, heartbeat.capacity) == ([MODEL], "edge", "eu-west", 4)
+    assert (heartbeat.running, heartbeat.waiting) == (1, 1)  # the simulator runs one sequence at a time
+    assert abs(heartbeat.timestamp - time.time()) < 5
+
+
+def test_health_and_metrics(agent: RunningServer) -> None:
+    assert HTTP.get(agent.base_url + "/health").json() == {
+        "status": "ok", "node": NODE.address, "vllm": "ok", "dispatch": "ok",
+    }  # fmt: skip
+    before = agent.metric("sluice_node_ticket_rejections_total", code="ticket_expired")
+    HTTP.post(agent.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: issue(expires_in=-60)[1]})
+    assert agent.metric("sluice_node_ticket_rejections_total", code="ticket_expired") == before + 1
+    assert agent.metric("sluice_node_requests_total", endpoint="chat", status="200") >= 1
+    assert agent.metric("sluice_node_model_tokens_total", kind="completion") > 0
+    assert agent.metric("sluice_node_forward_latency_seconds_count", endpoint="chat", stream="false") >= 1
+
+
+def test_standalone_agent_reports_vllm_down_and_answers_502() -> None:
+    dead_vllm = f"http://127.0.0.1:{free_port()}"
+    server = agent_server(dead_vllm, None, chain_id=CHAIN_ID, settlement=SETTLEMENT,
+                    dispatch_signer=DISPATCHER.address).start()  # fmt: skip
+    try:
+        health = HTTP.get(server.base_url + "/health")
+        assert (health.status_code, health.json()["vllm"]) == (503, "down")
+        response = HTTP.post(server.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: issue()[1]})
+        assert (response.status_code, response.json()["error"]["code"]) == (502, "upstream_error")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_not_answering_in_time_is_a_504(faulty: RunningServer, stream: bool) -> None:
+    server = agent_server(faulty.base_url, None, chain_id=CHAIN_ID, settlement=SETTLEMENT,
+                    dispatch_signer=DISPATCHER.address, vllm_timeout=0.3).start()  # fmt: skip
+    try:
+        HTTP.post(faulty.base_url + "/sim/faults", json={"mode": "timeout", "count": 1})
+        response = HTTP.post(server.base_url + CHAT.path, json=chat(stream), headers={TICKET_HEADER: issue()[1]})
+        assert (response.status_code, response.json()["error"]["code"]) == (504, "upstream_timeout")
+    finally:
+        server.stop()
+
+
+def test_agent_starts_without_the_service_and_refuses_until_it_answers(sim: RunningServer) -> None:
+    started = time.monotonic()
+    server = agent_server(sim.base_url, f"http://127.0.0.1:{free_port()}", dispatch_info_wait=0.2).start()
+    try:
+        assert time.monotonic() - started < 5
+        assert HTTP.get(server.base_url + "/health").json()["dispatch"] == "pending"
+        response = HTTP.post(server.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: issue()[1]})
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "node_not_ready")
+    finally:
+        server.stop()
