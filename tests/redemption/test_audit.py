@@ -33,7 +33,7 @@ from ledger.keys import embedded_account
 from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
 from ledger.settlement.settler import Database, SettlementSettings, Settler, clear_debts, cut_batch
 from ledger.units import ONE_TOKEN
-from redemption.audit.service import AuditBatch, AuditReceiptDetail
+from redemption.audit.models import AuditBatch, AuditReceiptDetail
 from redemption.sdk import SluiceAuth
 from tests.support.stack import SMALL_MODEL, Deployed, with_database
 
