@@ -37,10 +37,6 @@ from redemption.routing import NodeRegistry, NodeState
 log = logging.getLogger(__name__)
 
 
-class NodeFailed(Exception):
-    """The node failed before producing anything; another node may be tried."""
-
-
 # A node answering these has a problem of its own (its ticket check, its load), not one with the request:
 # another node is tried, as for a 5xx. Any other 4xx refuses the request itself (vLLM's 400).
 NODE_FAULT_STATUSES = frozenset({401, 403, 408, 409, 429})

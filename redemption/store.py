@@ -105,11 +105,6 @@ class Store:
     async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
         return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
 
-    async def hold_exists(self, job_id: bytes) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT 1 FROM holds WHERE job_id = %s", (job_id,))
-            return await cur.fetchone() is not None
-
     async def release_expired_holds(self) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
@@ -178,12 +173,6 @@ class Store:
              "capacity": r[5], "running": r[6], "waiting": r[7], "age": float(r[8] or Decimal(0)), "retired": r[9]}
             for r in rows
         ]
-
-    async def node_retired(self, node: str) -> bool | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT retired FROM nodes WHERE node = %s", (addr(node),))
-            row = await cur.fetchone()
-        return None if row is None else bool(row[0])
 
     async def node_registration(self, node: str) -> NodeRegistration:
         async with self.pool.connection() as conn:
