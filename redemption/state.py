@@ -44,7 +44,6 @@ class ServiceState:
     meter: Meter
     dispatcher: Dispatcher
     auditors: AuditorRoles
-    client: aiohttp.ClientSession
     metrics: ServiceMetrics
     dispatch_signer: str
     mirror: ChainMirror | None = None
@@ -91,5 +90,5 @@ def build_state(
     return ServiceState(
         settings=settings, deployment=deployment, ledger=ledger, domains=domains, store=store, registry=registry,
         meter=meter, dispatcher=dispatcher, auditors=AuditorRoles(ledger, settings.auditor_cache_seconds),
-        client=client, metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address,
+        metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address,
     )
