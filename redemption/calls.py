@@ -13,7 +13,7 @@ from ledger.domain import TIER_NAMES
 from ledger.protocol.eip712 import keccak
 from redemption import errors
 from redemption.auth import read_body, verify_headers
-from redemption.dispatch import HeldCall
+from redemption.metering import HeldCall
 from redemption.models import ChatCompletionRequest, CompletionRequest
 from redemption.pricing import plan_cost
 from redemption.state import ServiceState

@@ -1,11 +1,9 @@
-"""Dispatch a held call to a node, relay its answer, and meter it from the node's signed receipt.
+"""Dispatch a held call to a node with a signed ticket, relay its answer, and hand its receipt to the meter.
 
 A node that fails before producing anything (connection error, 5xx, no first byte
 in time) is skipped for the next candidate; when none is left the hold is
-released and the caller gets 503 `no_capacity`. Usage is metered only from a
-receipt whose EIP-712 signature recovers to the node that served, whose fields
-match the held call, and whose cost follows the on-chain rates and stays within
-`Sluice-Max-Cost`. A call that produced no completion token is not charged.
+released and the caller gets 503 `no_capacity`. What a call is charged is the
+meter's decision (`redemption.metering`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,36 +28,13 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
-from ledger.domain import usage_cost
-from ledger.protocol.eip712 import DispatchTicket, Domains, SignatureError, recover_address, sign_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, sign_digest, typed_digest
 from redemption import errors
-from redemption.auth import VerifiedCall
+from redemption.metering import HeldCall, Meter
 from redemption.metrics import ServiceMetrics
-from redemption.pricing import CostPlan
 from redemption.routing import NodeRegistry, NodeState
-from redemption.store import ModelRate, Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class HeldCall:
-    """A verified call with its hold taken: everything dispatch and metering need."""
-
-    job_id: bytes
-    call: VerifiedCall
-    path: str
-    payload: dict[str, Any]
-    rate: ModelRate
-    plan: CostPlan
-    stream: bool
-    tier: str | None
-    region: str | None
-    received: float  # perf_counter when the request arrived
-
-
-class NodeFailed(Exception):
-    """The node failed before producing anything; another node may be tried."""
 
 
 # A node answering these has a problem of its own (its ticket check, its load), not one with the request:
@@ -83,12 +57,12 @@ def node_refusal(content: bytes, path: str) -> errors.ApiError:
 
 
 class Dispatcher:
-    def __init__(self, *, client: aiohttp.ClientSession, registry: NodeRegistry, store: Store, domains: Domains,
+    def __init__(self, *, client: aiohttp.ClientSession, registry: NodeRegistry, meter: Meter, domains: Domains,
                  dispatch_key: bytes, ticket_ttl: int, first_byte_timeout: float, attempts: int,
                  metrics: ServiceMetrics) -> None:
         self.client = client
         self.registry = registry
-        self.store = store
+        self.meter = meter
         self.domains = domains
         self.dispatch_key = dispatch_key
         self.ticket_ttl = ticket_ttl
@@ -96,7 +70,6 @@ class Dispatcher:
         self.attempts = attempts
         self.metrics = metrics
 
-    # -- tickets and receipts --------------------------------------------------------------
     def ticket_for(self, held: HeldCall, node: str) -> str:
         ticket = DispatchTicket(
             job_id=held.job_id, node=node, payer=held.call.payer, spender=held.call.spender,
@@ -107,47 +80,6 @@ class Dispatcher:
         signature = sign_digest(self.dispatch_key, typed_digest(self.domains.ticket, ticket.struct_hash()))
         return SignedTicket(ticket, signature).encode()
 
-    def check_receipt(self, signed: SignedReceipt, node: str, job_id: bytes, payer: str, spender: str,
-                      model_id: bytes, request_digest: bytes, max_cost: int, rate: ModelRate) -> str | None:
-        """None when the receipt is good, else the reason it is refused."""
-        r = signed.receipt
-        if (r.job_id, r.payer.lower(), r.spender.lower(), r.model, r.request_digest) != (
-            job_id, payer.lower(), spender.lower(), model_id, request_digest
-        ):
-            return "fields"
-        try:
-            signer = "0x" + recover_address(typed_digest(self.domains.receipt, r.struct_hash()), signed.signature).hex()
-        except SignatureError:
-            return "signature"
-        if signer != node.lower() or signed.node.lower() != node.lower():
-            return "signer"
-        if r.cost != usage_cost(r.prompt_tokens, r.completion_tokens, rate.input_rate, rate.output_rate):
-            return "cost"
-        if r.cost > max_cost:
-            return "over_max_cost"
-        return None
-
-    async def meter(self, held: HeldCall, node: str, signed: SignedReceipt | None,
-                    first_token_at: datetime | None) -> int:
-        """Meter the call from its receipt (or release it uncharged); returns the cost charged."""
-        if signed is not None:
-            reason = self.check_receipt(signed, node, held.job_id, held.call.payer, held.call.spender,
-                                        held.rate.model_id, held.call.digest, held.call.max_cost, held.rate)
-            if reason is not None:
-                self.metrics.bad_receipts.labels(reason).inc()
-                log.error("refused receipt for job 0x%s from node %s: %s", held.job_id.hex(), node, reason)
-                signed = None
-        if signed is None or signed.receipt.completion_tokens == 0:
-            await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
-            return 0
-        r = signed.receipt
-        await self.store.meter_hold(held.job_id, held.call.payer, held.call.spender, node, r.prompt_tokens,
-                                    r.completion_tokens, r.cost,
-                                    signed.signature, first_token_at)
-        self.metrics.metered_cost.inc(r.cost)
-        return r.cost
-
-    # -- dispatch --------------------------------------------------------------------------
     def node_payload(self, held: HeldCall) -> bytes:
         payload = dict(held.payload)
         payload["max_tokens"] = held.plan.max_tokens
@@ -189,7 +121,7 @@ class Dispatcher:
                 continue
             self.registry.record_latency(node.node, (time.perf_counter() - started) * 1000)
             return node, response, started
-        await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
+        await self.meter.release(held)
         raise errors.NoCapacity(
             f"no node could serve model {held.payload['model']!r} right now"
             + (f" in tier {held.tier}" if held.tier else "") + (f" in region {held.region}" if held.region else "")
@@ -204,7 +136,7 @@ class Dispatcher:
                 content = await response.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 # Dropped before the answer arrived: no receipt, so nothing can be charged.
-                await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
+                await self.meter.release(held)
                 raise errors.UpstreamError(f"the node dropped the call before answering ({exc!r}); nothing was "
                                            "charged, retry") from None
         finally:
@@ -212,7 +144,7 @@ class Dispatcher:
             response.release()
         node_time = time.perf_counter() - started
         if response.status != 200:
-            await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
+            await self.meter.release(held)
             raise node_refusal(content, held.path)
         signed: SignedReceipt | None = None
         header = response.headers.get(RECEIPT_HEADER)
@@ -221,7 +153,7 @@ class Dispatcher:
                 signed = SignedReceipt.decode(header)
             except ProtocolError:
                 self.metrics.bad_receipts.labels("malformed").inc()
-        cost = await self.meter(held, node.node, signed, datetime.now(UTC))
+        cost = await self.meter.charge(held, node.node, signed, datetime.now(UTC))
         self.metrics.overhead.observe(max(time.perf_counter() - held.received - node_time, 0.0))
         return Response(content, media_type="application/json",
                         headers={"Sluice-Job-Id": "0x" + held.job_id.hex(), "Sluice-Cost": str(cost)})
@@ -234,7 +166,7 @@ class Dispatcher:
             finally:
                 node.in_flight -= 1
                 response.release()
-            await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)
+            await self.meter.release(held)
             raise node_refusal(content, held.path)
         headers = {"Sluice-Job-Id": "0x" + held.job_id.hex(), "Cache-Control": "no-cache"}
         return StreamingResponse(self._relay(held, node, response), media_type="text/event-stream", headers=headers)
@@ -271,7 +203,7 @@ class Dispatcher:
                         except ProtocolError:
                             self.metrics.bad_receipts.labels("malformed").inc()
                             signed = None
-                        charged = await self.meter(held, node.node, signed, first_token_at)
+                        charged = await self.meter.charge(held, node.node, signed, first_token_at)
                         finished = True
                         if usage_chunk is not None:
                             usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}

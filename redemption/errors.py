@@ -127,13 +127,7 @@ class NotAuditor(Forbidden):
     code = "not_auditor"
 
 
-# 409 / 429 / 503
-class RateLimited(ApiError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limited"
-
-
+# 503 / 502
 class Unavailable(ApiError):
     status = 503
     type = "server_error"

@@ -1,4 +1,5 @@
-"""Pydantic models of the request and response bodies the service reads or writes itself.
+"""Pydantic models of the request and response bodies the service reads or writes itself
+(the audit API's are in `redemption.audit.models`).
 
 Generation requests are validated for the fields billing depends on and passed
 to vLLM otherwise untouched (unknown fields are kept).
@@ -6,6 +7,7 @@ to vLLM otherwise untouched (unknown fields are kept).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,3 +88,19 @@ class Budget(BaseModel):
     spender: str
     balance_available: str
     allowance_available: str | None
+
+
+class SpenderUsage(BaseModel):
+    spender: str = Field(description="the developer key (the payer itself for its own calls)")
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    metered: str = Field(description="cost of every metered call, base units (decimal string)")
+    settled: str = Field(description="the part burned on chain, base units")
+    unsettled: str = Field(description="metered but not burned yet, base units")
+    last_call: datetime
+
+
+class Usage(BaseModel):
+    payer: str
+    spenders: list[SpenderUsage]

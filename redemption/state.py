@@ -1,4 +1,4 @@
-"""Everything the service builds once at start-up, shared by the routes."""
+"""Everything the service builds once at start-up, shared by the routes, and how it is built."""
 
 from __future__ import annotations
 
@@ -6,25 +6,31 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
+from eth_account import Account
+from psycopg_pool import AsyncConnectionPool
 
 from ledger.chain.client import Ledger
-from ledger.chain.deployment import Deployment
+from ledger.chain.deployment import Deployment, load_deployment
+from ledger.chain.sender import connect
 from ledger.domain import ChainFigures
+from ledger.followers.indexer import ChainIndexer
+from ledger.followers.mirror import ChainMirror, read_direct
+from ledger.keys import embedded_account
 from ledger.protocol.eip712 import Domains
+from redemption.audit.auth import AuditorRoles
 from redemption.config import ServiceSettings
 from redemption.dispatch import Dispatcher
+from redemption.metering import Meter
 from redemption.metrics import ServiceMetrics
 from redemption.routing import NodeRegistry
 from redemption.store import ModelRate, Store
 
-if TYPE_CHECKING:
-    from redemption.audit.service import AuditorRoles
-
 # A mirror that has not completed a sync for this long is treated as lagging.
 MIRROR_STALE_SECONDS = 5.0
+DISPATCH_KEY_INDEX = 2  # embedded deployments sign dispatch tickets with dev key #2
 
 
 @dataclass
@@ -35,13 +41,13 @@ class ServiceState:
     domains: Domains
     store: Store
     registry: NodeRegistry
+    meter: Meter
     dispatcher: Dispatcher
-    client: aiohttp.ClientSession
+    auditors: AuditorRoles
     metrics: ServiceMetrics
     dispatch_signer: str
-    mirror: Any = None
-    indexer: Any = None
-    auditors: AuditorRoles | None = None
+    mirror: ChainMirror | None = None
+    indexer: ChainIndexer | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -60,6 +66,29 @@ class ServiceState:
         lag = self.mirror_lag()
         if lag is not None and lag <= self.settings.mirror_max_lag_blocks:
             return None
-        from ledger.followers.mirror import read_direct
-
         return await asyncio.to_thread(read_direct, self.ledger, payer, spender)
+
+
+def build_state(
+    settings: ServiceSettings, pool: AsyncConnectionPool[Any], client: aiohttp.ClientSession
+) -> ServiceState:
+    w3 = connect(settings.effective_rpc_url)
+    deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
+    ledger = Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)
+    domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
+    if settings.dispatch_key is not None:
+        dispatch_key = bytes.fromhex(settings.dispatch_key.get_secret_value().removeprefix("0x"))
+    else:
+        dispatch_key = bytes(embedded_account(DISPATCH_KEY_INDEX).key)
+    metrics = ServiceMetrics()
+    registry = NodeRegistry(settings.node_stale_seconds)
+    store = Store(pool)
+    meter = Meter(store=store, domains=domains, metrics=metrics)
+    dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,
+                            ticket_ttl=settings.ticket_ttl_seconds, first_byte_timeout=settings.node_timeout_seconds,
+                            attempts=settings.dispatch_attempts, metrics=metrics)
+    return ServiceState(
+        settings=settings, deployment=deployment, ledger=ledger, domains=domains, store=store, registry=registry,
+        meter=meter, dispatcher=dispatcher, auditors=AuditorRoles(ledger, settings.auditor_cache_seconds),
+        metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address,
+    )

@@ -1,4 +1,5 @@
-"""The service's PostgreSQL statements, all in one place and all visible.
+"""The service's PostgreSQL statements, all in one place and all visible (the audit API's reads are in
+`redemption.audit.store`).
 
 Holds and metering are single round trips to the SQL functions `reserve_hold` and
 `meter_hold` (ledger/migrations/0002_redemption.sql), which keep the nonce, the
@@ -18,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.domain import ChainFigures, tier_label
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
+from redemption.models import SpenderUsage
 
 
 def addr(address: str) -> bytes:
@@ -33,6 +35,24 @@ class ModelRate:
     tier: str
 
 
+@dataclass(frozen=True, slots=True)
+class OpenHold:
+    """A hold not yet metered, as a receipt posted for it is checked against (addresses 0x lower-case)."""
+
+    payer: str
+    spender: str
+    model: str
+    request_digest: bytes
+    max_cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRegistration:
+    """How a node stands in the `nodes` table, and whether registration is closed to unknown keys."""
+
+    retired: bool | None  # None: the node is not in the table
+    registered_by: str | None
+    closed: bool  # an operator registered some node, so only operator-registered nodes may join
 
 
 # Per spender of one payer: calls, model tokens, and compute-token cost in base units, all of it
@@ -84,11 +104,6 @@ class Store:
 
     async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
         return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
-
-    async def hold_exists(self, job_id: bytes) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT 1 FROM holds WHERE job_id = %s", (job_id,))
-            return await cur.fetchone() is not None
 
     async def release_expired_holds(self) -> int:
         async with self.pool.connection() as conn:
@@ -159,8 +174,44 @@ class Store:
             for r in rows
         ]
 
-    async def node_retired(self, node: str) -> bool | None:
+    async def node_registration(self, node: str) -> NodeRegistration:
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT retired FROM nodes WHERE node = %s", (addr(node),))
+            cur = await conn.execute(
+                "SELECT n.retired, n.registered_by,"
+                " EXISTS (SELECT 1 FROM nodes WHERE registered_by = 'operator')"
+                " FROM (SELECT 1) AS one LEFT JOIN nodes n ON n.node = %s",
+                (addr(node),),
+            )
             row = await cur.fetchone()
-        return None if row is None else bool(row[0])
+        assert row is not None
+        return NodeRegistration(retired=row[0], registered_by=row[1], closed=bool(row[2]))
+
+    async def open_hold(self, job_id: bytes) -> OpenHold | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT payer, spender, model, request_digest, max_cost FROM holds WHERE job_id = %s", (job_id,)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]))
+
+    async def consume_nonce(self, signer: str, nonce: int, deadline: int) -> bool:
+        """Record a (signer, nonce) of a call that takes no hold; False when it was already used."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO call_nonces (signer, nonce, deadline) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (addr(signer), Decimal(nonce), deadline),
+            )
+            return bool(cur.rowcount == 1)
+
+    async def usage_by_spender(self, payer: str) -> list[SpenderUsage]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(USAGE_BY_SPENDER, (addr(payer),))
+            rows = await cur.fetchall()
+        return [
+            SpenderUsage(spender=to_checksum_address(bytes(r[0])), calls=r[1], prompt_tokens=int(r[2]),
+                         completion_tokens=int(r[3]), metered=str(int(r[4])), settled=str(int(r[5])),
+                         unsettled=str(int(r[4]) - int(r[5])), last_call=r[6])
+            for r in rows
+        ]

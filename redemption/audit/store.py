@@ -1,337 +1,33 @@
-"""The audit API's domain: who may call it, what it reads, and the shapes it answers in.
+"""What the audit API reads: every SQL statement it runs, and the rows turned into its response bodies.
 
-Auditors sign each GET exactly like a billable call (DESIGN.md): the five `Sluice-*` headers over
-an empty body with `Sluice-Max-Cost` 0 and `Sluice-Payer` = the auditor's own address. The
-recovered signer must hold `AUDITOR_ROLE` on the token (an `eth_call`, cached a few seconds) and
-its nonce is consumed durably in `call_nonces`, like a call's.
-
-Everything served here is raw: on-chain rows from the indexer's `chain_events`, receipts with both
-signatures from `usage_records`, batches and debts from the settlement tables (migration 0003).
-Nothing is recomputed for the auditor; `sluice audit verify` recomputes it all independently.
+Event pages are plain queries over the indexer's `chain_events`; batch and receipt bodies are rendered
+to JSON by PostgreSQL itself (a 1,000-receipt batch is ~2 MB of hex), with the service supplying only
+the EIP-55 spelling of the addresses involved.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import csv
-import io
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from eth_utils.address import is_hex_address
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, Field
-from starlette.requests import Request
 
-from ledger.chain.client import Ledger
-from ledger.followers.indexer import KINDS, checksum
-from redemption import errors
-from redemption.auth import VerifiedCall, verify_headers
-from redemption.state import ServiceState
-
-AUDITOR_ROLE = "AUDITOR_ROLE"
-MAX_PAGE = 1_000
-MAX_CSV_ROWS = 100_000
-# Spelling the issue uses ("rate change") and the stored kinds ("rate_change") are both accepted.
-KIND_ALIASES = {k.replace("_", " "): k for k in KINDS} | {k.replace("_", "-"): k for k in KINDS}
-
-
-# --------------------------------------------------------------------------- who may call
-
-
-class AuditorRoles:
-    """`hasRole(AUDITOR_ROLE, key)` on the token, cached for `ttl` seconds (grants and revocations show quickly)."""
-
-    MAX_KEYS = 10_000
-
-    def __init__(self, ledger: Ledger, ttl: float = 5.0) -> None:
-        self.ledger = ledger
-        self.ttl = ttl
-        self._cache: dict[str, tuple[bool, float]] = {}
-
-    async def holds(self, account: str) -> bool:
-        now = time.monotonic()
-        cached = self._cache.get(account)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        holds = await asyncio.to_thread(self.ledger.has_role, AUDITOR_ROLE, account)
-        if len(self._cache) >= self.MAX_KEYS:  # any key can sign: strangers must not grow this without bound
-            self._cache = {k: v for k, v in self._cache.items() if v[0] and v[1] > now}
-        self._cache[account] = (holds, now + self.ttl)
-        return holds
-
-
-async def verify_auditor(request: Request, state: ServiceState) -> VerifiedCall:
-    """The signed audit call's verified headers; the matching ApiError otherwise."""
-    if request.headers.get("content-length", "0") not in ("", "0"):
-        raise errors.InvalidRequest("audit calls have an empty body; sign keccak256 of zero bytes")
-    call = verify_headers(request, b"", state.domains.redemption, state.settings.max_deadline_seconds)
-    if call.max_cost != 0:
-        raise errors.InvalidHeader("audit calls sign Sluice-Max-Cost 0", "Sluice-Max-Cost")
-    if call.spender != call.payer:
-        raise errors.InvalidSignature(
-            "the signature does not recover to Sluice-Payer; audit calls name the auditor's own key as Sluice-Payer "
-            "and sign the Redemption struct under the domain from /.well-known/sluice.json",
-            "Sluice-Signature",
-        )
-    if state.auditors is None or not await state.auditors.holds(call.spender):
-        raise errors.NotAuditor(f"{call.spender} does not hold AUDITOR_ROLE on the compute token; "
-                                "the operator grants it with `sluice admin roles grant auditor ADDRESS`")
-    async with state.store.pool.connection() as conn:
-        cur = await conn.execute(
-            "INSERT INTO call_nonces (signer, nonce, deadline) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            (bytes.fromhex(call.spender[2:]), Decimal(call.nonce), call.deadline),
-        )
-        if cur.rowcount != 1:
-            raise errors.NonceReplayed("this (signer, nonce) was already used; sign the call again with a fresh nonce",
-                                       "Sluice-Nonce")
-    return call
-
-
-# --------------------------------------------------------------------------- response shapes
-
-
-class IndexPosition(BaseModel):
-    indexed_block: int | None = Field(description="last block the indexer has committed")
-    head: int | None = Field(description="chain head when the indexer last looked")
-    lag: int | None = Field(description="blocks the index trails the head by")
-
-
-class AuditEvent(BaseModel):
-    """One on-chain log, decoded (uint256 as decimal strings)."""
-
-    block: int
-    log_index: int
-    tx_hash: str
-    tx_index: int
-    block_hash: str
-    timestamp: datetime
-    contract: str
-    address: str
-    event: str
-    kind: str
-    accounts: list[str]
-    args: dict[str, Any]
-
-
-class EventPage(IndexPosition):
-    object: Literal["list"] = "list"
-    data: list[AuditEvent]
-    has_more: bool
-    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last")
-
-
-class OnChainSettlement(BaseModel):
-    """The BatchSettled log."""
-
-    tx_hash: str
-    block: int
-    log_index: int
-    timestamp: datetime
-    receipts_root: str
-    items: int
-    total: str
-
-
-class OnChainAmount(BaseModel):
-    """A Redeemed (amount) or Shortfall (owed, paid) log of the batch."""
-
-    event: str
-    payer: str
-    spender: str
-    amount: str | None = None
-    owed: str | None = None
-    paid: str | None = None
-    tx_hash: str
-    block: int
-    log_index: int
-
-
-class RequestSignature(BaseModel):
-    """The developer's signed call: the EIP-712 `Redemption` fields, its digest and signature."""
-
-    payer: str
-    body_hash: str
-    max_cost: str
-    nonce: str
-    deadline: int
-    signature: str
-    digest: str
-
-
-class DebtOrigin(BaseModel):
-    """For a debt batch's receipt: the Shortfall it settles (leaf job id = that batch's id)."""
-
-    batch_id: str
-    owed: str
-    paid: str
-
-
-class AuditReceipt(BaseModel):
-    """One leaf of a batch: a metered job with both signatures, or (kind debt) a cleared shortfall."""
-
-    kind: Literal["usage", "debt"]
-    job_id: str
-    batch_id: str | None
-    payer: str
-    spender: str
-    cost: str
-    merkle_proof: list[str] | None
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    max_cost: str | None = None
-    request: RequestSignature | None = None
-    node: str | None = None
-    node_signature: str | None = None
-    status: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    debt: DebtOrigin | None = None
-
-
-class AuditBatch(BaseModel):
-    batch_id: str
-    kind: str | None = Field(description="usage or debt; null when only the chain knows the batch")
-    status: str | None
-    receipts_root: str | None
-    receipt_count: int | None
-    item_count: int | None
-    total: str | None
-    paid: str | None
-    settlement: OnChainSettlement | None = Field(description="the BatchSettled log; null while not settled")
-    redeemed: list[OnChainAmount]
-    shortfalls: list[OnChainAmount]
-    receipts: list[AuditReceipt]
-
-
-class AuditReceiptDetail(BaseModel):
-    receipt: AuditReceipt
-    settlement: OnChainSettlement | None
-
-
-class ReconciliationRow(BaseModel):
-    """Per (payer, spender), in base units: what was metered, what the database and the chain say was burned."""
-
-    payer: str
-    spender: str
-    receipts: int
-    metered: str
-    unsettled: str
-    settled: str
-    redeemed: str
-    redeemed_usage: str
-    debt_cleared: str
-    shortfalls: int
-    shortfall_unpaid: str
-    outstanding_debt: str
-    difference: str = Field(description="settled - (redeemed_usage + shortfall_unpaid); 0 when they agree")
-
-
-class Reconciliation(IndexPosition):
-    rows: list[ReconciliationRow]
-    totals: ReconciliationRow
-    balanced: bool
-
-
-class NodeKey(BaseModel):
-    node: str
-    tier: str
-    region: str
-    models: list[str]
-    registered_at: datetime
-    retired: bool
-
-
-class NodeList(BaseModel):
-    nodes: list[NodeKey]
-
-
-# --------------------------------------------------------------------------- filters and cursors
-
-
-@dataclass(frozen=True)
-class EventFilter:
-    accounts: list[bytes] | None = None
-    kinds: list[str] | None = None
-    events: list[str] | None = None
-    batch_id: bytes | None = None
-    from_block: int | None = None
-    to_block: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-
-def parse_address(value: str, param: str) -> bytes:
-    if not is_hex_address(value.strip()):
-        raise errors.InvalidRequest(f"{param} must be a 0x address, got {value[:80]!r}", param)
-    return bytes.fromhex(value.strip()[2:])
-
-
-def parse_bytes32(value: str, param: str) -> bytes:
-    text = value.strip().removeprefix("0x")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise errors.InvalidRequest(f"{param} must be 0x followed by 64 hex digits", param)
-    return raw
-
-
-def parse_kinds(values: Sequence[str]) -> list[str] | None:
-    kinds: list[str] = []
-    for value in values:
-        for part in value.split(","):
-            name = part.strip().lower()
-            if not name:
-                continue
-            name = KIND_ALIASES.get(name, name)
-            if name not in KINDS:
-                raise errors.InvalidRequest(f"unknown kind {part.strip()!r}; kinds: {', '.join(KINDS)}", "kind")
-            kinds.append(name)
-    return kinds or None
-
-
-def parse_time(value: str | None, param: str) -> datetime | None:
-    """Unix seconds or ISO 8601 (a naive time is UTC)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        if text.replace(".", "", 1).isdigit():
-            return datetime.fromtimestamp(float(text), UTC)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):
-        raise errors.InvalidRequest(f"{param} must be unix seconds or an ISO 8601 time, got {text[:40]!r}",
-                                    param) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def encode_cursor(block: int, log_index: int, order: str) -> str:
-    raw = orjson.dumps({"b": block, "i": log_index, "o": order})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, order: str) -> tuple[int, int]:
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        block, log_index, cursor_order = int(data["b"]), int(data["i"]), str(data["o"])
-    except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise errors.InvalidRequest("cursor is not one this API issued; pass next_cursor unchanged", "cursor") from None
-    if cursor_order != order:
-        raise errors.InvalidRequest(f"this cursor pages in {cursor_order} order; pass order={cursor_order}", "cursor")
-    return block, log_index
-
-
-# --------------------------------------------------------------------------- queries
+from ledger.followers.indexer import checksum
+from redemption.audit.filters import EventFilter, decode_cursor, encode_cursor
+from redemption.audit.models import (
+    AuditBatch,
+    AuditEvent,
+    AuditReceipt,
+    DebtOrigin,
+    EventPage,
+    IndexPosition,
+    NodeKey,
+    NodeList,
+    OnChainSettlement,
+    Reconciliation,
+    ReconciliationRow,
+)
 
 EVENTS_SQL = """
 SELECT e.block, e.log_index, e.tx_hash, e.tx_index, e.block_hash, e.block_time, e.contract, e.address, e.event,
@@ -359,7 +55,7 @@ EVENTS_SQL_BY_ORDER = {
 }
 
 
-def _hex(raw: bytes | memoryview | None) -> str | None:
+def hex_or_none(raw: bytes | memoryview | None) -> str | None:
     return None if raw is None else "0x" + bytes(raw).hex()
 
 
@@ -407,23 +103,6 @@ async def event_page(pool: AsyncConnectionPool[Any], flt: EventFilter, *, limit:
     position = await index_position(pool)
     return EventPage(data=[_event(r) for r in rows], has_more=next_cursor is not None, next_cursor=next_cursor,
                      **position.model_dump())
-
-
-CSV_COLUMNS = ("timestamp", "block", "log_index", "tx_hash", "contract", "event", "kind", "accounts", "amount",
-               "batch_id", "args")
-
-
-def events_csv(rows: Sequence[Sequence[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow((
-            r[5].isoformat(), r[0], r[1], "0x" + bytes(r[2]).hex(), r[6], r[8], r[9],
-            " ".join(checksum(bytes(a)) for a in r[10]), "" if r[12] is None else str(r[12]),
-            _hex(r[13]) or "", orjson.dumps(r[11], option=orjson.OPT_SORT_KEYS).decode(),
-        ))  # fmt: skip
-    return out.getvalue()
 
 
 # Receipts are rendered to JSON by PostgreSQL itself (a 1,000-receipt batch is ~2 MB of hex): the service
@@ -548,7 +227,7 @@ async def batch_detail(pool: AsyncConnectionPool[Any], batch_id: bytes) -> bytes
         return None
     body = AuditBatch(
         batch_id="0x" + batch_id.hex(), kind=None if batch is None else batch[0],
-        status=None if batch is None else batch[1], receipts_root=None if batch is None else _hex(batch[2]),
+        status=None if batch is None else batch[1], receipts_root=None if batch is None else hex_or_none(batch[2]),
         receipt_count=None if batch is None else int(batch[3]), item_count=None if batch is None else int(batch[4]),
         total=None if batch is None else str(int(batch[5])),
         paid=None if batch is None or batch[6] is None else str(int(batch[6])),
@@ -630,16 +309,6 @@ async def reconciliation(pool: AsyncConnectionPool[Any], account: bytes | None) 
     position = await index_position(pool)
     return Reconciliation(rows=out, totals=_reconciliation_row("*", "*", totals),
                           balanced=all(r.difference == "0" for r in out), **position.model_dump())
-
-
-def reconciliation_csv(report: Reconciliation) -> str:
-    out = io.StringIO()
-    fields = list(ReconciliationRow.model_fields)
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in report.rows:
-        writer.writerow(row.model_dump())
-    return out.getvalue()
 
 
 async def node_keys(pool: AsyncConnectionPool[Any]) -> NodeList:

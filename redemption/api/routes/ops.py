@@ -1,0 +1,25 @@
+"""Operations endpoints: liveness with the followers' lag, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from redemption.api.deps import State
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health")
+async def health(state: State) -> dict[str, Any]:
+    indexed = None if state.indexer is None else state.indexer.last_status
+    return {"status": "ok", "mirror_lag_blocks": state.mirror_lag(), "nodes": len(state.registry.nodes),
+            "models": sorted(state.rates), "indexer_lag_blocks": None if indexed is None else indexed.lag}
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,93 @@
+"""`sluice audit verify`, `history` and `index` against a whole running deployment
+(`tests.support.audit.history`): exit codes, JSON and tables, an auditor-only refusal, and an index
+backfilled into a fresh database to the same rows the service's indexer holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from uuid import uuid4
+
+import psycopg
+import pytest
+from eth_account import Account
+from typer.testing import CliRunner
+
+from ledger.cli.app import app as cli
+from tests.support.audit import History, execute, first_job
+from tests.support.stack import Deployed, with_database
+
+
+def test_verify_cli_passes_on_the_honest_history(deployed: Deployed, history: History) -> None:
+    result = CliRunner().invoke(cli, ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url,
+                                      "--api", deployed.api, "--key", "0x" + bytes(history.auditor.key).hex(),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"] is True
+
+
+def test_verify_cli_exits_1_and_prints_every_discrepancy(deployed: Deployed, history: History) -> None:
+    job = first_job(deployed, history)
+    execute(deployed, "UPDATE usage_records SET prompt_tokens = prompt_tokens + 3 WHERE job_id = %s", job)
+    try:
+        result = CliRunner().invoke(cli, ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url,
+                                          "--api", deployed.api, "--key", "0x" + bytes(history.auditor.key).hex()],
+                                    env={"COLUMNS": "200"})
+    finally:
+        execute(deployed, "UPDATE usage_records SET prompt_tokens = prompt_tokens - 3 WHERE job_id = %s", job)
+    assert result.exit_code == 1, result.output
+    assert "node_signature" in result.output and "discrepancies" in result.output
+
+
+def test_history_cli_prints_the_redemptions(deployed: Deployed, history: History) -> None:
+    key = "0x" + bytes(history.auditor.key).hex()
+    shown = CliRunner().invoke(cli, ["audit", "history", "--api", deployed.api, "--key", key, "--kind", "redemption",
+                                     "--json", "--all", "--limit", "2"])
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(shown.stdout)["data"]
+    assert len(rows) == 5 and all(r["event"] == "Redeemed" for r in rows)  # 2 + 2 pairs, then the debt
+    table = CliRunner().invoke(cli, ["audit", "history", "--api", deployed.api, "--key", key, "--kind", "shortfall"],
+                               env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "Shortfall" in table.output
+    refused = CliRunner().invoke(cli, ["audit", "history", "--api", deployed.api, "--key",
+                                       "0x" + bytes(Account.create().key).hex()])
+    assert refused.exit_code == 1 and "not_auditor" in refused.output
+
+
+def test_index_cli_backfills_a_fresh_database_to_the_same_rows(
+    deployed: Deployed, history: History, postgres_url: str, make_db: Callable[[], str]
+) -> None:
+    db_url = make_db()
+    env = {**os.environ, "SLUICE_HOME": str(deployed.settings.home), "RPC_URL": deployed.settings.effective_rpc_url,
+           "DATABASE_URL": db_url}
+    out = subprocess.run([sys.executable, "-c", "from ledger.cli.app import main; main()", "audit", "index", "--json"],
+                         env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    with psycopg.connect(db_url) as conn:
+        fresh = conn.execute("SELECT block, log_index, tx_hash, args FROM chain_events"
+                             " WHERE block <= %s ORDER BY 1, 2", (figures["block"],)).fetchall()
+    served = deployed.sql("SELECT block, log_index, tx_hash, args FROM chain_events WHERE block <= %s ORDER BY 1, 2",
+                          figures["block"])
+    assert fresh == served and figures["events"] == len(fresh) and figures["lag"] == 0
+
+
+@pytest.fixture
+def make_db(postgres_url: str) -> Iterator[Callable[[], str]]:
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"audit_index_{uuid4().hex[:10]}"
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}".encode())
+        made.append(name)
+        return with_database(postgres_url, name)
+
+    yield make
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
