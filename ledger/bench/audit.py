@@ -195,17 +195,18 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from ledger.followers.indexer import ChainIndexer
     from ledger.keys import embedded_account
     from ledger.paths import StatePaths
-    from ledger.stack import embedded
     from ledger.stack.apps import api_service
+    from ledger.stack.probes import free_port
+    from ledger.stack.services import anvil_binary, anvil_service, postgres_service
+    from ledger.stack.supervisor import Stack
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-audit-") as home:
-        chain_port = embedded.free_port()
-        settings = Settings(home=Path(home), chain_port=chain_port, api_port=embedded.free_port())
+        chain_port = free_port()
+        settings = Settings(home=Path(home), chain_port=chain_port, api_port=free_port())
         paths = StatePaths(settings.state_dir)
-        chain = embedded.anvil_service(paths, port=chain_port, chain_id=settings.chain_id,
-                                       binary=embedded.anvil_binary(settings))
-        database = embedded.postgres_service(paths)
-        stack = embedded.Stack([chain, database], lambda msg: report(f"  {msg}"))
+        chain = anvil_service(paths, port=chain_port, chain_id=settings.chain_id, binary=anvil_binary(settings))
+        database = postgres_service(paths)
+        stack = Stack([chain, database], lambda msg: report(f"  {msg}"))
         stack.start()
         try:
             assert database.url is not None

@@ -33,7 +33,9 @@ from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, sign_digest, typed_digest
 from ledger.stack.apps import EmbeddedNode, api_service, node_services
-from ledger.stack.embedded import Stack, anvil_binary, anvil_service, free_port, postgres_service
+from ledger.stack.probes import free_port
+from ledger.stack.services import anvil_binary, anvil_service, postgres_service
+from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -175,9 +177,9 @@ def run(calls_per_leg: int = 3000, report: Report = print, concurrency: int = CO
             asyncio.run(_drive(warm, concurrency))  # connections, caches and the JIT-less interpreter warm up
             figures: dict[str, Any] = {"concurrency": concurrency, "output_tokens": OUTPUT_TOKENS,
                                        "calls_per_leg": calls_per_leg}
-            processes = {p.service.name: p.proc.pid for p in stack._running}
-            watched = {"service": processes["api"], "agent": processes[services[2].name],
-                       "engine": processes[services[1].name], "postgres": processes["database"]}
+            launched = {"service": "api", "agent": services[2].name, "engine": services[1].name,
+                        "postgres": "database"}
+            watched = {role: stack.pid(name) for role, name in launched.items()}
             for leg, calls in (("engine_direct", engine_calls), ("node_agent_direct", agent_calls),
                                ("through_service", service_calls)):
                 before = {name: _cpu_seconds(pid) for name, pid in watched.items()}

@@ -334,13 +334,15 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from ledger.config import Settings
     from ledger.followers.mirror import ChainMirror
     from ledger.settlement.settler import release_settled
-    from ledger.stack import embedded
+    from ledger.stack.probes import free_port
+    from ledger.stack.services import client_environment, default_services
+    from ledger.stack.supervisor import Stack
 
     modes = ("live", "drain") if config.mode == "both" else (config.mode,)
     results: dict[str, Any] = {"runs": []}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
-        settings = Settings(home=Path(home), chain_port=embedded.free_port())
-        stack = embedded.Stack(embedded.default_services(settings), lambda m: report(f"  {m}"))
+        settings = Settings(home=Path(home), chain_port=free_port())
+        stack = Stack(default_services(settings), lambda m: report(f"  {m}"))
         stack.start()
         stop = threading.Event()
         try:
@@ -362,7 +364,7 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
             rates = (int(rate.input_rate), int(rate.output_rate))
             domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
             env = {
-                **embedded.client_environment(settings),
+                **client_environment(settings),
                 "SLUICE_BATCH_INTERVAL": str(config.batch_interval),
                 "SLUICE_BATCH_MAX": str(config.batch_max),
                 "SLUICE_BATCH_MAX_ITEMS": str(config.batch_max_items),

@@ -36,14 +36,16 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
     from ledger.config import Settings
     from ledger.keys import embedded_account
     from ledger.paths import StatePaths
-    from ledger.stack import embedded
+    from ledger.stack.probes import free_port
+    from ledger.stack.services import anvil_binary, anvil_service
+    from ledger.stack.supervisor import Stack
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
-        port = embedded.free_port()
+        port = free_port()
         settings = Settings(home=Path(home), chain_port=port)
-        service = embedded.anvil_service(StatePaths(settings.state_dir), port=port,
-                                         chain_id=settings.chain_id, binary=embedded.anvil_binary(settings))
-        stack = embedded.Stack([service], lambda msg: console.print(f"[dim]{msg}[/]"))
+        service = anvil_service(StatePaths(settings.state_dir), port=port,
+                                chain_id=settings.chain_id, binary=anvil_binary(settings))
+        stack = Stack([service], lambda msg: console.print(f"[dim]{msg}[/]"))
         stack.start()
         try:
             w3 = connect(settings.effective_rpc_url)

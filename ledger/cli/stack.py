@@ -1,6 +1,6 @@
 """`sluice up`, `sluice down`, `sluice status`: run and inspect the local Sluice stack.
 
-The work happens in `ledger.stack.embedded` (services, supervisor, status probes);
+The work happens in `ledger.stack` (services, supervisor, status);
 this module turns it into commands, human output, JSON and exit codes.
 """
 
@@ -18,7 +18,7 @@ from ledger.cli.output import console, err_console, fail, print_json
 if TYPE_CHECKING:
     from ledger.config import Settings
     from ledger.paths import StatePaths
-    from ledger.stack.embedded import StackError
+    from ledger.stack.errors import StackError
 
 # One-line messages carry paths and URLs: no markup, no colouring guesses, no wrapping at the terminal width.
 PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when nothing was running, too.
         """
-        from ledger.stack.embedded import StackError, show_path, stop_detached
+        from ledger.stack.errors import StackError, show_path
+        from ledger.stack.supervisor import stop_detached
 
         settings = _settings()
         try:
@@ -82,7 +83,8 @@ def register(app: typer.Typer) -> None:
         """
         from ledger.settlement.metrics import settlement_status, status_lines
         from ledger.settlement.settler import SettlementSettings
-        from ledger.stack.embedded import client_settings, stack_status
+        from ledger.stack.services import client_settings
+        from ledger.stack.status import stack_status
 
         settings = _settings()
         report = stack_status(settings)
@@ -122,7 +124,8 @@ def _settings() -> Settings:
 
 def _up_foreground() -> None:
     from ledger.errors import LedgerError
-    from ledger.stack.embedded import StackError, StackRunning, serve
+    from ledger.stack.errors import StackError, StackRunning
+    from ledger.stack.supervisor import serve
 
     def progress(message: str) -> None:
         err_console.print(message, style="dim", **PLAIN)
@@ -142,7 +145,9 @@ def _up_foreground() -> None:
 
 def _up_detached(timeout: float) -> None:
     from ledger.paths import StatePaths
-    from ledger.stack.embedded import StackError, StackRunning, running_pid, show_path, start_detached
+    from ledger.stack.errors import StackError, StackRunning, show_path
+    from ledger.stack.running import running_pid
+    from ledger.stack.supervisor import start_detached
 
     settings = _settings()
     paths = StatePaths(settings.state_dir)
@@ -167,7 +172,8 @@ def _wait_for_record(paths: StatePaths, pid: int, timeout: float) -> dict[str, A
     """The record of a stack that is running, waiting while it is still starting (another `up` in progress)."""
     import time
 
-    from ledger.stack.embedded import read_stack_record, running_pid, show_path
+    from ledger.stack.errors import show_path
+    from ledger.stack.running import read_stack_record, running_pid
 
     deadline = time.monotonic() + timeout
     pause = 0.05
@@ -192,7 +198,7 @@ def _fail_stack(exc: StackError) -> NoReturn:
 
 
 def _print_ready(record: dict[str, Any]) -> None:
-    from ledger.stack.embedded import show_path
+    from ledger.stack.errors import show_path
 
     endpoints = record["endpoints"]
     table = Table(box=None, show_header=False, pad_edge=False)

@@ -726,7 +726,7 @@ def _service_url() -> str:
     """The running embedded stack's API, else the API port of the settings."""
     from ledger.config import get_settings
     from ledger.paths import StatePaths
-    from ledger.stack.embedded import read_stack_record
+    from ledger.stack.running import read_stack_record
 
     settings = get_settings()
     record = read_stack_record(StatePaths(settings.state_dir)) or {}

@@ -52,7 +52,7 @@ from inference_node.protocol import (
 )
 from inference_node.simulator import SimulatorConfig, build_simulator_server
 from ledger.protocol.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
-from ledger.stack.embedded import free_port
+from ledger.stack.probes import free_port
 
 MODEL = "sim-model"
 CHAT_MESSAGES = [

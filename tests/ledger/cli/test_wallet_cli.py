@@ -37,7 +37,7 @@ from ledger.cli.app import app
 from ledger.cli.common import PASSWORD_ENV
 from ledger.config import Settings, get_settings
 from ledger.db import migrate
-from ledger.stack.embedded import free_port
+from ledger.stack.probes import free_port
 from ledger.units import ONE_TOKEN
 
 if TYPE_CHECKING:
