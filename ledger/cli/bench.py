@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ledger.cli.common import handle_errors
+from ledger.cli.common import explained
 from ledger.cli.output import console
 
 app = typer.Typer(help="Benchmarks: print figures and write them as JSON.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def _write(path: Path | None, figures: dict[str, object]) -> None:
 
 
 @app.command("settlement-gas")
-@handle_errors
+@explained
 def settlement_gas(json_path: Path | None = JsonPath) -> None:
     """Gas per settled item for batches of 1, 10, 100 and 500 items, beside one plain burn transaction per item.
 
@@ -58,7 +58,7 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
 
 
 @app.command("gateway")
-@handle_errors
+@explained
 def gateway(json_path: Path | None = JsonPath,
             calls: int = typer.Option(3000, "--calls", help="calls per leg"),
             concurrency: int = typer.Option(64, "--concurrency", help="connections in flight at once")) -> None:
@@ -73,7 +73,7 @@ def gateway(json_path: Path | None = JsonPath,
 
 
 @app.command("settlement")
-@handle_errors
+@explained
 def settlement(
     json_path: Path | None = JsonPath,
     calls: int = typer.Option(20_000, "--calls", min=1, help="metered calls per run"),
@@ -106,7 +106,7 @@ def settlement(
 
 
 @app.command("audit")
-@handle_errors
+@explained
 def audit(
     json_path: Path | None = JsonPath,
     receipts: int = typer.Option(50_000, "--receipts", min=1, help="settled receipts (2 events each, + 1 per batch)"),

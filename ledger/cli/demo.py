@@ -7,13 +7,13 @@ from typing import Any
 
 import typer
 
-from ledger.cli.common import handle_errors
+from ledger.cli.common import explained
 from ledger.cli.output import console, err_console
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @handle_errors
+    @explained
     def demo(
         keep: bool = typer.Option(False, "--keep", help="leave a stack this command started running afterwards"),
     ) -> None:
