@@ -22,7 +22,7 @@ import secrets
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,13 +34,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
+from ledger.bench.harness import Report
 from ledger.chain.client import Ledger
 from ledger.domain import model_id, usage_cost
 from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
 from ledger.protocol.merkle import build_tree, receipt_leaf
 from ledger.units import ONE_TOKEN
 
-Report = Callable[[str], None]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TARGET_EVENTS_PER_SECOND = 20_000
 TARGET_RECEIPTS_PER_SECOND = 5_000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import typer
@@ -29,31 +28,9 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
 
     Runs on a throwaway embedded chain (its own state dir and a free port), so it never touches your stack.
     """
-    from ledger.bench.settlement_gas import measure
-    from ledger.chain.client import Ledger
-    from ledger.chain.deploy import deploy_all
-    from ledger.chain.sender import connect
-    from ledger.config import Settings
-    from ledger.keys import embedded_account
-    from ledger.paths import StatePaths
-    from ledger.stack.probes import free_port
-    from ledger.stack.services import anvil_binary, anvil_service
-    from ledger.stack.supervisor import Stack
+    from ledger.bench.settlement_gas import run
 
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
-        port = free_port()
-        settings = Settings(home=Path(home), chain_port=port)
-        service = anvil_service(StatePaths(settings.state_dir), port=port,
-                                chain_id=settings.chain_id, binary=anvil_binary(settings))
-        stack = Stack([service], lambda msg: console.print(f"[dim]{msg}[/]"))
-        stack.start()
-        try:
-            w3 = connect(settings.effective_rpc_url)
-            operator, settler = embedded_account(0), embedded_account(1)
-            deployment = deploy_all(settings, w3, operator, settler)
-            figures = measure(Ledger(w3, deployment), operator, settler, report=console.print)
-        finally:
-            stack.stop()
+    figures = run(report=console.print, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     _write(json_path, figures)
 
 
