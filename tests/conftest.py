@@ -1,3 +1,3 @@
 """The suite's fixtures live in `tests/support/`; this file only registers them."""
 
-pytest_plugins = ["tests.support.services", "tests.support.ledger", "tests.support.stack"]
+pytest_plugins = ["tests.support.services", "tests.support.ledger", "tests.support.stack", "tests.support.cli"]
