@@ -10,9 +10,6 @@ compute tokens have 18 decimals, the payment token its own (6 for the embedded t
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +17,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
-from ledger.cli.common import (
-    PASSWORD_ENV,
-    JsonOpt,
-    Refused,
-    checksum_address,
-    explained,
-    keystore_password,
-    open_ledger,
+from ledger.cli.common import PASSWORD_ENV, JsonOpt, Refused, checksum_address, explained, open_ledger
+from ledger.cli.keystores import (
+    keystore_address,
+    keystore_path,
+    known_wallets,
+    new_password,
+    read_keystore,
+    refuse_existing,
+    save_new,
+    unlock,
+    wallets_dir,
+    write_keystore,
 )
 from ledger.cli.output import console, err_console, print_json
 from ledger.units import DECIMALS, format_amount, format_tokens
@@ -44,9 +45,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="An enterprise's wallet: keystores, balances, buying compute tokens, developer budgets.",
                   no_args_is_help=True)
 
-WALLETS = "wallets"
 PERMIT_TTL = 3600  # seconds a purchase permit stays valid
-SCRYPT_N = 2**18  # scrypt cost of new keystores: geth's and eth-account's standard
 
 WalletOpt = typer.Option(
     None, "--keystore",
@@ -58,136 +57,6 @@ SourceArg = typer.Argument(None, help="an existing JSON keystore to copy in (def
 ConfirmationsOpt = typer.Option(
     None, "--confirmations", min=0, help="blocks to wait for after the transaction is mined (default: the settings')"
 )
-
-
-# -- keystores -------------------------------------------------------------------------------
-def wallets_dir() -> Path:
-    from ledger.config import get_settings
-
-    return get_settings().state_dir / WALLETS
-
-
-def _known_wallets() -> list[Path]:
-    folder = wallets_dir()
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
-
-
-def _known_hint() -> str:
-    known = _known_wallets()
-    if not known:
-        return "create one with `sluice wallet new`, or bring one with `sluice wallet import`"
-    return "wallets under the state dir: " + ", ".join(p.stem for p in known)
-
-
-def keystore_path(keystore: str | None) -> Path:
-    """The keystore to use: `--keystore` (a path, or a wallet's address), else the only wallet there is."""
-    from eth_utils.address import is_address
-
-    if keystore is None:
-        known = _known_wallets()
-        if len(known) == 1:
-            return known[0]
-        if not known:
-            raise Refused(f"no wallet under {wallets_dir()}", _known_hint())
-        raise Refused(f"{len(known)} wallets under {wallets_dir()}; say which with --keystore", _known_hint())
-    if is_address(keystore) and not Path(keystore).exists():
-        path = wallets_dir() / f"{checksum_address(keystore)}.json"
-        if not path.is_file():
-            raise Refused(f"no wallet for {checksum_address(keystore)} under {wallets_dir()}", _known_hint())
-        return path
-    path = Path(keystore).expanduser()
-    if not path.is_file():
-        raise Refused(f"keystore {path} does not exist", _known_hint())
-    return path
-
-
-def _read_keystore(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Refused(f"{path} is not a readable JSON keystore ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("crypto", data.get("Crypto")), dict):
-        raise Refused(f"{path} is not an Ethereum JSON keystore (no `crypto` section)")
-    return data
-
-
-def keystore_address(path: Path) -> str:
-    """The wallet's address, read from the keystore without decrypting it."""
-    data = _read_keystore(path)
-    address = data.get("address")
-    if not isinstance(address, str):
-        raise Refused(f"{path} does not record its address", "pass the address as an argument instead")
-    return checksum_address(address if address.startswith("0x") else "0x" + address, "address")
-
-
-def _password(path: Path) -> str:
-    password = keystore_password()
-    if password is None:
-        password = str(typer.prompt(f"Password for {path.name}", hide_input=True, err=True))
-    return password
-
-
-def _new_password() -> str:
-    password = keystore_password()
-    if password is None:
-        password = str(typer.prompt("Password for the keystore", hide_input=True, confirmation_prompt=True,
-                                    err=True))
-    if not password:
-        raise Refused("the password is empty", f"type one at the prompt, or set ${PASSWORD_ENV}")
-    return password
-
-
-def unlock(keystore: str | None) -> LocalAccount:
-    """Decrypt the wallet's key (password from the environment or a prompt)."""
-    from eth_account import Account
-
-    path = keystore_path(keystore)
-    data = _read_keystore(path)
-    password = _password(path)
-    try:
-        key = Account.decrypt(data, password)
-    except ValueError:
-        source = f"${PASSWORD_ENV}" if keystore_password() is not None else "the password typed"
-        raise Refused(f"wrong password for keystore {path}: {source} does not decrypt it",
-                      f"type the password this keystore was created with, or correct ${PASSWORD_ENV}") from None
-    account: LocalAccount = Account.from_key(key)
-    return account
-
-
-def _write_keystore(path: Path, keystore: dict[str, Any]) -> None:
-    """Write a keystore readable by its owner only; an existing file is never replaced."""
-    if path.exists():
-        raise _exists(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keystore-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
-            out.write(json.dumps(keystore) + "\n")
-        try:
-            os.link(tmp, path)  # atomic, and fails instead of replacing a file that appeared meanwhile
-        except FileExistsError:
-            raise _exists(path) from None
-    finally:
-        os.unlink(tmp)
-
-
-def _refuse_existing(out: Path | None) -> None:
-    """Refuse an existing --out before asking for anything."""
-    if out is not None and out.expanduser().exists():
-        raise _exists(out.expanduser())
-
-
-def _exists(path: Path) -> Refused:
-    return Refused(f"{path} already exists; a keystore is never overwritten",
-                   "choose another file with --out, or move the existing one away first")
-
-
-def _save_new(account: LocalAccount, password: str, out: Path | None) -> Path:
-    from eth_account import Account
-
-    path = out.expanduser() if out is not None else wallets_dir() / f"{account.address}.json"
-    _write_keystore(path, Account.encrypt(account.key, password, kdf="scrypt", iterations=SCRYPT_N))
-    return path
 
 
 def _report_wallet(action: str, address: str, path: Path, as_json: bool) -> None:
@@ -208,10 +77,10 @@ def new(
     """Create a wallet: a new key in an encrypted JSON keystore (password from a prompt or the env)."""
     from eth_account import Account
 
-    _refuse_existing(out)
-    password = _new_password()
+    refuse_existing(out)
+    password = new_password()
     account: LocalAccount = Account.create()
-    path = _save_new(account, password, out)
+    path = save_new(account, password, out)
     _report_wallet("created", account.address, path, as_json)
 
 
@@ -226,11 +95,11 @@ def import_(
     """Bring in a key: an existing keystore file, or a private key typed at a hidden prompt (or --stdin)."""
     from eth_account import Account
 
-    _refuse_existing(out)
+    refuse_existing(out)
     if source is not None:
         if not source.is_file():
             raise Refused(f"keystore {source} does not exist")
-        data = _read_keystore(source)
+        data = read_keystore(source)
         account: LocalAccount = unlock(str(source))  # proves the password before the copy is kept
         recorded = data.get("address")
         if isinstance(recorded, str) and checksum_address("0x" + recorded.removeprefix("0x"),
@@ -240,7 +109,7 @@ def import_(
         path = out.expanduser() if out is not None else wallets_dir() / f"{account.address}.json"
         if path.resolve() == source.resolve():
             raise Refused(f"{source} is already this wallet's keystore")
-        _write_keystore(path, data)
+        write_keystore(path, data)
         _report_wallet("imported", account.address, path, as_json)
         return
     if from_stdin:
@@ -254,7 +123,7 @@ def import_(
         account = Account.from_key(bytes.fromhex(digits))
     except (ValueError, TypeError):  # zero or not below the curve order
         raise Refused("that is not a valid secp256k1 private key") from None
-    path = _save_new(account, _new_password(), out)
+    path = save_new(account, new_password(), out)
     _report_wallet("imported", account.address, path, as_json)
 
 
@@ -262,7 +131,7 @@ def import_(
 @explained
 def list_wallets(as_json: bool = JsonOpt) -> None:
     """List the wallets kept under the state dir."""
-    rows = [{"address": keystore_address(p), "keystore": str(p)} for p in _known_wallets()]
+    rows = [{"address": keystore_address(p), "keystore": str(p)} for p in known_wallets()]
     if as_json:
         print_json({"wallets": rows})
         return

@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 from ledger.chain.client import Ledger
 from ledger.chain.deployment import Deployment, save_deployment
 from ledger.chain.sender import poll_until
-from ledger.cli import wallet
+from ledger.cli import keystores
 from ledger.cli.app import app
 from ledger.cli.common import PASSWORD_ENV
 from ledger.config import Settings, get_settings
@@ -45,7 +45,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: Ledger, ledger
     monkeypatch.setenv("SLUICE_HOME", str(state))
     monkeypatch.setenv("RPC_URL", ledger_settings.effective_rpc_url)
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    monkeypatch.setattr(wallet, "SCRYPT_N", 2**10)  # fast keystores; one test checks the real cost
+    monkeypatch.setattr(keystores, "SCRYPT_N", 2**10)  # fast keystores; one test checks the real cost
     get_settings.cache_clear()
     yield state
     get_settings.cache_clear()

@@ -23,7 +23,7 @@ from hexbytes import HexBytes
 
 from ledger.chain.client import Ledger
 from ledger.chain.sender import poll_until
-from ledger.cli import wallet
+from ledger.cli import keystores, wallet
 from ledger.cli.common import PASSWORD_ENV
 from ledger.stack.probes import free_port
 from ledger.units import ONE_TOKEN
@@ -62,7 +62,7 @@ def enterprise_with(ledger: Ledger, actors: Actors, state: Path, *, tokens: int 
 # -- keystores -------------------------------------------------------------------------------
 def test_new_prompts_twice_for_the_password_and_never_overwrites(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PASSWORD_ENV)
-    monkeypatch.setattr(wallet, "SCRYPT_N", 2**18)
+    monkeypatch.setattr(keystores, "SCRYPT_N", 2**18)
     out = home / "mine.json"
     created = ok("wallet", "new", "--out", out, input="s3cret\ns3cret\n")
     assert created["action"] == "created" and created["keystore"] == str(out)
