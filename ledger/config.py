@@ -75,6 +75,11 @@ class Settings(BaseSettings):
 
         return self.broker_url or broker_url(StatePaths(self.state_dir))
 
+    # secrets read by the CLI and node processes
+    keystore_password: SecretStr | None = None
+    auditor_key: SecretStr | None = None
+    node_key: SecretStr | None = None
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -22,7 +22,7 @@ import secrets
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,13 +34,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
+from ledger.bench.harness import Report
 from ledger.chain.client import Ledger
 from ledger.domain import model_id, usage_cost
 from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
 from ledger.protocol.merkle import build_tree, receipt_leaf
 from ledger.units import ONE_TOKEN
 
-Report = Callable[[str], None]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TARGET_EVENTS_PER_SECOND = 20_000
 TARGET_RECEIPTS_PER_SECOND = 5_000
@@ -195,17 +195,18 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from ledger.followers.indexer import ChainIndexer
     from ledger.keys import embedded_account
     from ledger.paths import StatePaths
-    from ledger.stack import embedded
     from ledger.stack.apps import api_service
+    from ledger.stack.probes import free_port
+    from ledger.stack.services import anvil_binary, anvil_service, postgres_service
+    from ledger.stack.supervisor import Stack
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-audit-") as home:
-        chain_port = embedded.free_port()
-        settings = Settings(home=Path(home), chain_port=chain_port, api_port=embedded.free_port())
+        chain_port = free_port()
+        settings = Settings(home=Path(home), chain_port=chain_port, api_port=free_port())
         paths = StatePaths(settings.state_dir)
-        chain = embedded.anvil_service(paths, port=chain_port, chain_id=settings.chain_id,
-                                       binary=embedded.anvil_binary(settings))
-        database = embedded.postgres_service(paths)
-        stack = embedded.Stack([chain, database], lambda msg: report(f"  {msg}"))
+        chain = anvil_service(paths, port=chain_port, chain_id=settings.chain_id, binary=anvil_binary(settings))
+        database = postgres_service(paths)
+        stack = Stack([chain, database], lambda msg: report(f"  {msg}"))
         stack.start()
         try:
             assert database.url is not None

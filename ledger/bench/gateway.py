@@ -16,7 +16,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import aiohttp
 from eth_account import Account
 from eth_hash.auto import keccak
 
+from ledger.bench.harness import Report, cpu_seconds
 from ledger.chain.client import Ledger
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import save_deployment
@@ -33,34 +34,16 @@ from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, sign_digest, typed_digest
 from ledger.stack.apps import EmbeddedNode, api_service, node_services
-from ledger.stack.embedded import Stack, anvil_binary, anvil_service, free_port, postgres_service
+from ledger.stack.probes import free_port
+from ledger.stack.services import anvil_binary, anvil_service, postgres_service
+from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 CONCURRENCY = 64
 OUTPUT_TOKENS = 16
-Report = Callable[[str], None]
 
 Call = tuple[str, bytes, dict[str, str]]
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children so far (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -175,16 +158,16 @@ def run(calls_per_leg: int = 3000, report: Report = print, concurrency: int = CO
             asyncio.run(_drive(warm, concurrency))  # connections, caches and the JIT-less interpreter warm up
             figures: dict[str, Any] = {"concurrency": concurrency, "output_tokens": OUTPUT_TOKENS,
                                        "calls_per_leg": calls_per_leg}
-            processes = {p.service.name: p.proc.pid for p in stack._running}
-            watched = {"service": processes["api"], "agent": processes[services[2].name],
-                       "engine": processes[services[1].name], "postgres": processes["database"]}
+            launched = {"service": "api", "agent": services[2].name, "engine": services[1].name,
+                        "postgres": "database"}
+            watched = {role: stack.pid(name) for role, name in launched.items()}
             for leg, calls in (("engine_direct", engine_calls), ("node_agent_direct", agent_calls),
                                ("through_service", service_calls)):
-                before = {name: _cpu_seconds(pid) for name, pid in watched.items()}
+                before = {name: cpu_seconds(pid) for name, pid in watched.items()}
                 client_before = time.process_time()
                 figures[leg] = asyncio.run(_drive(calls, concurrency))
                 f = figures[leg]
-                f["cpu_ms_per_call"] = {name: round((_cpu_seconds(pid) - before[name]) * 1000 / len(calls), 3)
+                f["cpu_ms_per_call"] = {name: round((cpu_seconds(pid) - before[name]) * 1000 / len(calls), 3)
                                         for name, pid in watched.items()}
                 f["cpu_ms_per_call"]["load_generator"] = round(
                     (time.process_time() - client_before) * 1000 / len(calls), 3)

@@ -35,14 +35,12 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
+from ledger.bench.harness import Report, cpu_seconds, send_all
 from ledger.chain.client import Ledger
-from ledger.chain.sender import TxSender
 from ledger.domain import model_id, usage_cost
 from ledger.keys import embedded_account
 from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
 from ledger.units import ONE_TOKEN
-
-Report = Callable[[str], None]
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 NODE_KEY_INDEX = 10
@@ -67,13 +65,6 @@ class BenchConfig:
 # --------------------------------------------------------------------------- funding
 
 
-def _send_all(sender: TxSender, txs: list[dict[str, Any]]) -> None:
-    """Pipeline transactions from one key with explicit gas (estimates would see none of the earlier ones)."""
-    pending = [(tx, *sender.send({**tx, "gas": 200_000})) for tx in txs]  # type: ignore[typeddict-item]
-    for tx, tx_hash, nonce in pending:
-        sender.wait(tx_hash, nonce, tx)  # type: ignore[arg-type]
-
-
 def fund_pairs(ledger: Ledger, operator: LocalAccount, pairs: int, tokens: int) -> list[tuple[bytes, bytes, bytes]]:
     """`pairs` funded pairs as raw (spender key, spender address, payer address).
 
@@ -86,7 +77,7 @@ def fund_pairs(ledger: Ledger, operator: LocalAccount, pairs: int, tokens: int) 
     for payer in payers:
         for fn in (token.setAllowlisted(payer.address, True), token.mint(payer.address, tokens * ONE_TOKEN)):
             txs.append({"to": ledger.token.address, "data": fn._encode_transaction_data()})
-    _send_all(ledger.sender(operator), txs)
+    send_all(ledger.sender(operator), txs)
     approvals = []
     for payer, developer in zip(payers, developers, strict=True):
         tx = {"to": ledger.token.address,
@@ -203,29 +194,6 @@ def meter_calls(db_url: str, domains: Domains, rates: tuple[int, int], pairs: li
 # --------------------------------------------------------------------------- workers and figures
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process `pid` and all its descendants, from /proc (0 where it cannot be read)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += times.get(current, 0.0)
-        todo.extend(parents.get(current, []))
-    return total
-
-
 @contextlib.contextmanager
 def running_workers(env: dict[str, str], config: BenchConfig, log_dir: Path) -> Iterator[Callable[[], float]]:
     """`sluice worker` processes (the first with beat); yields a function giving their CPU seconds so far."""
@@ -241,7 +209,7 @@ def running_workers(env: dict[str, str], config: BenchConfig, log_dir: Path) -> 
                 args.append("--beat")
             procs.append(subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
-        yield lambda: sum(_cpu_seconds(p.pid) for p in procs)
+        yield lambda: sum(cpu_seconds(p.pid) for p in procs)
     finally:
         for proc in procs:
             proc.terminate()
@@ -334,13 +302,15 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from ledger.config import Settings
     from ledger.followers.mirror import ChainMirror
     from ledger.settlement.settler import release_settled
-    from ledger.stack import embedded
+    from ledger.stack.probes import free_port
+    from ledger.stack.services import client_environment, default_services
+    from ledger.stack.supervisor import Stack
 
     modes = ("live", "drain") if config.mode == "both" else (config.mode,)
     results: dict[str, Any] = {"runs": []}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
-        settings = Settings(home=Path(home), chain_port=embedded.free_port())
-        stack = embedded.Stack(embedded.default_services(settings), lambda m: report(f"  {m}"))
+        settings = Settings(home=Path(home), chain_port=free_port())
+        stack = Stack(default_services(settings), lambda m: report(f"  {m}"))
         stack.start()
         stop = threading.Event()
         try:
@@ -362,7 +332,7 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
             rates = (int(rate.input_rate), int(rate.output_rate))
             domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
             env = {
-                **embedded.client_environment(settings),
+                **client_environment(settings),
                 "SLUICE_BATCH_INTERVAL": str(config.batch_interval),
                 "SLUICE_BATCH_MAX": str(config.batch_max),
                 "SLUICE_BATCH_MAX_ITEMS": str(config.batch_max_items),

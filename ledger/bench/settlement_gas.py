@@ -1,37 +1,36 @@
 """Gas per settled item: one Settlement batch versus one plain ERC-20 burn transaction per item.
 
 For batches of 1, 10, 100 and 500 items, with the payer as spender and with a
-separate spender (allowance path), on a freshly deployed ledger.
+separate spender (allowance path), on a freshly deployed ledger of a throwaway
+embedded chain (its own state dir and a free port), so it never touches a running stack.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 
+from ledger.bench.harness import Report, send_all
 from ledger.chain.client import Ledger, SettlementItem
-from ledger.chain.sender import TxSender
+from ledger.chain.deploy import deploy_all
+from ledger.chain.sender import connect
+from ledger.config import Settings
+from ledger.keys import embedded_account
+from ledger.paths import StatePaths
 from ledger.protocol.merkle import build_tree, receipt_leaf
+from ledger.stack.probes import free_port
+from ledger.stack.services import anvil_binary, anvil_service
+from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
 
 BATCH_SIZES = (1, 10, 100, 500)
 BURN_SAMPLES = 20
-Report = Callable[[str], None]
-
-
-def _send_all(sender: TxSender, txs: list[dict[str, Any]]) -> None:
-    """Pipeline transactions from one key: send all, then wait for each receipt.
-
-    Gas is given up front: an estimate would run before the earlier transactions are mined.
-    """
-    pending = [(tx, *sender.send({**tx, "gas": 200_000})) for tx in txs]  # type: ignore[typeddict-item]
-    for tx, tx_hash, nonce in pending:
-        sender.wait(tx_hash, nonce, tx)  # type: ignore[arg-type]
 
 
 def _fund(ledger: Ledger, operator: LocalAccount, payers: list[LocalAccount], amount: int) -> None:
@@ -40,7 +39,7 @@ def _fund(ledger: Ledger, operator: LocalAccount, payers: list[LocalAccount], am
     for payer in payers:
         for fn in (token.setAllowlisted(payer.address, True), token.mint(payer.address, amount)):
             txs.append({"to": ledger.token.address, "data": fn._encode_transaction_data()})
-    _send_all(ledger.sender(operator), txs)
+    send_all(ledger.sender(operator), txs)
 
 
 def _approve_all(ledger: Ledger, pairs: list[tuple[LocalAccount, LocalAccount]], amount: int) -> None:
@@ -89,3 +88,21 @@ def measure(ledger: Ledger, operator: LocalAccount, settler: LocalAccount, repor
     for row in results["batches"]:
         row["saving_vs_plain_burn"] = round(results["plain_burn"][row["mode"]] / row["gas_per_item"], 2)
     return results
+
+
+def run(report: Report = print, progress: Report | None = None) -> dict[str, Any]:
+    """Start a throwaway Anvil, deploy, measure every case; `progress` gets the chain's start and stop lines."""
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
+        port = free_port()
+        settings = Settings(home=Path(home), chain_port=port)
+        service = anvil_service(StatePaths(settings.state_dir), port=port,
+                                chain_id=settings.chain_id, binary=anvil_binary(settings))
+        stack = Stack([service], progress or report)
+        stack.start()
+        try:
+            w3 = connect(settings.effective_rpc_url)
+            operator, settler = embedded_account(0), embedded_account(1)
+            deployment = deploy_all(settings, w3, operator, settler)
+            return measure(Ledger(w3, deployment), operator, settler, report=report)
+        finally:
+            stack.stop()

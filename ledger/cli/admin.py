@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from ledger.cli import debts, nodes
-from ledger.cli.common import JsonOpt, KeystoreOpt, handle_errors, open_ledger, operator_key, report_tx
+from ledger.cli.common import JsonOpt, KeystoreOpt, checksum_address, explained, open_ledger, operator_key, report_tx
 from ledger.cli.output import console, print_json
 
 app = typer.Typer(help="Operator controls: allowlist, issuance, rates, pause and roles.", no_args_is_help=True)
@@ -28,34 +28,26 @@ ROLES = ("MINTER_ROLE", "REDEEMER_ROLE", "COMPLIANCE_ROLE", "PAUSER_ROLE", "AUDI
          "ISSUER_ROLE", "RATE_SETTER_ROLE", "DEFAULT_ADMIN_ROLE")
 
 
-def _address(value: str) -> str:
-    from eth_utils.address import is_address, to_checksum_address
-
-    if not is_address(value):
-        raise typer.BadParameter(f"{value!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return str(to_checksum_address(value))
-
-
 @allowlist_app.command("add")
-@handle_errors
+@explained
 def allowlist_add(address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
     """Allow ADDRESS to receive, hold and send compute tokens."""
-    account = _address(address)
+    account = checksum_address(address)
     tx = open_ledger().set_allowlisted(operator_key(keystore), account, True)
     report_tx("allowlisted", tx.tx_hash, tx.block_number, as_json, account=account)
 
 
 @allowlist_app.command("remove")
-@handle_errors
+@explained
 def allowlist_remove(address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
     """Remove ADDRESS from the allowlist (its balance is frozen; owed usage still settles)."""
-    account = _address(address)
+    account = checksum_address(address)
     tx = open_ledger().set_allowlisted(operator_key(keystore), account, False)
     report_tx("delisted", tx.tx_hash, tx.block_number, as_json, account=account)
 
 
 @app.command("issue")
-@handle_errors
+@explained
 def issue(
     address: str,
     amount: str = typer.Argument(..., help="compute tokens to issue, e.g. 1000 or 12.5"),
@@ -66,7 +58,7 @@ def issue(
     """Issue AMOUNT compute tokens to ADDRESS against an invoice or bundle reference."""
     from ledger.units import parse_tokens
 
-    account, units = _address(address), parse_tokens(amount)
+    account, units = checksum_address(address), parse_tokens(amount)
     if units == 0:
         raise ValueError("the amount must be more than zero")
     tx = open_ledger().issue(operator_key(keystore), account, units, ref)
@@ -74,7 +66,7 @@ def issue(
 
 
 @rates_app.command("set")
-@handle_errors
+@explained
 def rates_set(
     model: str,
     input_rate: str = typer.Argument(..., help="compute tokens per 1,000,000 prompt tokens"),
@@ -95,7 +87,7 @@ def rates_set(
 
 
 @rates_app.command("list")
-@handle_errors
+@explained
 def rates_list(as_json: bool = JsonOpt) -> None:
     """Show every listed model with its rates (tokens per million model tokens) and tier."""
     from ledger.units import format_tokens
@@ -111,7 +103,7 @@ def rates_list(as_json: bool = JsonOpt) -> None:
 
 
 @app.command("pause")
-@handle_errors
+@explained
 def pause(keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
     """Stop every mint, transfer and burn of the compute token."""
     tx = open_ledger().pause(operator_key(keystore))
@@ -119,7 +111,7 @@ def pause(keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("unpause")
-@handle_errors
+@explained
 def unpause(keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
     """Resume mints, transfers and burns."""
     tx = open_ledger().unpause(operator_key(keystore))
@@ -136,18 +128,18 @@ def _role(role: str) -> str:
 
 
 @roles_app.command("grant")
-@handle_errors
+@explained
 def roles_grant(role: str, address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
     """Grant ROLE (e.g. AUDITOR_ROLE or auditor) to ADDRESS on the contract that defines it."""
-    name, account = _role(role), _address(address)
+    name, account = _role(role), checksum_address(address)
     tx = open_ledger().grant_role(operator_key(keystore), name, account)
     report_tx("role granted", tx.tx_hash, tx.block_number, as_json, role=name, account=account)
 
 
 @roles_app.command("revoke")
-@handle_errors
+@explained
 def roles_revoke(role: str, address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
     """Revoke ROLE from ADDRESS."""
-    name, account = _role(role), _address(address)
+    name, account = _role(role), checksum_address(address)
     tx = open_ledger().revoke_role(operator_key(keystore), name, account)
     report_tx("role revoked", tx.tx_hash, tx.block_number, as_json, role=name, account=account)

@@ -6,6 +6,8 @@ Each group lives in its own module of this package and imports heavy libraries
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from ledger.cli import admin, audit, bench, demo, deploy, node, stack, wallet, worker
@@ -17,6 +19,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+@app.callback()
+def _each_invocation() -> None:
+    """Every command reads the environment afresh, even a second one in the same process (a test's)."""
+    config = sys.modules.get("ledger.config")  # not loaded yet: nothing was read, and nothing to pay for
+    if config is not None:
+        config.get_settings.cache_clear()
+
 
 stack.register(app)
 deploy.register(app)

@@ -9,22 +9,22 @@ found discrepancies (all printed), 2 when it could not run.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from ledger.cli.common import PASSWORD_ENV, JsonOpt, handle_errors, open_ledger
+from ledger.cli.common import PASSWORD_ENV, JsonOpt, explained, keystore_password, open_ledger
 from ledger.cli.output import console, err_console, fail, print_json
 
 app = typer.Typer(help="Auditors: the on-chain history, and verifying every burn against signed receipts.",
                   no_args_is_help=True)
 
 KEY_ENV = "SLUICE_AUDITOR_KEY"
-KeyOpt = typer.Option(None, "--key", envvar=KEY_ENV, show_envvar=True,
+# The key defaults to the settings' auditor_key (SLUICE_AUDITOR_KEY), read in `_auditor`.
+KeyOpt = typer.Option(None, "--key",
                       help="auditor key holding AUDITOR_ROLE: a 0x private key or a keystore file "
-                           f"(password from ${PASSWORD_ENV} or a prompt)")
+                           f"(password from ${PASSWORD_ENV} or a prompt) \\[env var: {KEY_ENV}]")
 ApiOpt = typer.Option(None, "--api", help="audit API base URL (default: the embedded stack's service)")
 
 
@@ -37,16 +37,20 @@ def _api_url(value: str | None) -> str:
 
 
 def _auditor(value: str | None) -> Any:
+    """The auditor's key: `--key`, else SLUICE_AUDITOR_KEY (both a 0x private key or a keystore file)."""
     from eth_account import Account
 
+    from ledger.config import get_settings
     from ledger.keys import load_keystore
 
+    if value is None and (configured := get_settings().auditor_key) is not None:
+        value = configured.get_secret_value()
     if not value:
         fail("no auditor key", f"pass --key (a 0x private key or a keystore file) or set {KEY_ENV}; the operator "
                                "grants the key the role with `sluice admin roles grant auditor ADDRESS`")
     path = Path(value).expanduser()
     if path.is_file():
-        password = os.environ.get(PASSWORD_ENV)
+        password = keystore_password()
         if password is None:
             password = typer.prompt(f"password for {path}", hide_input=True)
         return load_keystore(path, password)
@@ -61,7 +65,7 @@ def _auditor(value: str | None) -> Any:
 
 
 @app.command("index")
-@handle_errors
+@explained
 def index(
     follow: bool = typer.Option(False, "--follow", help="keep following new blocks until Ctrl-C"),
     confirmations: int = typer.Option(0, "--confirmations", min=0, help="stay this many blocks behind the head"),
@@ -176,7 +180,7 @@ def _amount(row: dict[str, Any]) -> str:
 
 
 @app.command("history")
-@handle_errors
+@explained
 def history(
     account: list[str] = typer.Option([], "--account", help="events naming this address (repeatable)"),  # noqa: B008
     kind: list[str] = typer.Option([], "--kind", help="purchase, issue, mint, burn, transfer, approval, redemption, "  # noqa: B008

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import typer
 
-from ledger.cli.common import handle_errors
+from ledger.cli.common import explained
 from ledger.cli.output import console
 
 app = typer.Typer(help="Benchmarks: print figures and write them as JSON.", no_args_is_help=True)
@@ -23,40 +22,20 @@ def _write(path: Path | None, figures: dict[str, object]) -> None:
 
 
 @app.command("settlement-gas")
-@handle_errors
+@explained
 def settlement_gas(json_path: Path | None = JsonPath) -> None:
     """Gas per settled item for batches of 1, 10, 100 and 500 items, beside one plain burn transaction per item.
 
     Runs on a throwaway embedded chain (its own state dir and a free port), so it never touches your stack.
     """
-    from ledger.bench.settlement_gas import measure
-    from ledger.chain.client import Ledger
-    from ledger.chain.deploy import deploy_all
-    from ledger.chain.sender import connect
-    from ledger.config import Settings
-    from ledger.keys import embedded_account
-    from ledger.paths import StatePaths
-    from ledger.stack import embedded
+    from ledger.bench.settlement_gas import run
 
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as home:
-        port = embedded.free_port()
-        settings = Settings(home=Path(home), chain_port=port)
-        service = embedded.anvil_service(StatePaths(settings.state_dir), port=port,
-                                         chain_id=settings.chain_id, binary=embedded.anvil_binary(settings))
-        stack = embedded.Stack([service], lambda msg: console.print(f"[dim]{msg}[/]"))
-        stack.start()
-        try:
-            w3 = connect(settings.effective_rpc_url)
-            operator, settler = embedded_account(0), embedded_account(1)
-            deployment = deploy_all(settings, w3, operator, settler)
-            figures = measure(Ledger(w3, deployment), operator, settler, report=console.print)
-        finally:
-            stack.stop()
+    figures = run(report=console.print, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     _write(json_path, figures)
 
 
 @app.command("gateway")
-@handle_errors
+@explained
 def gateway(json_path: Path | None = JsonPath,
             calls: int = typer.Option(3000, "--calls", help="calls per leg"),
             concurrency: int = typer.Option(64, "--concurrency", help="connections in flight at once")) -> None:
@@ -71,7 +50,7 @@ def gateway(json_path: Path | None = JsonPath,
 
 
 @app.command("settlement")
-@handle_errors
+@explained
 def settlement(
     json_path: Path | None = JsonPath,
     calls: int = typer.Option(20_000, "--calls", min=1, help="metered calls per run"),
@@ -104,7 +83,7 @@ def settlement(
 
 
 @app.command("audit")
-@handle_errors
+@explained
 def audit(
     json_path: Path | None = JsonPath,
     receipts: int = typer.Option(50_000, "--receipts", min=1, help="settled receipts (2 events each, + 1 per batch)"),

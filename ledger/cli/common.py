@@ -1,30 +1,92 @@
-"""What every ledger command shares: opening the deployment, picking the signing key, errors."""
+"""What every command shares: how failures are explained, addresses, secrets, the deployment, the operator key.
+
+A command refuses with one message and what to do about it (`error: ...` / `hint: ...` on stderr,
+exit code 1): it raises `Refused`, or lets a ledger, stack, database or input error through to
+`explained`, which words every failure the same way wherever it comes from.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from eth_account.signers.local import LocalAccount
+from typer.exceptions import TyperException
 
 from ledger.cli.output import fail, print_json
 from ledger.units import format_tokens
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 PASSWORD_ENV = "SLUICE_KEYSTORE_PASSWORD"
 
 
-def hint_for(exc: Exception) -> str | None:
+# --------------------------------------------------------------------------- failures
+
+
+class Refused(Exception):
+    """Something a command refuses, with what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A failure as the user reads it: what went wrong, what to do, and the log lines behind it."""
+
+    message: str
+    hint: str | None = None
+    log_tail: str = ""
+
+
+def explain(exc: Exception) -> Explanation | None:
+    """The message and hint for a failure the commands know how to word; None for anything else."""
+    if isinstance(exc, Refused):
+        return Explanation(str(exc), exc.hint)
+    if isinstance(exc, ValueError):  # bad input, pydantic's ValidationError included
+        return Explanation(str(exc))
+    # psycopg can only have raised it if something loaded psycopg (most commands never do).
+    if "psycopg" in sys.modules:
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError):
+            return Explanation(f"the database does not answer: {str(exc).strip()}",
+                               "start the stack with `sluice up --detach`, or point DATABASE_URL at PostgreSQL")
+        if isinstance(exc, psycopg.errors.UndefinedColumn | psycopg.errors.UndefinedTable):
+            return Explanation(f"the database schema is out of date: {str(exc).strip()}",
+                               "start the redemption service (or `sluice up`) once: it applies the migrations")
+    from ledger import errors
+    from ledger.stack.errors import StackError
+
+    match exc:
+        case StackError():
+            return Explanation(str(exc), exc.hint, exc.log_tail())
+        case errors.NotAllowlisted():
+            account = exc.args_by_name.get("account", "the account")
+            return Explanation(f"{account} is not allowlisted: the compute token moves only between allowlisted "
+                               "accounts", f"ask the operator to allowlist it: sluice admin allowlist add {account}")
+        case errors.TransactionTimeout():
+            return Explanation(str(exc), f"it may still be mined: look it up by its hash {exc.tx_hash} before trying "
+                                         "again")
+        case errors.LedgerError():
+            return Explanation(str(exc), _ledger_hint(exc))
+    return None
+
+
+def _ledger_hint(exc: Exception) -> str | None:
+    """What to do about a ledger error (None when there is nothing better than its message)."""
     from ledger import errors
 
     match exc:
-        case errors.NotAllowlisted():
-            return "the operator must allowlist the account first: sluice admin allowlist add ADDRESS"
         case errors.Unauthorized():
             return "this key lacks the role; an admin can grant it: sluice admin roles grant ROLE ADDRESS"
         case errors.Paused():
@@ -38,20 +100,46 @@ def hint_for(exc: Exception) -> str | None:
     return None
 
 
-def handle_errors(fn: F) -> F:
-    """Turn ledger errors and bad input into one clear message plus a hint, exit code 1."""
+def explained(fn: F) -> F:
+    """Turn every failure `explain` knows into one message plus a hint on stderr, exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ledger.errors import LedgerError
-        from ledger.keys import KeyUnavailable
-
         try:
             return fn(*args, **kwargs)
-        except (LedgerError, KeyUnavailable, ValueError) as exc:
-            fail(str(exc), hint_for(exc))
+        except (typer.Exit, typer.Abort, TyperException):
+            raise  # typer's own: exit codes and usage errors
+        except Exception as exc:
+            explanation = explain(exc)
+            if explanation is None:
+                raise
+            fail(explanation.message, explanation.hint, log_tail=explanation.log_tail)
 
     return wrapper  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- input
+
+
+def checksum_address(value: str, what: str | None = None) -> str:
+    """`value` as a checksummed address; a usage error (exit code 2) naming `what` when it is none."""
+    from eth_utils.address import is_address, to_checksum_address
+
+    if not is_address(value):
+        named = f"{what} {value!r}" if what else repr(value)
+        raise typer.BadParameter(f"{named} is not an Ethereum address (0x followed by 40 hex digits)")
+    return str(to_checksum_address(value))
+
+
+def keystore_password() -> str | None:
+    """$SLUICE_KEYSTORE_PASSWORD from the settings (None when it is not set: ask at a prompt)."""
+    from ledger.config import get_settings
+
+    secret = get_settings().keystore_password
+    return None if secret is None else secret.get_secret_value()
+
+
+# --------------------------------------------------------------------------- the chain
 
 
 def open_ledger() -> Any:
@@ -68,13 +156,13 @@ def open_ledger() -> Any:
 
 
 def operator_key(keystore: Path | None) -> LocalAccount:
-    """The operator's key: from `--keystore` (password from the env or a prompt), else the settings."""
+    """The operator's key: from `--keystore` (password from the settings or a prompt), else the settings."""
     from ledger.config import get_settings
     from ledger.keys import load_keystore, operator_account
 
     if keystore is None:
         return operator_account(get_settings())
-    password = os.environ.get(PASSWORD_ENV)
+    password = keystore_password()
     if password is None:
         password = typer.prompt(f"password for {keystore}", hide_input=True)
     return load_keystore(keystore, password)

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from ledger.cli.common import JsonOpt, handle_errors
+from ledger.cli.common import JsonOpt, checksum_address, explained
 from ledger.cli.output import console, print_json
 
 app = typer.Typer(
@@ -27,36 +27,8 @@ def _database() -> Any:
     return Database(get_settlement_settings().effective_database_url)
 
 
-def _address(value: str) -> str:
-    from eth_utils.address import is_address, to_checksum_address
-
-    if not is_address(value):
-        raise typer.BadParameter(f"{value!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return str(to_checksum_address(value))
-
-
-def _database_errors(fn: Any) -> Any:
-    """A database that does not answer is a one-line error with a hint, not a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import psycopg
-
-        from ledger.cli.output import fail
-
-        try:
-            return fn(*args, **kwargs)
-        except psycopg.OperationalError as exc:
-            fail(f"the database does not answer: {str(exc).strip()}",
-                 "start the stack with `sluice up --detach`, or point DATABASE_URL at PostgreSQL")
-
-    return wrapper
-
-
 @app.callback(invoke_without_command=True)
-@handle_errors
-@_database_errors
+@explained
 def debts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """List outstanding debts and suspended accounts (subcommand `clear PAYER` settles a payer's debts)."""
     if ctx.invoked_subcommand is not None:
@@ -88,8 +60,7 @@ def debts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("clear")
-@handle_errors
-@_database_errors
+@explained
 def clear(
     payer: str,
     force: bool = typer.Option(False, "--force", help="settle even if the payer cannot cover everything "
@@ -101,7 +72,7 @@ def clear(
     from ledger.settlement.settler import clear_debts, get_settlement_settings, open_settler
     from ledger.units import format_tokens
 
-    account = _address(payer)
+    account = checksum_address(payer)
     settler = open_settler(get_settlement_settings(), _database())
     cleared = clear_debts(settler, account, force=force, timeout=timeout)
     if cleared is None:

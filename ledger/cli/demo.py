@@ -7,13 +7,13 @@ from typing import Any
 
 import typer
 
-from ledger.cli.common import handle_errors
+from ledger.cli.common import explained
 from ledger.cli.output import console, err_console
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @handle_errors
+    @explained
     def demo(
         keep: bool = typer.Option(False, "--keep", help="leave a stack this command started running afterwards"),
     ) -> None:
@@ -30,23 +30,25 @@ def register(app: typer.Typer) -> None:
         from ledger.config import get_settings
         from ledger.keys import operator_account
         from ledger.paths import StatePaths
-        from ledger.stack import embedded
+        from ledger.stack.running import running_pid
         from ledger.stack.scenario import run_story
+        from ledger.stack.services import client_settings
+        from ledger.stack.supervisor import start_detached, stop_detached
 
         settings = get_settings()
         paths = StatePaths(settings.state_dir)
         started_here = False
         record: dict[str, Any]
-        if embedded.running_pid(paths) is not None and paths.stack_json.is_file():
+        if running_pid(paths) is not None and paths.stack_json.is_file():
             record = json.loads(paths.stack_json.read_text())
             console.print(f"[dim]using the running stack in {paths.root}[/]")
         else:
             console.print(f"[bold]starting the embedded stack[/] in {paths.root}: chain, PostgreSQL, Redis, "
                           "the redemption service, two simulated inference nodes and the settlement workers …")
-            record = embedded.start_detached(settings)
+            record = start_detached(settings)
             started_here = True
         try:
-            clients = embedded.client_settings(settings)
+            clients = client_settings(settings)
             w3 = connect(record["rpc_url"])
             deployment = Deployment.from_json(record)
             ledger = Ledger(w3, deployment, timeout=clients.tx_timeout, confirmations=clients.confirmations)
@@ -63,4 +65,4 @@ def register(app: typer.Typer) -> None:
         finally:
             if started_here and not keep:
                 err_console.print("[dim]stopping the stack this demo started (state kept; --keep leaves it up)[/]")
-                embedded.stop_detached(settings)
+                stop_detached(settings)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from ledger.cli.common import JsonOpt, handle_errors
+from ledger.cli.common import JsonOpt, explained
 from ledger.cli.output import console, err_console, print_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @handle_errors
+    @explained
     def deploy(as_json: bool = JsonOpt) -> None:
         """Deploy ComputeToken, RateCard, TokenSale, Settlement (and a test stablecoin on the embedded chain).
 

@@ -10,22 +10,19 @@ command prints what it changed.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
-from ledger.cli.common import JsonOpt, handle_errors
-from ledger.cli.output import console, fail, print_json
+from ledger.cli.common import JsonOpt, checksum_address, explained
+from ledger.cli.output import console, print_json
 from ledger.domain import TIER_NAMES
 
 app = typer.Typer(help="Inference nodes: list them with their receipt keys, register or retire one.",
                   no_args_is_help=True)
 
-F = TypeVar("F", bound=Callable[..., Any])
 # `nodes.last_heartbeat` is NOT NULL and the service reads its age as liveness, so a node the operator
 # registered before it ever sent a heartbeat carries this timestamp: never seen, never routed to.
 NEVER = "1970-01-01 00:00:00+00"
@@ -59,34 +56,6 @@ def _row(raw: tuple[Any, ...]) -> NodeRow:
                    raw[6], bool(raw[7]), registered_at.isoformat(), None if raw[9] is None else int(raw[9]))
 
 
-
-def _database_errors(fn: F) -> F:
-    """A database that does not answer, or whose schema is behind, is one line with a hint."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import psycopg
-
-        try:
-            return fn(*args, **kwargs)
-        except psycopg.OperationalError as exc:
-            fail(f"the database does not answer: {str(exc).strip()}",
-                 "start the stack with `sluice up --detach`, or point DATABASE_URL at PostgreSQL")
-        except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
-            fail(f"the database schema is out of date: {str(exc).strip()}",
-                 "start the redemption service (or `sluice up`) once: it applies the migrations")
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _address(value: str) -> str:
-    from eth_utils.address import is_address, to_checksum_address
-
-    if not is_address(value):
-        raise typer.BadParameter(f"{value!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return str(to_checksum_address(value))
-
-
 def _age(seconds: int | None) -> str:
     if seconds is None:
         return "never"
@@ -98,8 +67,7 @@ def _age(seconds: int | None) -> str:
 
 
 @app.command("list")
-@handle_errors
-@_database_errors
+@explained
 def list_nodes(as_json: bool = JsonOpt) -> None:
     """List every node: receipt key, URL, models, tier, region, last heartbeat, and whether it is retired."""
     from ledger.config import get_settings
@@ -131,8 +99,7 @@ def _changes(before: NodeRow, after: NodeRow) -> dict[str, list[Any]]:
 
 
 @app.command("register")
-@handle_errors
-@_database_errors
+@explained
 def register(
     address: str = typer.Argument(..., help="the node's receipt-key address"),
     url: str | None = typer.Option(None, "--url", help="base URL of the node agent, e.g. http://10.0.0.5:9100"),
@@ -152,7 +119,7 @@ def register(
     from ledger.config import get_settings
     from ledger.db import connect
 
-    node = _address(address)
+    node = checksum_address(address)
     if tier is not None and tier not in TIER_NAMES:
         raise typer.BadParameter(f"tier {tier!r} must be one of {', '.join(TIER_NAMES)}", param_hint="--tier")
     if url is not None and not url.startswith(("http://", "https://")):
@@ -210,14 +177,13 @@ def register(
 
 
 @app.command("retire")
-@handle_errors
-@_database_errors
+@explained
 def retire(address: str = typer.Argument(..., help="the node's receipt-key address"), as_json: bool = JsonOpt) -> None:
     """Retire a node: the service stops routing to it and refuses its heartbeats (`register` brings it back)."""
     from ledger.config import get_settings
     from ledger.db import connect
 
-    node = _address(address)
+    node = checksum_address(address)
     with connect(get_settings().effective_database_url) as conn:
         found = conn.execute("SELECT retired FROM nodes WHERE node = %s FOR UPDATE", (bytes.fromhex(node[2:]),))
         row = found.fetchone()

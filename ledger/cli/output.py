@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -19,9 +20,15 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    """Print an error (and what to do about it) on stderr and exit with `code`."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+def fail(message: str, hint: str | None = None, code: int = 1, *, log_tail: str = "") -> NoReturn:
+    """Print an error (and what to do about it) on stderr and exit with `code`.
+
+    Messages quote paths, URLs and library errors: brackets in them are text, not markup.
+    `log_tail`, the lines of a log that explain the failure, comes first.
+    """
+    if log_tail:
+        err_console.print(log_tail, style="dim", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", soft_wrap=True)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", soft_wrap=True)
     raise typer.Exit(code)

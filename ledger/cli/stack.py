@@ -1,24 +1,23 @@
 """`sluice up`, `sluice down`, `sluice status`: run and inspect the local Sluice stack.
 
-The work happens in `ledger.stack.embedded` (services, supervisor, status probes);
+The work happens in `ledger.stack` (services, supervisor, status);
 this module turns it into commands, human output, JSON and exit codes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ledger.cli.common import JsonOpt, hint_for
+from ledger.cli.common import JsonOpt, explain, explained
 from ledger.cli.output import console, err_console, fail, print_json
 
 if TYPE_CHECKING:
     from ledger.config import Settings
     from ledger.paths import StatePaths
-    from ledger.stack.embedded import StackError
 
 # One-line messages carry paths and URLs: no markup, no colouring guesses, no wrapping at the terminal width.
 PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
@@ -41,6 +40,7 @@ def register(app: typer.Typer) -> None:
     """Add `up`, `down` and `status` to the root command."""
 
     @app.command(help=UP_HELP)
+    @explained
     def up(
         detach: bool = typer.Option(
             False, "--detach", "-d", help="run in a background supervisor; print the deployment JSON once ready"
@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
             _up_foreground()
 
     @app.command()
+    @explained
     def down(
         timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="seconds to wait for a clean stop"),
     ) -> None:
@@ -62,13 +63,11 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when nothing was running, too.
         """
-        from ledger.stack.embedded import StackError, show_path, stop_detached
+        from ledger.stack.errors import show_path
+        from ledger.stack.supervisor import stop_detached
 
         settings = _settings()
-        try:
-            pid = stop_detached(settings, timeout)
-        except StackError as exc:
-            _fail_stack(exc)
+        pid = stop_detached(settings, timeout)
         if pid is None:
             console.print(f"No Sluice stack is running for {show_path(settings.state_dir)}.", **PLAIN)
         else:
@@ -82,7 +81,8 @@ def register(app: typer.Typer) -> None:
         """
         from ledger.settlement.metrics import settlement_status, status_lines
         from ledger.settlement.settler import SettlementSettings
-        from ledger.stack.embedded import client_settings, stack_status
+        from ledger.stack.services import client_settings
+        from ledger.stack.status import stack_status
 
         settings = _settings()
         report = stack_status(settings)
@@ -103,11 +103,6 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _fail(message: str, hint: str | None = None) -> NoReturn:
-    """`fail` for messages that quote paths, URLs or library errors: brackets in them are text, not markup."""
-    fail(escape(message), escape(hint) if hint else None)
-
-
 def _settings() -> Settings:
     """The process settings; a malformed variable is a clear error, not a traceback."""
     from pydantic import ValidationError
@@ -117,32 +112,34 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        _fail(f"invalid configuration: {exc}", "fix the SLUICE_* / RPC_URL / DATABASE_URL / BROKER_URL variables")
+        fail(f"invalid configuration: {exc}", "fix the SLUICE_* / RPC_URL / DATABASE_URL / BROKER_URL variables")
 
 
 def _up_foreground() -> None:
     from ledger.errors import LedgerError
-    from ledger.stack.embedded import StackError, StackRunning, serve
+    from ledger.stack.errors import StackError
+    from ledger.stack.supervisor import serve
 
     def progress(message: str) -> None:
         err_console.print(message, style="dim", **PLAIN)
 
     try:
         code = serve(_settings(), on_ready=_print_ready, progress=progress)
-    except StackRunning as exc:
-        _fail(str(exc), exc.hint)
-    except StackError as exc:
-        _fail_stack(exc)
+    except StackError:
+        raise  # `explained` words it, with the log lines behind it
     except LedgerError as exc:
-        _fail(f"deployment failed: {exc}", hint_for(exc))
+        explanation = explain(exc)
+        fail(f"deployment failed: {exc}", explanation.hint if explanation is not None else None)
     if code != 0:
-        _fail("a service of the stack exited on its own; everything was stopped", "its log is named above")
+        fail("a service of the stack exited on its own; everything was stopped", "its log is named above")
     console.print("Stopped.", **PLAIN)
 
 
 def _up_detached(timeout: float) -> None:
     from ledger.paths import StatePaths
-    from ledger.stack.embedded import StackError, StackRunning, running_pid, show_path, start_detached
+    from ledger.stack.errors import StackRunning, show_path
+    from ledger.stack.running import running_pid
+    from ledger.stack.supervisor import start_detached
 
     settings = _settings()
     paths = StatePaths(settings.state_dir)
@@ -153,8 +150,6 @@ def _up_detached(timeout: float) -> None:
         err_console.print(f"The Sluice stack is already running (pid {exc.pid}).", **PLAIN)
         print_json(existing)
         return
-    except StackError as exc:
-        _fail_stack(exc)
     print_json(record)
     err_console.print(
         f"Sluice stack running in the background (pid {running_pid(paths)}); "
@@ -167,7 +162,8 @@ def _wait_for_record(paths: StatePaths, pid: int, timeout: float) -> dict[str, A
     """The record of a stack that is running, waiting while it is still starting (another `up` in progress)."""
     import time
 
-    from ledger.stack.embedded import read_stack_record, running_pid, show_path
+    from ledger.stack.errors import show_path
+    from ledger.stack.running import read_stack_record, running_pid
 
     deadline = time.monotonic() + timeout
     pause = 0.05
@@ -176,23 +172,15 @@ def _wait_for_record(paths: StatePaths, pid: int, timeout: float) -> dict[str, A
         if record is not None:
             return record
         if running_pid(paths) is None:
-            _fail(f"the stack (pid {pid}) stopped while starting", f"see {show_path(paths.stack_log)}")
+            fail(f"the stack (pid {pid}) stopped while starting", f"see {show_path(paths.stack_log)}")
         if time.monotonic() >= deadline:
-            _fail(f"the stack (pid {pid}) is still starting after {timeout:g} s", "`sluice status` shows its services")
+            fail(f"the stack (pid {pid}) is still starting after {timeout:g} s", "`sluice status` shows its services")
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
 
 
-def _fail_stack(exc: StackError) -> NoReturn:
-    """Report a StackError: the log tail that explains it, the message, what to do."""
-    tail = exc.log_tail()
-    if tail:
-        err_console.print(tail, style="dim", **PLAIN)
-    _fail(str(exc), exc.hint)
-
-
 def _print_ready(record: dict[str, Any]) -> None:
-    from ledger.stack.embedded import show_path
+    from ledger.stack.errors import show_path
 
     endpoints = record["endpoints"]
     table = Table(box=None, show_header=False, pad_edge=False)

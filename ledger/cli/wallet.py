@@ -10,20 +10,27 @@ compute tokens have 18 decimals, the payment token its own (6 for the embedded t
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
-from ledger.cli.common import PASSWORD_ENV, JsonOpt, hint_for, open_ledger
-from ledger.cli.output import console, err_console, fail, print_json
+from ledger.cli.common import PASSWORD_ENV, JsonOpt, Refused, checksum_address, explained, open_ledger
+from ledger.cli.keystores import (
+    keystore_address,
+    keystore_path,
+    known_wallets,
+    new_password,
+    read_keystore,
+    refuse_existing,
+    save_new,
+    unlock,
+    wallets_dir,
+    write_keystore,
+)
+from ledger.cli.output import console, err_console, print_json
 from ledger.units import DECIMALS, format_amount, format_tokens
 
 if TYPE_CHECKING:
@@ -38,10 +45,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="An enterprise's wallet: keystores, balances, buying compute tokens, developer budgets.",
                   no_args_is_help=True)
 
-F = TypeVar("F", bound=Callable[..., Any])
-WALLETS = "wallets"
 PERMIT_TTL = 3600  # seconds a purchase permit stays valid
-SCRYPT_N = 2**18  # scrypt cost of new keystores: geth's and eth-account's standard
 
 WalletOpt = typer.Option(
     None, "--keystore",
@@ -55,175 +59,6 @@ ConfirmationsOpt = typer.Option(
 )
 
 
-class WalletProblem(Exception):
-    """Something the wallet refuses, with what to do about it."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
-def _explained(fn: F) -> F:
-    """Every refusal becomes one message plus what to do, on stderr, with exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ledger import errors
-
-        try:
-            return fn(*args, **kwargs)
-        except WalletProblem as exc:
-            fail(str(exc), exc.hint)
-        except errors.NotAllowlisted as exc:
-            account = exc.args_by_name.get("account", "the account")
-            fail(f"{account} is not allowlisted: the compute token moves only between allowlisted accounts",
-                 f"ask the operator to allowlist it: sluice admin allowlist add {account}")
-        except errors.TransactionTimeout as exc:
-            fail(str(exc), f"it may still be mined: look it up by its hash {exc.tx_hash} before trying again")
-        except (errors.LedgerError, ValueError) as exc:
-            fail(str(exc), hint_for(exc))
-
-    return wrapper  # type: ignore[return-value]
-
-
-# -- keystores -------------------------------------------------------------------------------
-def wallets_dir() -> Path:
-    from ledger.config import get_settings
-
-    return get_settings().state_dir / WALLETS
-
-
-def _checksum(value: str, what: str = "address") -> str:
-    from eth_utils.address import is_address, to_checksum_address
-
-    if not is_address(value):
-        raise typer.BadParameter(f"{what} {value!r} is not an Ethereum address (0x followed by 40 hex digits)")
-    return str(to_checksum_address(value))
-
-
-def _known_wallets() -> list[Path]:
-    folder = wallets_dir()
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
-
-
-def _known_hint() -> str:
-    known = _known_wallets()
-    if not known:
-        return "create one with `sluice wallet new`, or bring one with `sluice wallet import`"
-    return "wallets under the state dir: " + ", ".join(p.stem for p in known)
-
-
-def keystore_path(keystore: str | None) -> Path:
-    """The keystore to use: `--keystore` (a path, or a wallet's address), else the only wallet there is."""
-    from eth_utils.address import is_address
-
-    if keystore is None:
-        known = _known_wallets()
-        if len(known) == 1:
-            return known[0]
-        if not known:
-            raise WalletProblem(f"no wallet under {wallets_dir()}", _known_hint())
-        raise WalletProblem(f"{len(known)} wallets under {wallets_dir()}; say which with --keystore", _known_hint())
-    if is_address(keystore) and not Path(keystore).exists():
-        path = wallets_dir() / f"{_checksum(keystore)}.json"
-        if not path.is_file():
-            raise WalletProblem(f"no wallet for {_checksum(keystore)} under {wallets_dir()}", _known_hint())
-        return path
-    path = Path(keystore).expanduser()
-    if not path.is_file():
-        raise WalletProblem(f"keystore {path} does not exist", _known_hint())
-    return path
-
-
-def _read_keystore(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WalletProblem(f"{path} is not a readable JSON keystore ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("crypto", data.get("Crypto")), dict):
-        raise WalletProblem(f"{path} is not an Ethereum JSON keystore (no `crypto` section)")
-    return data
-
-
-def keystore_address(path: Path) -> str:
-    """The wallet's address, read from the keystore without decrypting it."""
-    data = _read_keystore(path)
-    address = data.get("address")
-    if not isinstance(address, str):
-        raise WalletProblem(f"{path} does not record its address", "pass the address as an argument instead")
-    return _checksum(address if address.startswith("0x") else "0x" + address)
-
-
-def _password(path: Path) -> str:
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
-        password = str(typer.prompt(f"Password for {path.name}", hide_input=True, err=True))
-    return password
-
-
-def _new_password() -> str:
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
-        password = str(typer.prompt("Password for the keystore", hide_input=True, confirmation_prompt=True,
-                                    err=True))
-    if not password:
-        raise WalletProblem("the password is empty", f"type one at the prompt, or set ${PASSWORD_ENV}")
-    return password
-
-
-def unlock(keystore: str | None) -> LocalAccount:
-    """Decrypt the wallet's key (password from the environment or a prompt)."""
-    from eth_account import Account
-
-    path = keystore_path(keystore)
-    data = _read_keystore(path)
-    password = _password(path)
-    try:
-        key = Account.decrypt(data, password)
-    except ValueError:
-        source = f"${PASSWORD_ENV}" if os.environ.get(PASSWORD_ENV) is not None else "the password typed"
-        raise WalletProblem(f"wrong password for keystore {path}: {source} does not decrypt it",
-                            f"type the password this keystore was created with, or correct ${PASSWORD_ENV}") from None
-    account: LocalAccount = Account.from_key(key)
-    return account
-
-
-def _write_keystore(path: Path, keystore: dict[str, Any]) -> None:
-    """Write a keystore readable by its owner only; an existing file is never replaced."""
-    if path.exists():
-        raise _exists(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keystore-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:  # mkstemp creates it 0600
-            out.write(json.dumps(keystore) + "\n")
-        try:
-            os.link(tmp, path)  # atomic, and fails instead of replacing a file that appeared meanwhile
-        except FileExistsError:
-            raise _exists(path) from None
-    finally:
-        os.unlink(tmp)
-
-
-def _refuse_existing(out: Path | None) -> None:
-    """Refuse an existing --out before asking for anything."""
-    if out is not None and out.expanduser().exists():
-        raise _exists(out.expanduser())
-
-
-def _exists(path: Path) -> WalletProblem:
-    return WalletProblem(f"{path} already exists; a keystore is never overwritten",
-                         "choose another file with --out, or move the existing one away first")
-
-
-def _save_new(account: LocalAccount, password: str, out: Path | None) -> Path:
-    from eth_account import Account
-
-    path = out.expanduser() if out is not None else wallets_dir() / f"{account.address}.json"
-    _write_keystore(path, Account.encrypt(account.key, password, kdf="scrypt", iterations=SCRYPT_N))
-    return path
-
-
 def _report_wallet(action: str, address: str, path: Path, as_json: bool) -> None:
     if as_json:
         print_json({"action": action, "address": address, "keystore": str(path)})
@@ -234,7 +69,7 @@ def _report_wallet(action: str, address: str, path: Path, as_json: bool) -> None
 
 
 @app.command("new")
-@_explained
+@explained
 def new(
     out: Path | None = OutOpt,
     as_json: bool = JsonOpt,
@@ -242,15 +77,15 @@ def new(
     """Create a wallet: a new key in an encrypted JSON keystore (password from a prompt or the env)."""
     from eth_account import Account
 
-    _refuse_existing(out)
-    password = _new_password()
+    refuse_existing(out)
+    password = new_password()
     account: LocalAccount = Account.create()
-    path = _save_new(account, password, out)
+    path = save_new(account, password, out)
     _report_wallet("created", account.address, path, as_json)
 
 
 @app.command("import")
-@_explained
+@explained
 def import_(
     source: Path | None = SourceArg,
     from_stdin: bool = typer.Option(False, "--stdin", help="read the private key from the first line of stdin"),
@@ -260,20 +95,21 @@ def import_(
     """Bring in a key: an existing keystore file, or a private key typed at a hidden prompt (or --stdin)."""
     from eth_account import Account
 
-    _refuse_existing(out)
+    refuse_existing(out)
     if source is not None:
         if not source.is_file():
-            raise WalletProblem(f"keystore {source} does not exist")
-        data = _read_keystore(source)
+            raise Refused(f"keystore {source} does not exist")
+        data = read_keystore(source)
         account: LocalAccount = unlock(str(source))  # proves the password before the copy is kept
         recorded = data.get("address")
-        if isinstance(recorded, str) and _checksum("0x" + recorded.removeprefix("0x")) != account.address:
-            raise WalletProblem(f"{source} records address 0x{recorded.removeprefix('0x')} but holds the key of "
-                                f"{account.address}; refusing a keystore that lies about its address")
+        if isinstance(recorded, str) and checksum_address("0x" + recorded.removeprefix("0x"),
+                                                          "address") != account.address:
+            raise Refused(f"{source} records address 0x{recorded.removeprefix('0x')} but holds the key of "
+                          f"{account.address}; refusing a keystore that lies about its address")
         path = out.expanduser() if out is not None else wallets_dir() / f"{account.address}.json"
         if path.resolve() == source.resolve():
-            raise WalletProblem(f"{source} is already this wallet's keystore")
-        _write_keystore(path, data)
+            raise Refused(f"{source} is already this wallet's keystore")
+        write_keystore(path, data)
         _report_wallet("imported", account.address, path, as_json)
         return
     if from_stdin:
@@ -282,20 +118,20 @@ def import_(
         raw = str(typer.prompt("Private key (hex)", hide_input=True, err=True)).strip()
     digits = raw.removeprefix("0x")
     if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-        raise WalletProblem("that is not a private key: expected 64 hex digits, optionally after 0x")
+        raise Refused("that is not a private key: expected 64 hex digits, optionally after 0x")
     try:
         account = Account.from_key(bytes.fromhex(digits))
     except (ValueError, TypeError):  # zero or not below the curve order
-        raise WalletProblem("that is not a valid secp256k1 private key") from None
-    path = _save_new(account, _new_password(), out)
+        raise Refused("that is not a valid secp256k1 private key") from None
+    path = save_new(account, new_password(), out)
     _report_wallet("imported", account.address, path, as_json)
 
 
 @app.command("list")
-@_explained
+@explained
 def list_wallets(as_json: bool = JsonOpt) -> None:
     """List the wallets kept under the state dir."""
-    rows = [{"address": keystore_address(p), "keystore": str(p)} for p in _known_wallets()]
+    rows = [{"address": keystore_address(p), "keystore": str(p)} for p in known_wallets()]
     if as_json:
         print_json({"wallets": rows})
         return
@@ -306,7 +142,7 @@ def list_wallets(as_json: bool = JsonOpt) -> None:
 
 
 @app.command("address")
-@_explained
+@explained
 def address(keystore: str | None = WalletOpt, as_json: bool = JsonOpt) -> None:
     """Print the wallet's address (no password needed)."""
     path = keystore_path(keystore)
@@ -318,7 +154,7 @@ def address(keystore: str | None = WalletOpt, as_json: bool = JsonOpt) -> None:
 
 
 def _owner(account: str | None, keystore: str | None) -> str:
-    return _checksum(account) if account is not None else keystore_address(keystore_path(keystore))
+    return checksum_address(account, "address") if account is not None else keystore_address(keystore_path(keystore))
 
 
 # -- chain helpers ---------------------------------------------------------------------------
@@ -344,8 +180,8 @@ def _parse(text: str, decimals: int, what: str, unit: str) -> int:
     try:
         return parse_amount(text, decimals)
     except ValueError as exc:
-        raise WalletProblem(f"{what}: {exc}", f"{unit} amounts have at most {decimals} decimal places "
-                            "(examples: 100, 12.5)") from None
+        raise Refused(f"{what}: {exc}", f"{unit} amounts have at most {decimals} decimal places "
+                      "(examples: 100, 12.5)") from None
 
 
 def _tokens(text: str, what: str = "amount") -> int:
@@ -424,9 +260,9 @@ def _watch(ledger: Ledger, tx_hash: str, status: Status, what: str) -> None:
 
 def _require_allowlisted(ledger: Ledger, account: str, role: str) -> None:
     if not ledger.is_allowlisted(account):
-        raise WalletProblem(f"{role} {account} is not allowlisted: the compute token moves only between "
-                            "allowlisted accounts",
-                            f"ask the operator to allowlist it: sluice admin allowlist add {account}")
+        raise Refused(f"{role} {account} is not allowlisted: the compute token moves only between "
+                      "allowlisted accounts",
+                      f"ask the operator to allowlist it: sluice admin allowlist add {account}")
 
 
 def _approved_spenders(ledger: Ledger, owner: str) -> list[str]:
@@ -468,7 +304,7 @@ def _tier_table(tiers: list[tuple[int, int]], applied: int | None, pay: PaymentT
 
 # -- reads -----------------------------------------------------------------------------------
 @app.command("balance")
-@_explained
+@explained
 def balance(
     account: str | None = typer.Argument(None, help="address to look at (default: the wallet's)"),
     keystore: str | None = WalletOpt,
@@ -502,7 +338,7 @@ def balance(
 
 
 @app.command("quote")
-@_explained
+@explained
 def quote(
     amount: str = typer.Argument(..., help="compute tokens to buy, e.g. 1000 or 12.5"),
     as_json: bool = JsonOpt,
@@ -510,7 +346,7 @@ def quote(
     """What buying AMOUNT compute tokens costs in the payment token, and the sale's volume tiers."""
     units = _tokens(amount)
     if units == 0:
-        raise WalletProblem("the amount must be more than zero")
+        raise Refused("the amount must be more than zero")
     ledger = _ledger()
     pay = payment_token(ledger)
     cost, tier = ledger.quote_purchase(units)
@@ -527,7 +363,7 @@ def quote(
 
 # -- writes ----------------------------------------------------------------------------------
 @app.command("buy")
-@_explained
+@explained
 def buy(
     amount: str = typer.Argument(..., help="compute tokens to buy, e.g. 1000 or 12.5"),
     max_cost: str | None = typer.Option(None, "--max-cost", help="pay at most this much of the payment token "
@@ -550,7 +386,7 @@ def buy(
 
     units = _tokens(amount)
     if units == 0:
-        raise WalletProblem("the amount must be more than zero")
+        raise Refused("the amount must be more than zero")
     path = keystore_path(keystore)
     buyer = keystore_address(path)
     ledger = _ledger(confirmations)
@@ -558,15 +394,15 @@ def buy(
     cost, tier = ledger.quote_purchase(units)
     limit = cost if max_cost is None else pay.parse(max_cost, "--max-cost")
     if cost > limit:
-        raise WalletProblem(f"the sale quotes {pay.show(cost)} for {format_tokens(units)} compute tokens, above "
-                            f"--max-cost {pay.show(limit)}; nothing was bought",
-                            "raise --max-cost, or buy less (`sluice wallet quote AMOUNT` shows the tiers)")
+        raise Refused(f"the sale quotes {pay.show(cost)} for {format_tokens(units)} compute tokens, above "
+                      f"--max-cost {pay.show(limit)}; nothing was bought",
+                      "raise --max-cost, or buy less (`sluice wallet quote AMOUNT` shows the tiers)")
     _require_allowlisted(ledger, buyer, "the wallet")
     held = ledger.payment_balance(buyer)
     if held < cost:
-        raise WalletProblem(f"{buyer} holds {pay.show(held)}; {format_tokens(units)} compute tokens cost "
-                            f"{pay.show(cost)}: {pay.show(cost - held)} short",
-                            f"fund the wallet with at least {pay.show(cost - held)} more, or buy less")
+        raise Refused(f"{buyer} holds {pay.show(held)}; {format_tokens(units)} compute tokens cost "
+                      f"{pay.show(cost)}: {pay.show(cost - held)} short",
+                      f"fund the wallet with at least {pay.show(cost - held)} more, or buy less")
     method = "approve" if no_permit or not supports_permit(ledger.payment_token, buyer) else "permit"
     price = ledger.sale_tiers()[tier][1]
     err_console.print(f"Buy {format_tokens(units)} compute tokens for {pay.show(cost)} (tier {tier}: "
@@ -591,13 +427,13 @@ def buy(
             result = send(ledger, signer, ledger.sale.functions.buy(units, limit), "buying")
     except PaymentShort as exc:
         required, available = int(exc.args_by_name["required"]), int(exc.args_by_name["available"])
-        raise WalletProblem(f"the sale needs {pay.show(required)} but can take only {pay.show(available)}: "
-                            f"{pay.show(required - available)} short; nothing was bought",
-                            f"fund the wallet with at least {pay.show(required - available)} more") from None
+        raise Refused(f"the sale needs {pay.show(required)} but can take only {pay.show(available)}: "
+                      f"{pay.show(required - available)} short; nothing was bought",
+                      f"fund the wallet with at least {pay.show(required - available)} more") from None
     except CostAboveMax as exc:
-        raise WalletProblem(f"the price rose to {pay.show(int(exc.args_by_name['cost']))}, above the limit "
-                            f"{pay.show(limit)}; nothing was bought",
-                            "check `sluice wallet quote AMOUNT`, then retry with a higher --max-cost") from None
+        raise Refused(f"the price rose to {pay.show(int(exc.args_by_name['cost']))}, above the limit "
+                      f"{pay.show(limit)}; nothing was bought",
+                      "check `sluice wallet quote AMOUNT`, then retry with a higher --max-cost") from None
     bought = ledger.sale.events.Purchased().process_receipt(result.receipt, errors=DISCARD)[0]["args"]
     now_held = ledger.balance_of(buyer)
     if as_json:
@@ -616,7 +452,7 @@ def buy(
 
 
 @app.command("approve")
-@_explained
+@explained
 def approve(
     developer: str = typer.Argument(..., help="the developer key's address"),
     budget: str = typer.Argument(..., help="compute tokens it may spend; replaces what is left of its budget"),
@@ -625,13 +461,13 @@ def approve(
     as_json: bool = JsonOpt,
 ) -> None:
     """Let DEVELOPER spend up to BUDGET of the wallet's compute tokens on signed calls (ERC-20 approve)."""
-    spender = _checksum(developer, "developer")
+    spender = checksum_address(developer, "developer")
     units = _tokens(budget, "budget")
     path = keystore_path(keystore)
     owner = keystore_address(path)
     if spender == owner:
-        raise WalletProblem("the developer key is the wallet itself: it spends its own tokens without a budget",
-                            "approve a separate key for each developer")
+        raise Refused("the developer key is the wallet itself: it spends its own tokens without a budget",
+                      "approve a separate key for each developer")
     ledger = _ledger(confirmations)
     previous = ledger.allowance(owner, spender)
     signer = unlock(str(path))
@@ -649,7 +485,7 @@ def approve(
 
 
 @app.command("revoke")
-@_explained
+@explained
 def revoke(
     developer: str = typer.Argument(..., help="the developer key's address"),
     keystore: str | None = WalletOpt,
@@ -661,7 +497,7 @@ def revoke(
     Usage it already made but that is not settled yet is still burned from this budget; what the
     budget no longer covers becomes a debt of the wallet (see `sluice wallet usage`).
     """
-    spender = _checksum(developer, "developer")
+    spender = checksum_address(developer, "developer")
     path = keystore_path(keystore)
     owner = keystore_address(path)
     ledger = _ledger(confirmations)
@@ -686,7 +522,7 @@ def revoke(
 
 
 @app.command("transfer")
-@_explained
+@explained
 def transfer(
     to: str = typer.Argument(..., help="the recipient's address (it must be allowlisted)"),
     amount: str = typer.Argument(..., help="compute tokens to send, e.g. 100 or 12.5"),
@@ -695,18 +531,18 @@ def transfer(
     as_json: bool = JsonOpt,
 ) -> None:
     """Send AMOUNT compute tokens to another allowlisted account."""
-    recipient = _checksum(to, "recipient")
+    recipient = checksum_address(to, "recipient")
     units = _tokens(amount)
     if units == 0:
-        raise WalletProblem("the amount must be more than zero")
+        raise Refused("the amount must be more than zero")
     path = keystore_path(keystore)
     owner = keystore_address(path)
     ledger = _ledger(confirmations)
     held = ledger.balance_of(owner)
     if held < units:
-        raise WalletProblem(f"{owner} holds {format_tokens(held)} compute tokens; sending {format_tokens(units)} "
-                            f"is {format_tokens(units - held)} short",
-                            "buy more with `sluice wallet buy AMOUNT`, or send less")
+        raise Refused(f"{owner} holds {format_tokens(held)} compute tokens; sending {format_tokens(units)} "
+                      f"is {format_tokens(units - held)} short",
+                      "buy more with `sluice wallet buy AMOUNT`, or send less")
     _require_allowlisted(ledger, owner, "the wallet")
     _require_allowlisted(ledger, recipient, "the recipient")
     signer = unlock(str(path))
@@ -726,7 +562,7 @@ def _service_url() -> str:
     """The running embedded stack's API, else the API port of the settings."""
     from ledger.config import get_settings
     from ledger.paths import StatePaths
-    from ledger.stack.embedded import read_stack_record
+    from ledger.stack.running import read_stack_record
 
     settings = get_settings()
     record = read_stack_record(StatePaths(settings.state_dir)) or {}
@@ -741,18 +577,18 @@ def _usage_from_api(api: str, payer: str) -> list[dict[str, Any]]:
     try:
         response = httpx.get(url, params={"payer": payer}, timeout=15)
     except httpx.HTTPError as exc:
-        raise WalletProblem(f"the service at {api} does not answer ({exc.__class__.__name__})",
-                            "start it with `sluice up --detach`, pass --api URL, or set DATABASE_URL to read the "
-                            "database directly") from None
+        raise Refused(f"the service at {api} does not answer ({exc.__class__.__name__})",
+                      "start it with `sluice up --detach`, pass --api URL, or set DATABASE_URL to read the "
+                      "database directly") from None
     if response.status_code == 404:
-        raise WalletProblem(f"the service at {api} has no {url.removeprefix(api.rstrip('/'))}",
-                            "upgrade the service, or set DATABASE_URL to read the database directly")
+        raise Refused(f"the service at {api} has no {url.removeprefix(api.rstrip('/'))}",
+                      "upgrade the service, or set DATABASE_URL to read the database directly")
     if response.status_code != 200:
         try:
             message = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
-        raise WalletProblem(f"the service refused the usage query ({response.status_code}): {message}")
+        raise Refused(f"the service refused the usage query ({response.status_code}): {message}")
     return [{"spender": s["spender"], "calls": int(s["calls"]), "prompt_tokens": int(s["prompt_tokens"]),
              "completion_tokens": int(s["completion_tokens"]), "metered": int(s["metered"]),
              "settled": int(s["settled"]), "unsettled": int(s["unsettled"]), "last_call": s["last_call"]}
@@ -770,15 +606,15 @@ def _usage_from_database(url: str, payer: str) -> list[dict[str, Any]]:
         with connect(url) as conn:
             rows = conn.execute(USAGE_BY_SPENDER, (bytes.fromhex(payer[2:]),)).fetchall()
     except psycopg.OperationalError as exc:
-        raise WalletProblem(f"the database does not answer: {str(exc).strip()}",
-                            "point DATABASE_URL at the service's PostgreSQL, or unset it to ask the service") from None
+        raise Refused(f"the database does not answer: {str(exc).strip()}",
+                      "point DATABASE_URL at the service's PostgreSQL, or unset it to ask the service") from None
     return [{"spender": str(to_checksum_address(bytes(r[0]))), "calls": int(r[1]), "prompt_tokens": int(r[2]),
              "completion_tokens": int(r[3]), "metered": int(r[4]), "settled": int(r[5]),
              "unsettled": int(r[4]) - int(r[5]), "last_call": r[6].isoformat()} for r in rows]
 
 
 @app.command("usage")
-@_explained
+@explained
 def usage(
     account: str | None = typer.Argument(None, help="payer address to look at (default: the wallet's)"),
     keystore: str | None = WalletOpt,

@@ -12,7 +12,6 @@ of `vllm serve` on each GPU host.
 
 from __future__ import annotations
 
-import http.client
 import json
 import sys
 from dataclasses import dataclass
@@ -22,14 +21,9 @@ from ledger.chain.deploy import parse_models
 from ledger.config import Settings
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
-from ledger.stack.embedded import (
-    INTERNAL_PREFIX,
-    NODE_PREFIX,
-    Launch,
-    PortClaim,
-    Service,
-    client_environment,
-)
+from ledger.stack.probes import http_ok
+from ledger.stack.processes import Launch, PortClaim
+from ledger.stack.services import INTERNAL_PREFIX, NODE_PREFIX, Service, client_environment
 
 API = "api"
 WORKER = "worker"
@@ -51,20 +45,6 @@ EMBEDDED_NODES = (
     EmbeddedNode("edge-1", "edge", "eu-west-edge", 10, (0,)),
     EmbeddedNode("regional-1", "regional", "eu-west", 11, (0, 1)),
 )
-
-
-def http_ok(url: str, path: str = "/health", timeout: float = 1.0) -> bool:
-    """True when GET url+path answers 200."""
-    host_port = url.split("://", 1)[1].rstrip("/")
-    host, _, port = host_port.partition(":")
-    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 def _log(settings: Settings, name: str) -> Any:

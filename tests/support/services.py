@@ -1,6 +1,6 @@
 """Real services for the test suite: Anvil, PostgreSQL and Redis, started like `sluice up` starts them.
 
-Every fixture launches through `ledger.stack.embedded` on a free port and in a pytest
+Every fixture launches through `ledger.stack` (services, supervisor) on a free port and in a pytest
 tmp dir, so tests exercise the same flags (zero gas, persisted state, unix
 sockets) as the product. `DATABASE_URL` / `BROKER_URL` in the environment point
 `postgres_url` / `redis_url` at external servers instead (CI with service
@@ -17,17 +17,11 @@ import pytest
 
 from ledger.config import Settings
 from ledger.db import migrate
-from ledger.stack.embedded import (
-    PortInUse,
-    Service,
-    Stack,
-    StatePaths,
-    anvil_binary,
-    anvil_service,
-    free_port,
-    postgres_service,
-    redis_service,
-)
+from ledger.paths import StatePaths
+from ledger.stack.errors import PortInUse
+from ledger.stack.probes import free_port
+from ledger.stack.services import Service, anvil_binary, anvil_service, postgres_service, redis_service
+from ledger.stack.supervisor import Stack
 
 TEST_CHAIN_ID = 31337
 # A port picked by the kernel can be taken by another process before Anvil binds it; then pick another.

@@ -41,7 +41,9 @@ from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
 from ledger.protocol.merkle import receipt_leaf, verify_proof
-from ledger.stack.embedded import Service, Stack, anvil_binary, anvil_service, free_port, redis_service
+from ledger.stack.probes import free_port
+from ledger.stack.services import Service, anvil_binary, anvil_service, redis_service
+from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
 
 CHAIN_ID = 31337
@@ -193,7 +195,7 @@ class WorkerProcess:
 def block_producer(rpc_url: str, every: float = 0.3) -> Iterator[None]:
     """Mine a block every `every` seconds, like a chain with a block time (Anvil otherwise mines only
     on transactions, so confirmations would never come); a chain that is down is skipped."""
-    from ledger.stack.embedded import rpc_call
+    from ledger.stack.probes import rpc_call
 
     stop = threading.Event()
 
@@ -481,7 +483,7 @@ class World:
 def settlement_world(tmp: Path, server_url: str | None, template: str | None,
                      own_postgres: bool = False) -> Iterator[World]:
     """Chain, database, broker and a deployment for one test; workers stopped at the end."""
-    from ledger.stack.embedded import postgres_service
+    from ledger.stack.services import postgres_service
 
     home = tmp / "home"
     home.mkdir()

@@ -31,7 +31,9 @@ from ledger.db import migrate
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.stack.apps import EMBEDDED_NODES, api_service, node_services
-from ledger.stack.embedded import Service, Stack, anvil_binary, anvil_service, free_port, free_port_run
+from ledger.stack.probes import free_port, free_port_run
+from ledger.stack.services import Service, anvil_binary, anvil_service
+from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
 
 SMALL_MODEL = "meta-llama/Llama-3.1-8B-Instruct"

@@ -8,7 +8,7 @@ import pytest
 
 from inference_node.agent.errors import VllmNotInstalled
 from inference_node.agent.launcher import launch_vllm
-from ledger.stack.embedded import free_port
+from ledger.stack.probes import free_port
 
 
 def test_launch_vllm_names_the_extra_to_install() -> None:

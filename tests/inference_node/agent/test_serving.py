@@ -11,7 +11,7 @@ from eth_account.messages import encode_defunct
 
 from inference_node.agent.bounds import CHAT
 from inference_node.protocol import RECEIPT_EVENT, RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
-from ledger.stack.embedded import free_port
+from ledger.stack.probes import free_port
 from tests.inference_node.agent.support import (
     CHAIN_ID,
     CHAT_PROMPT_TOKENS,

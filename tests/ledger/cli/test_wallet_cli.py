@@ -1,9 +1,8 @@
-"""`sluice wallet` and `sluice admin nodes`, driven through the real CLI.
+"""`sluice wallet`, driven through the real CLI.
 
-The wallet commands run against the session Anvil and deployment (reverted after each test, see
-tests/ledger/conftest.py) with the deployment record in a temporary state dir; `admin nodes`, the
-usage endpoint and the heartbeat registration rule run against a fresh PostgreSQL database each,
-the last two inside the real redemption service.
+The wallet commands run against the session Anvil and deployment (reverted after each test) with
+the deployment record in a temporary state dir (`home`, tests/support/cli.py); the usage commands
+read a fresh PostgreSQL database, directly or through the real redemption service.
 """
 
 from __future__ import annotations
@@ -11,80 +10,33 @@ from __future__ import annotations
 import json
 import stat
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
-from typer.testing import CliRunner, Result
 
-from inference_node.protocol import HEARTBEAT_PATH, NodeHeartbeat
 from ledger.chain.client import Ledger
-from ledger.chain.deployment import Deployment, save_deployment
 from ledger.chain.sender import poll_until
-from ledger.cli import wallet
-from ledger.cli.app import app
+from ledger.cli import keystores, wallet
 from ledger.cli.common import PASSWORD_ENV
-from ledger.config import Settings, get_settings
-from ledger.db import migrate
-from ledger.stack.embedded import free_port
+from ledger.stack.probes import free_port
 from ledger.units import ONE_TOKEN
+from tests.support.cli import PASSWORD, cli, ok, refused
 
 if TYPE_CHECKING:
     from tests.support.ledger import Actors
 
-PASSWORD = "correct horse battery staple"
 DOLLAR = 10**6  # the test stablecoin has 6 decimals
 CENT_PER_TOKEN = 10_000  # the first sale tier: 0.01 test dollars per compute token
 
 
 # -- harness ---------------------------------------------------------------------------------
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: Ledger, ledger_settings: Settings,
-         session_deployment: Deployment) -> Iterator[Path]:
-    """A state dir holding the session deployment's record, with the CLI pointed at it and the session Anvil."""
-    state = (tmp_path / "sluice").resolve()
-    save_deployment(state, session_deployment)
-    for var in ("DATABASE_URL", "SLUICE_DATABASE_URL", "SLUICE_API_URL", "SLUICE_CONFIRMATIONS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SLUICE_HOME", str(state))
-    monkeypatch.setenv("RPC_URL", ledger_settings.effective_rpc_url)
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    monkeypatch.setattr(wallet, "SCRYPT_N", 2**10)  # fast keystores; one test checks the real cost
-    get_settings.cache_clear()
-    yield state
-    get_settings.cache_clear()
-
-
-def cli(*args: Any, input: str | None = None) -> Result:
-    get_settings.cache_clear()  # each invocation reads the environment afresh, like a new process
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def ok(*args: Any, input: str | None = None) -> Any:
-    """Run a command with --json; assert it succeeded and return its JSON."""
-    result = cli(*args, "--json", input=input)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def refused(*args: Any, input: str | None = None) -> str:
-    """Run a command that must fail with exit code 1; return its stderr (message and hint)."""
-    result = cli(*args, input=input)
-    assert result.exit_code == 1, result.output
-    return " ".join(result.stderr.split())
-
-
 def keep(state: Path, account: LocalAccount) -> Path:
     """Put `account` in the state dir's wallets with a cheap scrypt, so tests decrypt fast."""
     path = state / "wallets" / f"{account.address}.json"
@@ -110,7 +62,7 @@ def enterprise_with(ledger: Ledger, actors: Actors, state: Path, *, tokens: int 
 # -- keystores -------------------------------------------------------------------------------
 def test_new_prompts_twice_for_the_password_and_never_overwrites(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PASSWORD_ENV)
-    monkeypatch.setattr(wallet, "SCRYPT_N", 2**18)
+    monkeypatch.setattr(keystores, "SCRYPT_N", 2**18)
     out = home / "mine.json"
     created = ok("wallet", "new", "--out", out, input="s3cret\ns3cret\n")
     assert created["action"] == "created" and created["keystore"] == str(out)
@@ -403,42 +355,6 @@ def test_commands_wait_for_the_confirmations_asked_for(home: Path, ledger: Ledge
 
 
 # -- usage -----------------------------------------------------------------------------------
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@pytest.fixture
-def fresh_db(postgres_url: str) -> Iterator[str]:
-    """A new, migrated database on the session PostgreSQL, dropped afterwards."""
-    name = f"wallet_{uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}".encode())
-    url = with_database(postgres_url, name)
-    migrate(url)
-    yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
-
-
-@pytest.fixture
-def service(home: Path, fresh_db: str, ledger_settings: Settings) -> Iterator[str]:
-    """The real redemption service (no chain mirror or indexer) on the fresh database; yields its URL."""
-    from redemption.app import create_app
-    from redemption.config import ServiceSettings
-
-    port = free_port()
-    settings = ServiceSettings(home=home, rpc_url=ledger_settings.effective_rpc_url, database_url=fresh_db,
-                               api_port=port, run_mirror=False, run_indexer=False)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="redemption-service", daemon=True)
-    thread.start()
-    poll_until(lambda: server.started or not thread.is_alive(), 30, "the redemption service starting")
-    assert server.started, "the redemption service did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-
-
 def record_usage(db: str, payer: str, spender: str, cost: int, status: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(
@@ -496,89 +412,3 @@ def test_usage_per_developer_key_from_the_service(home: Path, fresh_db: str, ser
     bad = httpx.get(f"{service}/v1/usage", params={"payer": "0x12"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
     assert "does not answer" in refused("wallet", "usage", payer, "--api", f"http://127.0.0.1:{free_port()}")
-
-
-# -- admin nodes -----------------------------------------------------------------------------
-NODE_OPTIONS = ("--url", "http://10.0.0.5:9100", "--model", "m-small", "--model", "m-large", "--tier", "edge",
-                "--region", "eu-west")
-
-
-def self_registered(db: str, node: str) -> None:
-    """A node that joined with its own heartbeat (what the service's upsert writes)."""
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("INSERT INTO nodes (node, url, models, tier, region, capacity) VALUES (%s, %s, %s, %s, %s, 4)",
-                     (bytes.fromhex(node[2:]), "http://10.0.0.9:9100", ["m-small"], "cloud", "us-east"))
-
-
-def test_admin_nodes_register_list_and_retire(home: Path, fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", fresh_db)
-    node, joined = Account.create().address, Account.create().address
-    assert ok("admin", "nodes", "list") == {"registration": "open", "nodes": []}
-    self_registered(fresh_db, joined)
-
-    incomplete = cli("admin", "nodes", "register", node, "--url", "http://10.0.0.5:9100")
-    assert incomplete.exit_code == 2 and "a new node needs --model, --tier, --region" in incomplete.output
-    assert cli("admin", "nodes", "register", node, *NODE_OPTIONS[:-4], "--tier", "gpu", "--region", "x").exit_code == 2
-
-    registered = ok("admin", "nodes", "register", node, *NODE_OPTIONS)
-    assert registered["action"] == "registered" and registered["changes"] == {}
-    assert registered["registration_closed_now"] is True and registered["refused_self_registered"] == [joined]
-    assert registered["node"] | {"registered_at": None} == {
-        "address": node, "url": "http://10.0.0.5:9100", "models": ["m-small", "m-large"], "tier": "edge",
-        "region": "eu-west", "capacity": 1, "registered_by": "operator", "retired": False, "registered_at": None,
-        "last_heartbeat_age_seconds": None}
-
-    listed = ok("admin", "nodes", "list")
-    assert listed["registration"] == "closed"
-    by_address = {n["address"]: n for n in listed["nodes"]}
-    assert by_address[node]["last_heartbeat_age_seconds"] is None
-    assert by_address[joined]["registered_by"] == "heartbeat"
-    assert isinstance(by_address[joined]["last_heartbeat_age_seconds"], int)
-    text = cli("admin", "nodes", "list").stdout
-    assert "never" in text and "self-registered (refused)" in text and "Registration: closed" in text
-
-    assert ok("admin", "nodes", "register", node)["action"] == "unchanged"
-    moved = ok("admin", "nodes", "register", node, "--url", "http://10.0.0.6:9100")
-    assert moved["action"] == "updated" and moved["registration_closed_now"] is False
-    assert moved["changes"] == {"url": ["http://10.0.0.5:9100", "http://10.0.0.6:9100"]}
-
-    assert ok("admin", "nodes", "retire", node) == {"action": "retired", "node": node, "retired": True}
-    assert ok("admin", "nodes", "retire", node)["action"] == "unchanged"
-    assert "no node" in refused("admin", "nodes", "retire", Account.create().address)
-    back = ok("admin", "nodes", "register", node)
-    assert back["changes"] == {"retired": [True, False]}
-
-    adopted = ok("admin", "nodes", "register", joined)
-    assert adopted["changes"] == {"registered_by": ["heartbeat", "operator"]}
-
-
-def heartbeat(service: str, key: LocalAccount, url: str = "http://127.0.0.1:9") -> httpx.Response:
-    beat = NodeHeartbeat(node=key.address, url=url, models=["m-small"], tier="edge", region="eu-west", capacity=2,
-                         running=0, waiting=0, timestamp=int(time.time()), signature="0x")
-    signature = "0x" + key.sign_message(encode_defunct(text=beat.signing_text())).signature.hex()
-    return httpx.post(service + HEARTBEAT_PATH, json=beat.model_copy(update={"signature": signature}).model_dump(),
-                      timeout=10)
-
-
-def test_heartbeats_are_open_until_an_operator_registers_a_node(home: Path, fresh_db: str, service: str,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", fresh_db)
-    walk_in, vetted = Account.create(), Account.create()
-    assert heartbeat(service, walk_in).status_code == 200  # open registration: any signed heartbeat joins
-
-    ok("admin", "nodes", "register", vetted.address, *NODE_OPTIONS)
-    refused_beat = heartbeat(service, walk_in)
-    assert refused_beat.status_code == 403
-    assert refused_beat.json()["error"]["code"] == "node_not_registered"
-    assert f"sluice admin nodes register {walk_in.address}" in refused_beat.json()["error"]["message"]
-
-    assert heartbeat(service, vetted, url="http://10.0.0.7:9100").status_code == 200
-    shown = {n["address"]: n for n in ok("admin", "nodes", "list")["nodes"]}[vetted.address]
-    assert shown["registered_by"] == "operator" and shown["url"] == "http://10.0.0.7:9100"
-    assert shown["last_heartbeat_age_seconds"] is not None and shown["last_heartbeat_age_seconds"] < 60
-
-    ok("admin", "nodes", "retire", vetted.address)
-    retired = heartbeat(service, vetted)
-    assert retired.status_code == 403 and retired.json()["error"]["code"] == "node_retired"
-    ok("admin", "nodes", "register", vetted.address)
-    assert heartbeat(service, vetted).status_code == 200

@@ -186,7 +186,7 @@ def amqp_url() -> str | None:
     url = os.environ.get("SLUICE_TEST_AMQP_URL")
     if url:
         return url
-    from ledger.stack.embedded import broker_answers
+    from ledger.stack.probes import broker_answers
 
     return LOCAL_AMQP if broker_answers(LOCAL_AMQP) else None
 

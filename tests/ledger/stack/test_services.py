@@ -1,17 +1,11 @@
-"""The embedded stack: each service starts, answers, persists and stops; the CLI drives it end to end."""
+"""The embedded services: Anvil, PostgreSQL and Redis each start, answer, persist and stop."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,27 +23,19 @@ from ledger.chain.artifacts import load_artifact
 from ledger.config import Settings
 from ledger.db import MIGRATIONS_DIR, applied_migrations, migrate
 from ledger.keys import embedded_account
-from ledger.stack import embedded
-from ledger.stack.embedded import (
-    Launch,
-    PortInUse,
+from ledger.paths import StatePaths
+from ledger.stack.errors import PortInUse
+from ledger.stack.probes import chain_id_at, database_answers, free_port
+from ledger.stack.services import (
     Service,
-    Stack,
-    StackError,
-    StatePaths,
     anvil_binary,
     anvil_service,
-    chain_id_at,
-    database_answers,
-    default_services,
-    free_port,
-    free_port_run,
     postgres_service,
     redis_client_url,
     redis_service,
 )
+from ledger.stack.supervisor import Stack
 
-ROOT = Path(__file__).resolve().parents[3]
 CHAIN_ID = 31337
 ZERO_FEES: TxParams = {"maxFeePerGas": Wei(0), "maxPriorityFeePerGas": Wei(0)}
 
@@ -57,14 +43,6 @@ ZERO_FEES: TxParams = {"maxFeePerGas": Wei(0), "maxPriorityFeePerGas": Wei(0)}
 def anvil(state_dir: Path, port: int) -> Service:
     """The embedded Anvil exactly as `sluice up` runs it, with its state in `state_dir`."""
     return anvil_service(StatePaths(state_dir), port=port, chain_id=CHAIN_ID, binary=anvil_binary(Settings()))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- Anvil
@@ -185,99 +163,6 @@ def test_port_in_use_names_the_port_and_the_setting(tmp_path: Path) -> None:
     )
 
 
-# --------------------------------------------------------------------------- the generic supervisor
-
-
-def _process_service(tmp_path: Path, argv: tuple[str, ...], healthy: Callable[[], bool], timeout: float) -> Service:
-    log = tmp_path / "proc.log"
-    return Service(
-        name="proc", title="Proc", url=None, address="nowhere", healthy=healthy,
-        launch=Launch(argv=argv, log=log, start_timeout=timeout),
-    )  # fmt: skip
-
-
-def test_a_service_that_never_answers_fails_with_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    service = _process_service(tmp_path, ("sh", "-c", "echo $$; exec sleep 30"), lambda: False, timeout=0.3)
-    with pytest.raises(StackError) as caught:
-        Stack([service]).start()
-    assert str(caught.value) == "Proc did not answer on nowhere within 0.3 s; see proc.log"
-    assert caught.value.log == tmp_path / "proc.log"
-    pid = int(caught.value.log_tail(1))
-    assert not _alive(pid), "a failed start stops the process it launched"
-
-
-def test_a_service_that_exits_during_start_up_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    service = _process_service(tmp_path, ("sh", "-c", "echo cannot start; exit 3"), lambda: False, timeout=20)
-    began = time.monotonic()
-    with pytest.raises(StackError) as caught:
-        Stack([service]).start()
-    assert time.monotonic() - began < 5
-    assert str(caught.value) == "Proc exited during start-up (exit code 3); see proc.log"
-    assert caught.value.log_tail().endswith("cannot start")
-
-
-def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
-    script = (
-        "import signal, sys\n"
-        "from pathlib import Path\n"
-        "from ledger.stack.embedded import Stack, redis_service\n"
-        "from ledger.paths import StatePaths\n"
-        "Stack([redis_service(StatePaths(Path(sys.argv[1])))]).start()\n"
-        "print('ready', flush=True)\n"
-        "signal.pause()\n"
-    )
-    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT)  # fmt: skip
-    try:
-        assert parent.stdout is not None
-        assert parent.stdout.readline() == "ready\n"
-        socket_url = redis_client_url(redis_service(StatePaths(tmp_path)).url or "")
-        child = int(redis.Redis.from_url(socket_url).info("server")["process_id"])
-    finally:
-        parent.kill()
-        parent.wait()
-    wait_for(lambda: not _alive(child), 10, "redis-server exits when its parent is SIGKILLed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as stat_file:
-            state = stat_file.read().rsplit(")", 1)[1].split()[0]
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return state != "Z"  # a zombie has exited; it only waits to be reaped
-
-
-def test_external_endpoints_are_checked_not_started(fresh_anvil: str, postgres_url: str, redis_url: str) -> None:
-    settings = Settings(home=Path("/nonexistent/sluice"), rpc_url=fresh_anvil, database_url=postgres_url,
-                        broker_url=redis_url)  # fmt: skip
-    services = default_services(settings)
-    assert [(s.name, s.embedded, s.url) for s in services] == [
-        ("chain", False, fresh_anvil),
-        ("database", False, postgres_url),
-        ("broker", False, redis_url),
-    ]
-    stack = Stack(services)
-    stack.start()
-    assert stack.endpoints == {"rpc": fresh_anvil, "database": postgres_url, "broker": redis_url}
-    stack.stop()
-
-
-def test_an_external_endpoint_that_does_not_answer_says_which_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "EXTERNAL_TIMEOUT_S", 0.2)
-    url = f"http://127.0.0.1:{free_port()}"
-    settings = Settings(home=Path("/nonexistent/sluice"), rpc_url=url)
-    with pytest.raises(StackError) as caught:
-        Stack(default_services(settings)[:1]).start()
-    assert str(caught.value) == f"chain did not answer at {url} within 0.2 s"
-    assert caught.value.hint == (
-        "check that it runs and that RPC_URL is right, or unset RPC_URL to start the embedded one"
-    )
-
-
 def test_sockets_move_to_tmp_when_the_state_dir_is_too_long() -> None:
     short = StatePaths(Path("/srv/sluice"))
     assert short.run_dir == Path("/srv/sluice/run")
@@ -340,7 +225,6 @@ def test_migrations_apply_once(empty_database: str) -> None:
             ({"deploy_block": 1}, True)
         ]
 
-
 # --------------------------------------------------------------------------- Redis
 
 
@@ -361,91 +245,3 @@ def test_redis_carries_celery_messages_across_a_restart(tmp_path: Path) -> None:
         assert message.payload == {"job": 1}
         message.ack()
         queue.close()
-
-
-# --------------------------------------------------------------------------- the CLI
-
-
-def _sluice_env(home: Path, port: int, api_port: int = 0, node_base_port: int = 0) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RPC_URL", "DATABASE_URL", "BROKER_URL")}
-    env.update({"SLUICE_HOME": str(home), "SLUICE_CHAIN_PORT": str(port)})
-    if api_port:
-        env.update({"SLUICE_API_PORT": str(api_port), "SLUICE_NODE_BASE_PORT": str(node_base_port)})
-    return env
-
-
-def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from ledger.cli.app import main; main()", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ledger.chain.deploy") is None, reason="deployer not built yet")
-def test_up_detach_status_down(tmp_path: Path) -> None:
-    home, port, api_port, node_port = tmp_path / "home", free_port(), free_port(), free_port_run(4)
-    env = _sluice_env(home, port, api_port, node_port)
-    try:
-        up = _sluice(env, "up", "--detach")
-        assert up.returncode == 0, up.stderr
-        record = json.loads(up.stdout)
-        assert set(record) == {"chain_id", "rpc_url", "deploy_block", "contracts", "endpoints"}
-        assert record["chain_id"] == 31337
-        assert set(record["contracts"]) == {"token", "sale", "rate_card", "settlement", "payment_token"}
-        assert record["endpoints"] == {
-            "rpc": f"http://127.0.0.1:{port}",
-            "database": f"postgresql://postgres@/postgres?host={home}/run/pg",
-            "broker": f"redis+socket://{home}/run/redis.sock",
-            "api": f"http://127.0.0.1:{api_port}",
-            "nodes": [f"http://127.0.0.1:{node_port + 1}", f"http://127.0.0.1:{node_port + 3}"],
-        }
-        assert json.loads((home / "stack.json").read_text()) == record
-
-        again = _sluice(env, "up", "--detach")
-        assert again.returncode == 0, again.stderr
-        assert json.loads(again.stdout) == record
-        assert "already running" in again.stderr
-
-        status = _sluice(env, "status", "--json")
-        assert status.returncode == 0, status.stderr
-        report = json.loads(status.stdout)
-        assert report["running"] is True
-        assert {name: s["up"] for name, s in report["services"].items()} == {
-            "chain": True, "database": True, "broker": True, "api": True, "node-1": True, "node-2": True,
-        }  # fmt: skip
-        assert report["endpoints"] == record["endpoints"]
-        assert report["chain_head"] >= record["deploy_block"]
-        assert report["deployment"] == {k: v for k, v in record.items() if k != "endpoints"}
-        assert applied_migrations(record["endpoints"]["database"])[0] == "0001_base"
-    finally:
-        down = _sluice(env, "down")
-    assert down.returncode == 0, down.stderr
-    assert down.stdout.startswith("Stopped the Sluice stack (pid ")
-    assert chain_id_at(record["endpoints"]["rpc"]) is None
-    assert not (home / "stack.json").exists()
-
-    stopped = _sluice(env, "status", "--json")
-    assert stopped.returncode == 1
-    assert json.loads(stopped.stdout)["running"] is False
-    nothing = _sluice(env, "down")
-    assert (nothing.returncode, nothing.stdout) == (0, "No Sluice stack is running for " + str(home) + ".\n")
-
-    # The foreground stack reuses the deployment (the chain kept it) and stops cleanly on Ctrl-C.
-    foreground = subprocess.Popen(
-        [sys.executable, "-c", "from ledger.cli.app import main; main()", "up"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: (home / "stack.json").exists() or foreground.poll() is not None, 60, "foreground stack ready")
-        assert foreground.poll() is None, foreground.communicate()[1]
-        assert json.loads((home / "stack.json").read_text()) == record
-        foreground.send_signal(signal.SIGINT)
-        out, err = foreground.communicate(timeout=60)
-    finally:
-        if foreground.poll() is None:
-            foreground.kill()
-    assert foreground.returncode == 0, err
-    assert "Sluice stack ready" in out
-    assert out.endswith("Stopped.\n")
-    assert "Traceback" not in err
-    assert err.splitlines()[-1] == "received SIGINT; stack stopped"

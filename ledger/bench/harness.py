@@ -1,0 +1,46 @@
+"""What the benchmarks share: where their lines go, pipelined transactions, CPU time of process trees."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.chain.sender import TxSender
+
+# Where a benchmark prints its figures, one line at a time.
+Report = Callable[[str], None]
+
+
+def send_all(sender: TxSender, txs: list[dict[str, Any]]) -> None:
+    """Pipeline transactions from one key: send all, then wait for each receipt.
+
+    Gas is given up front: an estimate would run before the earlier transactions are mined.
+    """
+    pending = [(tx, *sender.send({**tx, "gas": 200_000})) for tx in txs]  # type: ignore[typeddict-item]
+    for tx, tx_hash, nonce in pending:
+        sender.wait(tx_hash, nonce, tx)  # type: ignore[arg-type]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` and all its descendants, from /proc (0 where it cannot be read)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(parents.get(current, []))
+    return total
