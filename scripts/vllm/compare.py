@@ -114,11 +114,11 @@ def compare_families(a: list[dict[str, Any]], b: list[dict[str, Any]], out: list
         out.append(f"vllm families only in A: {', '.join(only_a)}")
     if only_b:
         out.append(f"vllm families only in B: {', '.join(only_b)}")
-    for name in a_by_name.keys() & b_by_name.keys():
+    for name in sorted(a_by_name.keys() & b_by_name.keys()):
         fa, fb = a_by_name[name], b_by_name[name]
-        for key in ("type", "help", "label_names", "label_values", "sample_names"):
-            if fa[key] != fb[key]:
-                out.append(f"{name} {key}: A {json.dumps(fa[key])} / B {json.dumps(fb[key])}")
+        for key in ("type", "help", "label_names", "label_values", "sample_names", "buckets"):
+            if fa.get(key) != fb.get(key):
+                out.append(f"{name} {key}: A {json.dumps(fa.get(key))} / B {json.dumps(fb.get(key))}")
 
 
 def compare_case(a: dict[str, Any], b: dict[str, Any], exact: bool) -> list[str]:

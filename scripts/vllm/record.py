@@ -128,7 +128,7 @@ def metric_samples(exposition: str) -> dict[str, float]:
 
 
 def metric_families(exposition: str) -> list[dict[str, Any]]:
-    """The shape of an exposition: each family's name, type, help and the label names of its samples."""
+    """The shape of an exposition: each family's name, type, help, label names and values, histogram buckets."""
     families = []
     for family in text_string_to_metric_families(exposition):
         label_names = sorted({key for sample in family.samples for key in sample.labels})
@@ -140,6 +140,7 @@ def metric_families(exposition: str) -> list[dict[str, Any]]:
             "label_names": label_names,
             "label_values": {key: sorted({s.labels[key] for s in family.samples if key in s.labels})
                              for key in label_names if key not in {"le", "quantile"}},
+            "buckets": sorted({s.labels["le"] for s in family.samples if "le" in s.labels}, key=float),
         })  # fmt: skip
     return families
 
