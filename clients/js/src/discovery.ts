@@ -16,7 +16,8 @@ export interface TypedDataField {
   type: string;
 }
 
-/** The discovery document, its addresses checksummed. Field names are the wire's. */
+/** The discovery document, its addresses checksummed. Field names are the wire's; fields this client does not
+ * know yet (a newer server's) are kept as they came. */
 export interface Discovery {
   chain_id: number;
   rpc_url: string;
@@ -37,6 +38,7 @@ export interface Discovery {
   primary_type?: string;
   unlock_period_seconds?: number;
   max_deadline_seconds: number;
+  [field: string]: unknown;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -80,6 +82,7 @@ export function parseDiscovery(json: unknown): Discovery {
     throw new SluiceProtocolError(`discovery: eip712_domain.chainId ${domain.chainId} is not chain_id ${chainId}`);
   }
   const discovery: Discovery = {
+    ...json,
     chain_id: chainId,
     rpc_url: json.rpc_url,
     contracts: contracts as Discovery['contracts'],

@@ -144,6 +144,12 @@ describe('parseDiscovery', () => {
     expect(doc.primary_type).toBe('Redemption');
   });
 
+  it('keeps the fields a newer server adds, as they came', () => {
+    const doc = parseDiscovery({ ...discoveryDoc(), chain_name: 'Sluice test net', native_currency: { symbol: 'ETH' } });
+    expect(doc.chain_name).toBe('Sluice test net');
+    expect(doc.native_currency).toEqual({ symbol: 'ETH' });
+  });
+
   it.each([
     [{ chain_id: '31337' }, 'chain_id must be an integer'],
     [{ contracts: { token: '0x5fbdb2315678afecb367f032d93f642f64180aa3' } }, 'contracts.sale is missing'],
