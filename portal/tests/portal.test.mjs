@@ -8,11 +8,12 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { recoverRedemptionSigner, redemptionTypedData, typedDataJson } from '@sluice/client';
+import { bodyHash, recoverRedemptionSigner, redemptionTypedData, typedDataJson } from '@sluice/client';
 import { generatePrivateKey } from 'viem/accounts';
 
 import { rpc, startAnvil } from './support/anvil.mjs';
 import { launchChromium } from './support/browser.mjs';
+import { bundleClient } from './support/client-bundle.mjs';
 import { serveStatic } from './support/static-server.mjs';
 import { installTestWallet } from './support/injected-wallet.mjs';
 
@@ -21,9 +22,32 @@ const RESULTS = join(PORTAL, 'test-results');
 const SETTLEMENT = '0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9';
 const TOKEN = '0x5FbDB2315678afecb367f032d93F642f64180aa3';
 
+const JOB_ID = `0x${'a1'.repeat(32)}`;
+
 let chain;
 let site;
 let browser;
+let clientBundle;
+/** Calls the test routes received: method, path, headers, raw body. */
+const served = [];
+
+function record(answer) {
+  return async (req, body) => {
+    served.push({ method: req.method, url: req.url, headers: req.headers, body });
+    return answer(req, body);
+  };
+}
+
+// Stand-ins for two service routes, answering as the service does; what matters is what the page sent.
+const ROUTES = {
+  '/v1/budget': record((req) => ({
+    body: { payer: new URL(req.url, 'http://x').searchParams.get('payer'), balance_available: '5000' },
+  })),
+  '/v1/chat/completions': record(() => ({
+    headers: { 'Sluice-Job-Id': JOB_ID, 'Sluice-Cost': '1250000000000000' },
+    body: { object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' } }] },
+  })),
+};
 
 function discoveryFor(rpcUrl, chainId) {
   return {
@@ -106,8 +130,12 @@ async function noHorizontalScroll(page) {
 
 before(async () => {
   await mkdir(RESULTS, { recursive: true });
-  chain = await startAnvil();
-  site = await serveStatic(join(PORTAL, 'dist'), { discovery: discoveryFor(chain.url, chain.chainId) });
+  [chain, clientBundle] = await Promise.all([startAnvil(), bundleClient()]);
+  site = await serveStatic(join(PORTAL, 'dist'), {
+    discovery: discoveryFor(chain.url, chain.chainId),
+    routes: ROUTES,
+    mounts: { '/__client__/': clientBundle.dir },
+  });
   browser = await launchChromium();
 });
 
@@ -115,6 +143,7 @@ after(async () => {
   await browser?.close();
   await site?.close();
   await chain?.stop();
+  await clientBundle?.remove();
 });
 
 describe('the portal shell', () => {
@@ -267,6 +296,62 @@ describe('the injected test wallet', () => {
     assert.equal(receipt.status, '0x1');
     assert.equal(receipt.from, wallet.address.toLowerCase());
     assert.equal(Number(await rpc(chain.url, 'eth_getTransactionCount', [wallet.address, 'latest'])), 1);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
+
+describe('@sluice/client in the browser', () => {
+  it('signs account reads and billable calls through the injected wallet', async () => {
+    const context = await browser.newContext();
+    const wallet = await installTestWallet(context, {
+      privateKey: generatePrivateKey(),
+      chains: { [chain.chainId]: chain.url },
+      activeChain: chain.chainId,
+    });
+    const { page, problems } = await openPortal(context, '/');
+    await page.getByRole('button', { name: 'Connect wallet' }).click();
+    await page.getByTestId('account').waitFor();
+    served.length = 0;
+    const before = Math.floor(Date.now() / 1000);
+
+    const out = await page.evaluate(async (payer) => {
+      const sluice = await import('/__client__/client.js');
+      const client = new sluice.SluiceClient({
+        baseUrl: location.origin,
+        signer: sluice.eip1193Signer(window.ethereum),
+        maxCost: 10n ** 15n * 2n,
+      });
+      const budget = await client.budget({ payer });
+      const call = await client.post('v1/chat/completions', {
+        model: 'tiny-chat',
+        messages: [{ role: 'user', content: 'héllo ✓' }],
+      });
+      return { budget, jobId: call.charge.jobId, cost: sluice.formatTokens(call.charge.cost) };
+    }, wallet.address);
+    assert.deepEqual(out, { budget: { payer: wallet.address, balance_available: '5000' }, jobId: JOB_ID, cost: '0.00125' });
+
+    const domain = { name: 'Sluice', version: '1', chainId: chain.chainId, verifyingContract: SETTLEMENT };
+    assert.deepEqual(served.map((c) => [c.method, c.url.split('?')[0], c.headers['sluice-max-cost']]), [
+      ['GET', '/v1/budget', '0'],
+      ['POST', '/v1/chat/completions', '2000000000000000'],
+    ]);
+    for (const call of served) {
+      const h = call.headers;
+      const message = {
+        payer: h['sluice-payer'],
+        bodyHash: bodyHash(new Uint8Array(call.body)),
+        maxCost: BigInt(h['sluice-max-cost']),
+        nonce: BigInt(h['sluice-nonce']),
+        deadline: BigInt(h['sluice-deadline']),
+      };
+      assert.equal(await recoverRedemptionSigner(domain, message, h['sluice-signature']), wallet.address);
+      assert.equal(message.payer, wallet.address);
+      assert.ok(message.nonce < 2n ** 128n);
+      assert.ok(message.deadline >= BigInt(before) && message.deadline <= BigInt(before + 300));
+    }
+    assert.equal(served[0].body.length, 0);
+    assert.equal(served[1].body.toString('utf8'), JSON.stringify({ model: 'tiny-chat', messages: [{ role: 'user', content: 'héllo ✓' }] }));
     assert.deepEqual(problems, []);
     await context.close();
   });

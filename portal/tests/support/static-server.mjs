@@ -1,5 +1,7 @@
 // Serves the built portal (portal/dist) the way the service will: static files, plus the discovery document
-// at /.well-known/sluice.json. Loopback only, on a port the OS picks.
+// at /.well-known/sluice.json and, for tests, handlers of other paths (`routes`: path -> (request, body) ->
+// { status, headers, body }) and extra static directories (`mounts`: prefix -> directory). Loopback only, on
+// a port the OS picks.
 
 import { readFile, stat } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -15,7 +17,7 @@ const TYPES = {
   '.woff2': 'font/woff2',
 };
 
-export async function serveStatic(root, { discovery } = {}) {
+export async function serveStatic(root, { discovery, routes = {}, mounts = {} } = {}) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, 'http://localhost').pathname);
@@ -25,8 +27,20 @@ export async function serveStatic(root, { discovery } = {}) {
       res.end(JSON.stringify(discovery));
       return;
     }
-    const file = normalize(join(root, path === '/' ? 'index.html' : path));
-    if (!file.startsWith(root + sep)) {
+    const route = routes[path];
+    if (route !== undefined) {
+      const chunks = [];
+      for await (const chunk of req) chunks.push(chunk);
+      const answer = await route(req, Buffer.concat(chunks));
+      res.writeHead(answer.status ?? 200, { 'Content-Type': 'application/json', ...answer.headers });
+      res.end(typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body));
+      return;
+    }
+    const prefix = Object.keys(mounts).find((p) => path.startsWith(p));
+    const base = prefix === undefined ? root : mounts[prefix];
+    const rest = prefix === undefined ? path : path.slice(prefix.length - 1);
+    const file = normalize(join(base, rest === '/' ? 'index.html' : rest));
+    if (!file.startsWith(base + sep)) {
       res.writeHead(403).end();
       return;
     }
