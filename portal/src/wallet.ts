@@ -83,9 +83,14 @@ export function watchWallets(onChange: (wallets: InjectedWallet[]) => void): () 
     publish();
   };
   window.addEventListener('eip6963:announceProvider', onAnnounce);
+  // Wallets that inject `window.ethereum` after the page loaded say so with this event (MetaMask's convention).
+  window.addEventListener('ethereum#initialized', publish);
   window.dispatchEvent(new Event('eip6963:requestProvider'));
   publish();
-  return () => window.removeEventListener('eip6963:announceProvider', onAnnounce);
+  return () => {
+    window.removeEventListener('eip6963:announceProvider', onAnnounce);
+    window.removeEventListener('ethereum#initialized', publish);
+  };
 }
 
 export function parseChainId(value: unknown): number {
