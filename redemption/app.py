@@ -26,8 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deployment import load_deployment
-from ledger.chain.sender import connect
 from ledger.db import migrate
 from ledger.errors import LedgerError
 from ledger.keys import embedded_account

@@ -187,9 +187,9 @@ def _write_rows(db_url: str, batches: Sequence[tuple[bytes, bytes, list[Receipt]
 def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Build the throwaway stack and history, then time the backfill and the verification."""
     from ledger.audit.verifier import AuditApi, verify
+    from ledger.chain.connection import connect
     from ledger.chain.deploy import deploy_all
     from ledger.chain.deployment import save_deployment
-    from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.db import migrate
     from ledger.followers.indexer import ChainIndexer

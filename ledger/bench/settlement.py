@@ -328,9 +328,9 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Start a throwaway stack, fund the pairs, meter and settle in the configured mode(s); returns the figures."""
     import tempfile
 
+    from ledger.chain.connection import connect
     from ledger.chain.deploy import deploy_all
     from ledger.chain.deployment import save_deployment
-    from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.followers.mirror import ChainMirror
     from ledger.settlement.settler import release_settled

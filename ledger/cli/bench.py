@@ -31,8 +31,8 @@ def settlement_gas(json_path: Path | None = JsonPath) -> None:
     """
     from ledger.bench.settlement_gas import measure
     from ledger.chain.client import Ledger
+    from ledger.chain.connection import connect
     from ledger.chain.deploy import deploy_all
-    from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.keys import embedded_account
     from ledger.paths import StatePaths

@@ -57,8 +57,8 @@ def handle_errors(fn: F) -> F:
 def open_ledger() -> Any:
     """The Ledger of the configured chain's recorded deployment."""
     from ledger.chain.client import Ledger
+    from ledger.chain.connection import connect
     from ledger.chain.deployment import load_deployment
-    from ledger.chain.sender import connect
     from ledger.config import get_settings
 
     settings = get_settings()

@@ -873,8 +873,8 @@ def clear_debts(settler: Settler, payer: str, *, force: bool = False, timeout: f
 
 def open_settler(settings: SettlementSettings, db: Database) -> Settler:
     """The chain side for this process: the recorded deployment on the configured chain, the settler key."""
+    from ledger.chain.connection import connect
     from ledger.chain.deployment import load_deployment
-    from ledger.chain.sender import connect
     from ledger.keys import settler_account
 
     w3 = connect(settings.effective_rpc_url)

@@ -19,7 +19,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain.client import Ledger
-from ledger.chain.sender import poll_until
+from ledger.polling import poll_until
 from ledger.units import ONE_TOKEN, format_amount, format_tokens
 
 Say = Callable[[str], None]

@@ -17,9 +17,9 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import Deployment
-from ledger.chain.sender import connect
 from ledger.config import Settings
 from ledger.keys import embedded_account
 from ledger.units import ONE_TOKEN

@@ -30,9 +30,9 @@ from eth_utils.crypto import keccak
 from web3 import Web3
 
 from ledger.chain.client import Ledger, Rate
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import Deployment, save_deployment
-from ledger.chain.sender import connect
 from ledger.config import Settings
 from ledger.db import migrate
 from ledger.domain import model_id, usage_cost

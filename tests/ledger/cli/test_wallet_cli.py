@@ -31,12 +31,12 @@ from typer.testing import CliRunner, Result
 from inference_node.protocol import HEARTBEAT_PATH, NodeHeartbeat
 from ledger.chain.client import Ledger
 from ledger.chain.deployment import Deployment, save_deployment
-from ledger.chain.sender import poll_until
 from ledger.cli import wallet
 from ledger.cli.app import app
 from ledger.cli.common import PASSWORD_ENV
 from ledger.config import Settings, get_settings
 from ledger.db import migrate
+from ledger.polling import poll_until
 from ledger.stack.embedded import free_port
 from ledger.units import ONE_TOKEN
 
