@@ -69,14 +69,8 @@ from inference_node.protocol import (
     SignedTicket,
 )
 from ledger.domain import TierName, usage_cost
-from ledger.protocol.eip712 import (
-    DispatchTicket,
-    Domains,
-    SignatureError,
-    UsageReceipt,
-    recover_digest,
-    typed_digest,
-)
+from ledger.protocol.eip712 import DispatchTicket, Domains, UsageReceipt, typed_digest
+from ledger.protocol.secp256k1 import SignatureError, recover_digest
 
 logger = logging.getLogger(__name__)
 

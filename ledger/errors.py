@@ -37,6 +37,10 @@ class DeploymentMissing(LedgerError):
     """No Sluice deployment is recorded for the chain."""
 
 
+class VerifyError(LedgerError):
+    """An audit could not run (not a discrepancy: the API refused, the chain does not answer, ...)."""
+
+
 class ContractRevert(LedgerError):
     """A call or transaction reverted. `error` is the custom error's name, `args` its values."""
 

@@ -32,7 +32,8 @@ from inference_node.protocol import (
     SignedTicket,
 )
 from ledger.domain import usage_cost
-from ledger.protocol.eip712 import DispatchTicket, Domains, SignatureError, recover_address, sign_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
+from ledger.protocol.secp256k1 import SignatureError, recover_address, sign_digest
 from redemption import errors
 from redemption.auth import VerifiedCall
 from redemption.metrics import ServiceMetrics

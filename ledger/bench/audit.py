@@ -36,8 +36,9 @@ from eth_utils.crypto import keccak
 
 from ledger.chain.client import Ledger
 from ledger.domain import model_id, usage_cost
-from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
 from ledger.protocol.merkle import build_tree, receipt_leaf
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.units import ONE_TOKEN
 
 Report = Callable[[str], None]
@@ -186,7 +187,8 @@ def _write_rows(db_url: str, batches: Sequence[tuple[bytes, bytes, list[Receipt]
 
 def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Build the throwaway stack and history, then time the backfill and the verification."""
-    from ledger.audit.verifier import AuditApi, verify
+    from ledger.audit.api import AuditApi
+    from ledger.audit.verifier import verify
     from ledger.chain.connection import connect
     from ledger.chain.deploy import deploy_all
     from ledger.chain.deployment import save_deployment

@@ -32,7 +32,8 @@ from ledger.config import Settings
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.polling import poll_until
-from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, sign_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.apps import EmbeddedNode, api_service, node_services
 from ledger.stack.embedded import Stack, anvil_binary, anvil_service, free_port, postgres_service
 from ledger.units import ONE_TOKEN

@@ -39,7 +39,8 @@ from ledger.chain.client import Ledger
 from ledger.chain.sender import TxSender
 from ledger.domain import model_id, usage_cost
 from ledger.keys import embedded_account
-from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.units import ONE_TOKEN
 
 Report = Callable[[str], None]

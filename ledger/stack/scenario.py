@@ -127,7 +127,8 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
 
     say("\n[auditor] granted AUDITOR_ROLE, verifies the history from the chain and the audit API")
     ledger.grant_role(operator, "AUDITOR_ROLE", auditor.address)
-    from ledger.audit.verifier import AuditApi, verify
+    from ledger.audit.api import AuditApi
+    from ledger.audit.verifier import verify
 
     audit_api = AuditApi(api, auditor)
     try:

@@ -51,7 +51,8 @@ from inference_node.protocol import (
     SignedTicket,
 )
 from inference_node.simulator import SimulatorConfig, build_simulator_server
-from ledger.protocol.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
+from ledger.protocol.secp256k1 import recover_digest, sign_digest
 from ledger.stack.embedded import free_port
 
 MODEL = "sim-model"

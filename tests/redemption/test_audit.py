@@ -26,11 +26,13 @@ from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from typer.testing import CliRunner
 
-from ledger.audit.verifier import AuditApi, VerifyReport, verify
+from ledger.audit.api import AuditApi
+from ledger.audit.verifier import VerifyReport, verify
 from ledger.cli.app import app as cli
 from ledger.keys import embedded_account
 from ledger.polling import poll_until
-from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.settlement.settler import Database, SettlementSettings, Settler, clear_debts, cut_batch
 from ledger.units import ONE_TOKEN
 from redemption.audit.service import AuditBatch, AuditReceiptDetail

@@ -39,8 +39,9 @@ from ledger.domain import model_id, usage_cost
 from ledger.followers.mirror import ChainMirror
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
-from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
 from ledger.protocol.merkle import receipt_leaf, verify_proof
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.embedded import Service, Stack, anvil_binary, anvil_service, free_port, redis_service
 from ledger.units import ONE_TOKEN
 

@@ -9,18 +9,8 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.protocol.eip712 import (
-    HALF_N,
-    SECP256K1_N,
-    DispatchTicket,
-    Domains,
-    Redemption,
-    SignatureError,
-    UsageReceipt,
-    recover_digest,
-    sign_digest,
-    typed_digest,
-)
+from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, UsageReceipt, typed_digest
+from ledger.protocol.secp256k1 import HALF_N, SECP256K1_N, SignatureError, recover_digest, sign_digest
 
 SETTLEMENT = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9"
 DOMAINS = Domains(31337, SETTLEMENT)
