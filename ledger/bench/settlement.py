@@ -334,7 +334,7 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     from ledger.chain.deployment import save_deployment
     from ledger.config import Settings
     from ledger.followers.mirror import ChainMirror
-    from ledger.settlement.settler import release_settled
+    from ledger.settlement.store import release_settled
     from ledger.stack import embedded
 
     modes = ("live", "drain") if config.mode == "both" else (config.mode,)

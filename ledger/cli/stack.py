@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         Exits 0 when every service answers, 1 otherwise.
         """
         from ledger.settlement.metrics import settlement_status, status_lines
-        from ledger.settlement.settler import SettlementSettings
+        from ledger.settlement.settings import SettlementSettings
         from ledger.stack.embedded import client_settings, stack_status
 
         settings = _settings()

@@ -33,7 +33,10 @@ from ledger.keys import embedded_account
 from ledger.polling import poll_until
 from ledger.protocol.eip712 import Domains, Redemption, typed_digest
 from ledger.protocol.secp256k1 import sign_digest
-from ledger.settlement.settler import Database, SettlementSettings, Settler, clear_debts, cut_batch
+from ledger.settlement.debts import clear_debts
+from ledger.settlement.settings import SettlementSettings
+from ledger.settlement.settler import Settler
+from ledger.settlement.store import Database, cut_batch
 from ledger.units import ONE_TOKEN
 from redemption.audit.service import AuditBatch, AuditReceiptDetail
 from redemption.sdk import SluiceAuth

@@ -286,7 +286,7 @@ class World:
     def celery(self) -> Iterator[Any]:
         """A Celery client on this world's broker: sends tasks as beat or a redelivering broker would."""
         from ledger.settlement.celery_app import make_app
-        from ledger.settlement.settler import SettlementSettings
+        from ledger.settlement.settings import SettlementSettings
 
         app = make_app(SettlementSettings(home=self.home, broker_url=self.broker, database_url=self.db_url))
         try:
