@@ -60,6 +60,6 @@ class ServiceState:
         lag = self.mirror_lag()
         if lag is not None and lag <= self.settings.mirror_max_lag_blocks:
             return None
-        from ledger.followers.mirror import read_direct
+        from ledger.chain.views import read_direct
 
         return await asyncio.to_thread(read_direct, self.ledger, payer, spender)
