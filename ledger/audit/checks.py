@@ -26,7 +26,7 @@ from eth_utils.address import to_checksum_address
 
 from ledger.audit.history import Pair, SettledBatch
 from ledger.domain import model_id, usage_cost
-from ledger.protocol.eip712 import Redemption, UsageReceipt, typed_digest
+from ledger.protocol.eip712 import receipt_hash, redemption_hash, typed_digest
 from ledger.protocol.merkle import build_tree, receipt_leaf, verify_proof
 from ledger.protocol.secp256k1 import SignatureError, recover_address
 
@@ -108,10 +108,9 @@ def _check_receipt(context: BatchContext, receipt: dict[str, Any], found: BatchF
     request_sep, receipt_sep = context.separators
     label = str(receipt["job_id"])
     job, payer, spender = unhex(label), unhex(receipt["payer"]), unhex(receipt["spender"])
-    payer_hex, spender_hex = "0x" + payer.hex(), "0x" + spender.hex()  # what the leaf and digests encode
     cost = int(receipt["cost"])
     pair = (payer, spender)
-    leaves.append(receipt_leaf(job, payer_hex, spender_hex, cost))
+    leaves.append(receipt_leaf(job, payer, spender, cost))
     owed[pair] += cost
     if receipt.get("kind") == "debt":
         found.debts.append((job, pair, cost))
@@ -139,8 +138,8 @@ def _check_receipt(context: BatchContext, receipt: dict[str, Any], found: BatchF
         problem(("request_payer", label, "the signed payer is not the receipt's payer"))
     if cost > max_cost:
         problem(("cost_over_max_cost", label, f"cost {cost} is above the signed maxCost {max_cost}"))
-    signed = Redemption(payer_hex, unhex(request["body_hash"]), max_cost, nonce, int(request["deadline"]))
-    digest = typed_digest(request_sep, signed.struct_hash())
+    digest = typed_digest(request_sep, redemption_hash(payer, unhex(request["body_hash"]), max_cost, nonce,
+                                                       int(request["deadline"])))
     if digest != unhex(request["digest"]):
         problem(("request_digest", label, "the served request digest is not the EIP-712 digest of the served "
                                           "Redemption fields"))
@@ -148,8 +147,8 @@ def _check_receipt(context: BatchContext, receipt: dict[str, Any], found: BatchF
     if signer != spender:
         who_signed = "nothing" if signer is None else to_checksum_address(signer)
         problem(("request_signature", label, f"the request signature recovers to {who_signed}, not the spender"))
-    usage = UsageReceipt(job, payer_hex, spender_hex, model, prompt, completion, cost, digest)
-    node_signer = signer_of(typed_digest(receipt_sep, usage.struct_hash()), unhex(receipt["node_signature"]))
+    node_digest = typed_digest(receipt_sep, receipt_hash(job, payer, spender, model, prompt, completion, cost, digest))
+    node_signer = signer_of(node_digest, unhex(receipt["node_signature"]))
     if node_signer != node:
         who_signed = "nothing" if node_signer is None else to_checksum_address(node_signer)
         problem(("node_signature", label, f"the node receipt signature recovers to {who_signed}, not the node "

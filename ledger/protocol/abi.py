@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 _UINT256_LIMIT = 2**256
+_ADDRESS_PAD = bytes(12)
 
 
-def address_word(address: str) -> bytes:
-    """A 0x-hex address as one left-padded word; ValueError unless it is 20 bytes of hex."""
-    raw = bytes.fromhex(address[2:] if address.startswith(("0x", "0X")) else address)
+def address_word(address: str | bytes) -> bytes:
+    """An address (0x-hex, or its raw 20 bytes) as one left-padded word; ValueError for anything else."""
+    raw = address if isinstance(address, bytes) else bytes.fromhex(
+        address[2:] if address.startswith(("0x", "0X")) else address)
     if len(raw) != 20:
         raise ValueError(f"{address!r} is not a 20-byte address")
-    return b"\x00" * 12 + raw
+    return _ADDRESS_PAD + raw
 
 
 def uint_word(value: int) -> bytes:

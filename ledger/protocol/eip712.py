@@ -8,7 +8,9 @@ Settlement contract:
 
 Hashing follows EIP-712 for static fields exactly (so eth-account's
 `sign_typed_data` produces the same digests); signing and recovery are
-`ledger.protocol.secp256k1`.
+`ledger.protocol.secp256k1`. `redemption_hash` and `receipt_hash` are the struct
+hashes of the messages the verifier recomputes per receipt, taking addresses as raw
+bytes too; the dataclasses' `struct_hash` is the same function.
 """
 
 from __future__ import annotations
@@ -60,6 +62,34 @@ _TICKET_TYPEHASH = keccak256(TICKET_TYPE.encode())
 _RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
 
 
+def redemption_hash(payer: str | bytes, body_hash: bytes, max_cost: int, nonce: int, deadline: int) -> bytes:
+    """The EIP-712 struct hash of `Redemption(payer, bodyHash, maxCost, nonce, deadline)`."""
+    return keccak256(
+        _REDEMPTION_TYPEHASH
+        + address_word(payer)
+        + bytes32_word(body_hash)
+        + uint_word(max_cost)
+        + uint_word(nonce)
+        + uint_word(deadline)
+    )
+
+
+def receipt_hash(job_id: bytes, payer: str | bytes, spender: str | bytes, model: bytes, prompt_tokens: int,
+                 completion_tokens: int, cost: int, request_digest: bytes) -> bytes:
+    """The EIP-712 struct hash of `UsageReceipt(jobId, payer, spender, model, ..., cost, requestDigest)`."""
+    return keccak256(
+        _RECEIPT_TYPEHASH
+        + bytes32_word(job_id)
+        + address_word(payer)
+        + address_word(spender)
+        + bytes32_word(model)
+        + uint_word(prompt_tokens)
+        + uint_word(completion_tokens)
+        + uint_word(cost)
+        + bytes32_word(request_digest)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Redemption:
     payer: str
@@ -69,14 +99,7 @@ class Redemption:
     deadline: int
 
     def struct_hash(self) -> bytes:
-        return keccak256(
-            _REDEMPTION_TYPEHASH
-            + address_word(self.payer)
-            + bytes32_word(self.body_hash)
-            + uint_word(self.max_cost)
-            + uint_word(self.nonce)
-            + uint_word(self.deadline)
-        )
+        return redemption_hash(self.payer, self.body_hash, self.max_cost, self.nonce, self.deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,17 +143,8 @@ class UsageReceipt:
     request_digest: bytes
 
     def struct_hash(self) -> bytes:
-        return keccak256(
-            _RECEIPT_TYPEHASH
-            + bytes32_word(self.job_id)
-            + address_word(self.payer)
-            + address_word(self.spender)
-            + bytes32_word(self.model)
-            + uint_word(self.prompt_tokens)
-            + uint_word(self.completion_tokens)
-            + uint_word(self.cost)
-            + bytes32_word(self.request_digest)
-        )
+        return receipt_hash(self.job_id, self.payer, self.spender, self.model, self.prompt_tokens,
+                            self.completion_tokens, self.cost, self.request_digest)
 
 
 @dataclass(frozen=True)

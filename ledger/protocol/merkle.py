@@ -14,8 +14,8 @@ from ledger.protocol.abi import address_word, bytes32_word, uint_word
 from ledger.protocol.keccak import keccak256
 
 
-def receipt_leaf(job_id: bytes, payer: str, spender: str, cost: int) -> bytes:
-    """The double-hashed leaf of one receipt (static ABI encoding is four 32-byte words)."""
+def receipt_leaf(job_id: bytes, payer: str | bytes, spender: str | bytes, cost: int) -> bytes:
+    """The double-hashed leaf of one receipt (static ABI encoding is four 32-byte words); addresses 0x-hex or raw."""
     encoded = bytes32_word(job_id) + address_word(payer) + address_word(spender) + uint_word(cost)
     return keccak256(keccak256(encoded))
 

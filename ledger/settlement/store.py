@@ -1,16 +1,11 @@
 """The settlement tables of migration 0003 and every statement on them.
 
-`settlement_outbox`, `settlement_batches`, `settlement_items`, `settlement_attempts`, `debts` and
-`suspended_accounts` are read and written here only: the cut that claims outbox rows into a
-batch, the batch rows a submit attempt reads and records its steps in, the sweeper, the
-confirmation (`confirm_batch`, SQL) and the release behind the mirror (`release_settled`, SQL),
-and the debts a `Shortfall` leaves. The chain side is `ledger.settlement.settler`.
-
-Exactly-once, the database's part: a usage record joins exactly one batch. The cut claims outbox
-rows with `FOR UPDATE SKIP LOCKED`, and in the same transaction stores the batch, sets each
-record's `batch_id` (only from `metered`) and deletes the outbox rows; a crashed cut rolls back
-whole. A batch is confirmed once: `confirm_batch` takes the batch row lock and does nothing when
-it is already confirmed.
+`settlement_outbox`, `settlement_batches`, `settlement_items`, `settlement_attempts`, `debts` (and
+`suspended_accounts`, migration 0002) are read and written here only: the cut that claims outbox
+rows into a batch, the batch rows a submit attempt reads and records its steps in, the sweeper,
+the confirmation (`confirm_batch`, SQL) and the release behind the mirror (`release_settled`,
+SQL), and the debts a `Shortfall` leaves. The chain side, the state machine and how the two
+together settle every record exactly once are `ledger.settlement.settler`.
 """
 
 from __future__ import annotations
@@ -123,11 +118,6 @@ class CutBatch:
     total: BaseUnits
 
 
-def hex_address(raw: bytes) -> str:
-    """A raw 20-byte address as the 0x-hex the protocol functions take (no checksum: that costs a keccak)."""
-    return "0x" + raw.hex()
-
-
 def tree_of(leaves: Sequence[bytes]) -> tuple[MerkleTree, bytes]:
     """A batch's receipts tree and its id, keccak256(receiptsRoot) as the contract derives it."""
     tree = build_tree(leaves)
@@ -154,8 +144,7 @@ def cut_batch(conn: Connection, max_records: int, max_items: int) -> CutBatch | 
         rows = conn.execute(CLAIM_SQL, {"max_records": max_records, "max_items": max_items}).fetchall()
         if not rows:
             return None
-        leaves = [receipt_leaf(bytes(job), hex_address(bytes(p)), hex_address(bytes(s)), int(cost))
-                  for _id, job, p, s, cost in rows]
+        leaves = [receipt_leaf(bytes(job), bytes(p), bytes(s), int(cost)) for _id, job, p, s, cost in rows]
         tree, batch_id = tree_of(leaves)
         items: dict[tuple[bytes, bytes], list[int]] = {}
         for _id, _job, payer, spender, cost in rows:
@@ -378,7 +367,7 @@ def create_debt_batch(conn: Connection, payer: str) -> bytes | None:
         if pending:
             return min(pending)
         # One leaf per debt: (the batch that recorded it, payer, spender, amount outstanding).
-        leaves = [receipt_leaf(bytes(b), payer, hex_address(bytes(s)), int(amount)) for _i, b, s, amount, *_ in rows]
+        leaves = [receipt_leaf(bytes(b), payer, bytes(s), int(amount)) for _i, b, s, amount, *_ in rows]
         tree, batch_id = tree_of(leaves)
         items: dict[bytes, list[int]] = {}
         for _i, _b, spender, amount, *_ in rows:
