@@ -1,7 +1,7 @@
 """The wire protocol between the redemption service and inference nodes.
 
 Dispatch: the service forwards an OpenAI request to a node's agent with a
-`Sluice-Ticket` header, the EIP-712 `DispatchTicket` (ledger.eip712) signed by the
+`Sluice-Ticket` header, the EIP-712 `DispatchTicket` (ledger.protocol.eip712) signed by the
 service's dispatch key. The agent accepts a ticket once, before it expires, when
 it names the agent's own node address and the request's model.
 

@@ -76,9 +76,11 @@ class Settings(BaseSettings):
         return self.broker_url or broker_url(StatePaths(self.state_dir))
 
     # secrets read by the CLI and node processes
-    keystore_password: SecretStr | None = None
-    auditor_key: SecretStr | None = None
-    node_key: SecretStr | None = None
+    keystore_password: SecretStr | None = Field(
+        None, description="password of the encrypted keystore a command opens (instead of a prompt)"
+    )
+    auditor_key: SecretStr | None = Field(None, description="private key of an AUDITOR_ROLE holder for `sluice audit`")
+    node_key: SecretStr | None = Field(None, description="receipt-signing private key of an inference node agent")
 
 
 @lru_cache(maxsize=1)

@@ -37,6 +37,22 @@ class DeploymentMissing(LedgerError):
     """No Sluice deployment is recorded for the chain."""
 
 
+class SettlementPending(LedgerError):
+    """A batch's transaction is not mined or not confirmed yet: try again later."""
+
+
+class SettlementMismatch(LedgerError):
+    """What the chain recorded for a batch disagrees with the stored batch."""
+
+
+class DebtNotCovered(LedgerError):
+    """The payer's balance or allowance does not cover its debts yet."""
+
+
+class VerifyError(LedgerError):
+    """An audit could not run (not a discrepancy: the API refused, the chain does not answer, ...)."""
+
+
 class ContractRevert(LedgerError):
     """A call or transaction reverted. `error` is the custom error's name, `args` its values."""
 

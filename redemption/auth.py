@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from ledger.protocol.eip712 import Redemption, SignatureError, keccak, recover_address, typed_digest
+from ledger.protocol.eip712 import Redemption, typed_digest
+from ledger.protocol.keccak import keccak256 as keccak
+from ledger.protocol.secp256k1 import SignatureError, recover_address
 from redemption import errors
 
 PAYER = "sluice-payer"

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger.domain import TIER_NAMES
-from ledger.protocol.eip712 import keccak
+from ledger.protocol.keccak import keccak256 as keccak
 from redemption import errors
 from redemption.auth import read_body, verify_headers
 from redemption.metering import HeldCall

@@ -28,7 +28,8 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
-from ledger.protocol.eip712 import DispatchTicket, Domains, sign_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from redemption import errors
 from redemption.metering import HeldCall, Meter
 from redemption.metrics import ServiceMetrics

@@ -15,7 +15,8 @@ from typing import Any
 
 from inference_node.protocol import SignedReceipt
 from ledger.domain import usage_cost
-from ledger.protocol.eip712 import Domains, SignatureError, recover_address, typed_digest
+from ledger.protocol.eip712 import Domains, typed_digest
+from ledger.protocol.secp256k1 import SignatureError, recover_address
 from redemption import errors
 from redemption.auth import VerifiedCall
 from redemption.metrics import ServiceMetrics

@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
 
-from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains
+from ledger.protocol.signed_call import signed_call_headers
 
 DISCOVERY_PATH = "/.well-known/sluice.json"
 MaxCost = int | Callable[[httpx.Request], int]
@@ -51,17 +51,10 @@ class SluiceAuth(httpx.Auth):
         self._lock = threading.Lock()
 
     def sign(self, request: httpx.Request, domains: Domains) -> None:
-        body = request.content
         max_cost = self.max_cost(request) if callable(self.max_cost) else self.max_cost
-        nonce = secrets.randbits(128)
-        deadline = int(time.time()) + self.deadline_seconds
-        message = Redemption(self.payer, keccak(body), max_cost, nonce, deadline)
-        signature = sign_digest(bytes(self.account.key), typed_digest(domains.redemption, message.struct_hash()))
-        request.headers["Sluice-Payer"] = self.payer
-        request.headers["Sluice-Max-Cost"] = str(max_cost)
-        request.headers["Sluice-Nonce"] = str(nonce)
-        request.headers["Sluice-Deadline"] = str(deadline)
-        request.headers["Sluice-Signature"] = "0x" + signature.hex()
+        request.headers.update(signed_call_headers(
+            bytes(self.account.key), domains.redemption, request.content, payer=self.payer, max_cost=max_cost,
+            nonce=secrets.randbits(128), deadline=int(time.time()) + self.deadline_seconds))
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self.domains is None:

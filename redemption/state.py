@@ -13,11 +13,12 @@ from eth_account import Account
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deployment import Deployment, load_deployment
-from ledger.chain.sender import connect
+from ledger.chain.views import read_direct
 from ledger.domain import ChainFigures
 from ledger.followers.indexer import ChainIndexer
-from ledger.followers.mirror import ChainMirror, read_direct
+from ledger.followers.mirror import ChainMirror
 from ledger.keys import embedded_account
 from ledger.protocol.eip712 import Domains
 from redemption.audit.auth import AuditorRoles

@@ -24,21 +24,17 @@ from eth_account.messages import encode_typed_data
 
 from ledger.protocol.eip712 import (
     DOMAIN_VERSION,
-    HALF_N,
     RECEIPT_DOMAIN_NAME,
     REDEMPTION_DOMAIN_NAME,
     REDEMPTION_TYPE,
-    SECP256K1_N,
     Domains,
     Redemption,
-    SignatureError,
     UsageReceipt,
     keccak,
-    recover_digest,
-    sign_digest,
     typed_digest,
 )
 from ledger.protocol.merkle import build_tree, receipt_leaf, verify_proof
+from ledger.protocol.secp256k1 import HALF_N, SECP256K1_N, SignatureError, recover_digest, sign_digest
 from ledger.units import format_amount, parse_amount
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,11 +23,8 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
-from coincurve import PrivateKey
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_hash.auto import keccak
-from eth_utils.address import to_checksum_address
 from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
@@ -61,6 +58,7 @@ from inference_node.protocol import (
 )
 from ledger.domain import usage_cost
 from ledger.protocol.eip712 import DispatchTicket, UsageReceipt, typed_digest
+from ledger.protocol.secp256k1 import address_of, sign_digest
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +141,7 @@ class NodeAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self._key = bytes.fromhex(config.node_key.get_secret_value().removeprefix("0x"))
-        # Kept whole: building a PrivateKey derives its public key, more than half the cost of a signature.
-        self._signer = PrivateKey(self._key)
-        public = self._signer.public_key.format(compressed=False)[1:]
-        self.address: str = to_checksum_address(keccak(public)[12:])
+        self.address: str = address_of(self._key)
         self.metrics = AgentMetrics()
         self.tickets = TicketGate(self.address, clock_skew=config.clock_skew, max_lifetime=config.ticket_max_lifetime)
         self._dispatch_ready = asyncio.Event()
@@ -265,9 +260,7 @@ class NodeAgent:
             request_digest=ticket.request_digest,
         )  # fmt: skip
         digest = typed_digest(domains.receipt, receipt.struct_hash())
-        signature = self._signer.sign_recoverable(digest, hasher=None)
-        # r || s || v with v = 27/28, as ledger.eip712.sign_digest produces.
-        return SignedReceipt(receipt, signature[:64] + bytes([signature[64] + 27]), self.address)
+        return SignedReceipt(receipt, sign_digest(self._key, digest), self.address)
 
     def record_receipt(self, signed: SignedReceipt, delivery: str) -> None:
         self.metrics.receipts.labels(delivery).inc()

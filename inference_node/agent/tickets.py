@@ -11,7 +11,8 @@ from eth_hash.auto import keccak
 
 from inference_node.agent.errors import InvalidTicket, NodeNotReady, TicketExpired, TicketReplayed
 from inference_node.protocol import TICKET_HEADER, DispatchInfo, ProtocolError, SignedTicket
-from ledger.protocol.eip712 import DispatchTicket, Domains, SignatureError, recover_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
+from ledger.protocol.secp256k1 import SignatureError, recover_digest
 
 
 class SpentTickets:

@@ -37,8 +37,9 @@ from eth_utils.crypto import keccak
 from ledger.bench.harness import Report
 from ledger.chain.client import Ledger
 from ledger.domain import model_id, usage_cost
-from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
 from ledger.protocol.merkle import build_tree, receipt_leaf
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.units import ONE_TOKEN
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -186,10 +187,11 @@ def _write_rows(db_url: str, batches: Sequence[tuple[bytes, bytes, list[Receipt]
 
 def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Build the throwaway stack and history, then time the backfill and the verification."""
-    from ledger.audit.verifier import AuditApi, verify
+    from ledger.audit.api import AuditApi
+    from ledger.audit.verifier import verify
+    from ledger.chain.connection import connect
     from ledger.chain.deploy import deploy_all
     from ledger.chain.deployment import save_deployment
-    from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.db import migrate
     from ledger.followers.indexer import ChainIndexer

@@ -26,13 +26,15 @@ from eth_hash.auto import keccak
 
 from ledger.bench.harness import Report, cpu_seconds
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import save_deployment
-from ledger.chain.sender import connect, poll_until
 from ledger.config import Settings
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
-from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, sign_digest, typed_digest
+from ledger.polling import poll_until
+from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.apps import EmbeddedNode, api_service, node_services
 from ledger.stack.probes import free_port
 from ledger.stack.services import anvil_binary, anvil_service, postgres_service

@@ -39,7 +39,8 @@ from ledger.bench.harness import Report, cpu_seconds, send_all
 from ledger.chain.client import Ledger
 from ledger.domain import model_id, usage_cost
 from ledger.keys import embedded_account
-from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.units import ONE_TOKEN
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -296,12 +297,12 @@ def run(config: BenchConfig, report: Report = print) -> dict[str, Any]:
     """Start a throwaway stack, fund the pairs, meter and settle in the configured mode(s); returns the figures."""
     import tempfile
 
+    from ledger.chain.connection import connect
     from ledger.chain.deploy import deploy_all
     from ledger.chain.deployment import save_deployment
-    from ledger.chain.sender import connect
     from ledger.config import Settings
     from ledger.followers.mirror import ChainMirror
-    from ledger.settlement.settler import release_settled
+    from ledger.settlement.store import release_settled
     from ledger.stack.probes import free_port
     from ledger.stack.services import client_environment, default_services
     from ledger.stack.supervisor import Stack

@@ -18,8 +18,8 @@ from eth_utils.crypto import keccak
 
 from ledger.bench.harness import Report, send_all
 from ledger.chain.client import Ledger, SettlementItem
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
-from ledger.chain.sender import connect
 from ledger.config import Settings
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths

@@ -16,8 +16,9 @@ from web3 import Web3
 
 from ledger.chain.artifacts import load_artifact
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deployment import Deployment, load_deployment, save_deployment
-from ledger.chain.sender import TxSender, connect
+from ledger.chain.sender import TxSender
 from ledger.config import Settings
 from ledger.domain import Tier
 from ledger.errors import DeploymentMissing, LedgerError

@@ -9,6 +9,8 @@ or logs are read, so these readers speak JSON-RPC directly:
   decoded with orjson;
 - `LogSpan` is the adaptive `eth_getLogs` block range: halved when the node refuses a range,
   shrunk to the answer size the reader wants, grown again while answers are small and fast.
+
+Contract view calls over these batches are `ledger.chain.views`.
 """
 
 from __future__ import annotations
@@ -163,4 +165,3 @@ class LogSpan:
             self.span = max(1, min(self.span, blocks * self.target_logs // logs))
         elif blocks >= self.span and logs * 2 <= self.target_logs and seconds < self.FAST_SECONDS:
             self.span = min(self.max_span, self.span * 2)
-

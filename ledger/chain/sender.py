@@ -1,4 +1,4 @@
-"""Chain access: the Web3 connection and one transaction sender per key.
+"""One transaction sender per key, and waiting for a transaction's receipt.
 
 `TxSender` is safe under concurrent callers: nonces are handed out under a lock,
 a nonce is consumed only once the node accepted the transaction (so none is
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import Web3
@@ -26,16 +24,6 @@ from web3.types import TxParams, TxReceipt
 from ledger.errors import ChainUnavailable, ContractRevert, TransactionTimeout, decode_revert
 
 _NONCE_ERRORS = ("nonce too low", "already known", "nonce has already been used", "replacement transaction")
-
-
-def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
-    """A Web3 connection to `rpc_url`; raises ChainUnavailable when it does not answer."""
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
-    try:
-        w3.eth.chain_id  # noqa: B018 - a cheap round trip proves the endpoint answers
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ChainUnavailable(f"the chain at {rpc_url} does not answer ({exc.__class__.__name__})") from exc
-    return w3
 
 
 def revert_from(exc: ContractLogicError, tx_hash: str | None = None) -> ContractRevert:
@@ -178,18 +166,3 @@ def wait_for_receipt(w3: Web3, tx_hash: str, timeout: float, confirmations: int 
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
 
-
-def poll_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until `check()` is true, polling with back-off; TimeoutError names `what`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
-
-
-def account_from_key(key: str) -> LocalAccount:
-    account: LocalAccount = Account.from_key(key)
-    return account

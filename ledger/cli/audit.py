@@ -203,7 +203,8 @@ def history(
     """
     from rich.table import Table
 
-    from ledger.audit.verifier import AuditApi, VerifyError
+    from ledger.audit.api import AuditApi
+    from ledger.errors import VerifyError
 
     client = AuditApi(_api_url(api), _auditor(key))
     params: dict[str, Any] = {"account": account, "kind": kind, "from_block": from_block, "to_block": to_block,
@@ -293,9 +294,9 @@ def verify(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ledger.audit.verifier import AuditApi, VerifyError
+    from ledger.audit.api import AuditApi
     from ledger.audit.verifier import verify as run_verify
-    from ledger.errors import LedgerError
+    from ledger.errors import LedgerError, VerifyError
 
     try:
         rpc_url = rpc

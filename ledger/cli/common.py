@@ -145,8 +145,8 @@ def keystore_password() -> str | None:
 def open_ledger() -> Any:
     """The Ledger of the configured chain's recorded deployment."""
     from ledger.chain.client import Ledger
+    from ledger.chain.connection import connect
     from ledger.chain.deployment import load_deployment
-    from ledger.chain.sender import connect
     from ledger.config import get_settings
 
     settings = get_settings()

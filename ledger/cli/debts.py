@@ -22,7 +22,8 @@ app = typer.Typer(
 
 
 def _database() -> Any:
-    from ledger.settlement.settler import Database, get_settlement_settings
+    from ledger.settlement.settings import get_settlement_settings
+    from ledger.settlement.store import Database
 
     return Database(get_settlement_settings().effective_database_url)
 
@@ -33,7 +34,7 @@ def debts(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """List outstanding debts and suspended accounts (subcommand `clear PAYER` settles a payer's debts)."""
     if ctx.invoked_subcommand is not None:
         return
-    from ledger.settlement.settler import outstanding_debts, suspended_accounts
+    from ledger.settlement.store import outstanding_debts, suspended_accounts
     from ledger.units import format_tokens
 
     conn = _database().conn()
@@ -69,7 +70,9 @@ def clear(
     as_json: bool = JsonOpt,
 ) -> None:
     """Burn everything PAYER owes as a new settlement batch, then lift its suspension. Prints the tx hash."""
-    from ledger.settlement.settler import clear_debts, get_settlement_settings, open_settler
+    from ledger.settlement.debts import clear_debts
+    from ledger.settlement.settings import get_settlement_settings
+    from ledger.settlement.settler import open_settler
     from ledger.units import format_tokens
 
     account = checksum_address(payer)

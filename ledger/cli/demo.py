@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
         verifies the whole history and prints it. Inference is simulated on the embedded stack.
         """
         from ledger.chain.client import Ledger
+        from ledger.chain.connection import connect
         from ledger.chain.deployment import Deployment
-        from ledger.chain.sender import connect
         from ledger.config import get_settings
         from ledger.keys import operator_account
         from ledger.paths import StatePaths

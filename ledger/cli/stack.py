@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         Exits 0 when every service answers, 1 otherwise.
         """
         from ledger.settlement.metrics import settlement_status, status_lines
-        from ledger.settlement.settler import SettlementSettings
+        from ledger.settlement.settings import SettlementSettings
         from ledger.stack.services import client_settings
         from ledger.stack.status import stack_status
 

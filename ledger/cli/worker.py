@@ -20,7 +20,7 @@ def run_worker(*, beat: bool, concurrency: int, pool: str, loglevel: str) -> Non
     import logging
 
     from ledger.settlement.metrics import serve_metrics
-    from ledger.settlement.settler import get_settlement_settings
+    from ledger.settlement.settings import get_settlement_settings
 
     if pool not in POOLS:
         raise typer.BadParameter(f"--pool must be one of {', '.join(POOLS)}")

@@ -16,7 +16,7 @@ This module owns the `mirror_*` tables of migration 0002 and how they follow the
   point; a chain that no longer reaches the cursor (a restarted dev chain) is re-mirrored from
   the deployment block.
 
-`read_direct` reads the same figures straight from the chain for when the mirror lags.
+`ledger.chain.views.read_direct` reads the same figures straight from the chain for when the mirror lags.
 """
 
 from __future__ import annotations
@@ -24,24 +24,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
 
 import psycopg
-from eth_typing import ABIEvent, ABIFunction
+from eth_typing import ABIEvent
 from eth_utils.abi import (
     event_abi_to_log_topic,
-    function_abi_to_4byte_selector,
-    get_abi_input_types,
-    get_abi_output_types,
 )
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from psycopg.rows import TupleRow
 from web3 import Web3
-from web3.contract import Contract
 
 from ledger.chain.client import Ledger
 from ledger.chain.rpc import RpcError
@@ -50,12 +43,11 @@ from ledger.chain.rpc import block_hash as _block_hash
 from ledger.chain.rpc import call as _rpc
 from ledger.chain.rpc import result as _result
 from ledger.chain.rpc import too_large as _too_large
+from ledger.chain.views import ContractView, error_selector
 from ledger.db import connect
-from ledger.domain import ChainFigures
 from ledger.errors import LedgerError
 from ledger.followers.follower import ChainMoved, Cursor, CursorMoved, CursorTable, FollowStatus, StopSignal, follow
 from ledger.followers.follower import FollowStatus as MirrorStatus
-from ledger.units import BaseUnits
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +57,6 @@ _CURSOR = CursorTable("mirror_cursor", "sluice:chain-mirror")
 _FAST_RANGE_SECONDS = 0.5
 _GROW_AFTER = 4
 _ZERO_ADDRESS = b"\x00" * 20
-_WORD_INPUTS = {"address": 20, "bytes32": 32}  # ABI type -> byte length of a one-word static argument
 
 Pair = tuple[bytes, bytes]
 
@@ -120,57 +111,6 @@ class _Figures:
     # model -> (name, input rate, output rate, tier, listed); rates None when delisted and unknown.
     rates: dict[bytes, tuple[str, int | None, int | None, int | None, bool]] = field(default_factory=dict)
     unknown_models: set[bytes] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class _View:
-    """One view function of a bound contract, encoded for raw JSON-RPC batches (no per-call web3 overhead)."""
-
-    address: str
-    selector: bytes
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @classmethod
-    def of(cls, contract: Contract, name: str) -> _View:
-        abi = next(e for e in contract.abi if e.get("type") == "function" and e.get("name") == name)
-        fn = cast(ABIFunction, abi)
-        selector = function_abi_to_4byte_selector(fn)
-        return cls(str(contract.address), selector, tuple(get_abi_input_types(fn)), tuple(get_abi_output_types(fn)))
-
-    def request(self, w3: Web3, args: Sequence[Any], block: int) -> tuple[str, list[Any]]:
-        if all(isinstance(a, bytes) and len(a) == _WORD_INPUTS.get(t) for t, a in zip(self.inputs, args, strict=True)):
-            # Static one-word arguments (20-byte addresses, bytes32) are just left-padded: the general
-            # ABI encoder costs more than the node's answer when thousands of keys are re-read.
-            data = self.selector + b"".join(a.rjust(32, b"\x00") for a in args)
-        else:
-            data = self.selector + w3.codec.encode(self.inputs, args)
-        return "eth_call", [{"to": self.address, "data": "0x" + data.hex()}, hex(block)]
-
-    def decode(self, w3: Web3, result: str) -> Any:
-        raw = bytes.fromhex(result.removeprefix("0x"))
-        if not raw:
-            raise MirrorError(f"empty eth_call answer from {self.address}: no contract there at that block")
-        if len(raw) == 32 and self.outputs == ("uint256",):
-            return int.from_bytes(raw, "big")
-        if len(raw) == 32 and self.outputs == ("bool",) and int.from_bytes(raw, "big") in (0, 1):
-            return raw[31] == 1
-        values = w3.codec.decode(self.outputs, raw)
-        return values[0] if len(values) == 1 else values
-
-
-def _error_selector(contract: Contract, name: str) -> str:
-    abi = cast(dict[str, Any], next(e for e in contract.abi if e.get("type") == "error" and e.get("name") == name))
-    types = ",".join(str(i["type"]) for i in abi.get("inputs", []))
-    return "0x" + keccak(text=f"{name}({types})")[:4].hex()
-
-
-def _address(value: str | bytes) -> bytes:
-    if isinstance(value, bytes):
-        if len(value) != 20:
-            raise ValueError(f"an address is 20 bytes, not {len(value)}")
-        return value
-    return bytes.fromhex(to_checksum_address(value).removeprefix("0x"))
 
 
 def _topic_address(topic: str) -> bytes:
@@ -234,13 +174,13 @@ class ChainMirror:
                 topic = "0x" + event_abi_to_log_topic(cast(ABIEvent, abi)).hex()
                 self._events[topic] = (str(contract.address).lower(), name)
         self._topics = sorted(self._events)
-        self._balance_of = _View.of(token, "balanceOf")
-        self._allowance = _View.of(token, "allowance")
-        self._is_allowlisted = _View.of(token, "isAllowlisted")
-        self._paused = _View.of(token, "paused")
-        self._rate_of = _View.of(rate_card, "rateOf")
-        self._name_of = _View.of(rate_card, "nameOf")
-        self._unknown_model = _error_selector(rate_card, "RateCardUnknownModel")
+        self._balance_of = ContractView.of(token, "balanceOf")
+        self._allowance = ContractView.of(token, "allowance")
+        self._is_allowlisted = ContractView.of(token, "isAllowlisted")
+        self._paused = ContractView.of(token, "paused")
+        self._rate_of = ContractView.of(rate_card, "rateOf")
+        self._name_of = ContractView.of(rate_card, "nameOf")
+        self._unknown_model = error_selector(rate_card, "RateCardUnknownModel")
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: StopSignal, interval: float = 0.2, max_backoff: float = 10.0) -> None:
@@ -649,28 +589,3 @@ def _open(url: str) -> psycopg.Connection[TupleRow]:
 _read_cursor = _CURSOR.read
 _lock_and_read_cursor = _CURSOR.lock_and_read
 mirror_status = _CURSOR.status  # read on the caller's connection, e.g. one from the service's pool
-
-
-def read_direct(ledger: Ledger, payer: str | bytes, spender: str | bytes) -> ChainFigures:
-    """Balance, allowance, allowlist and pause for (payer, spender) straight from the chain, at one block.
-
-    Two round trips: the block number, then one batch of four eth_calls pinned to it.
-    """
-    w3 = ledger.w3
-    token = ledger.token
-    payer_hex = to_checksum_address(_address(payer))
-    spender_hex = to_checksum_address(_address(spender))
-    block = int(_rpc(w3, "eth_blockNumber", []), 16)
-    views = (
-        _View.of(token, "balanceOf"),
-        _View.of(token, "allowance"),
-        _View.of(token, "isAllowlisted"),
-        _View.of(token, "paused"),
-    )
-    args: Iterable[list[Any]] = ([payer_hex], [payer_hex, spender_hex], [payer_hex], [])
-    calls = [view.request(w3, a, block) for view, a in zip(views, args, strict=True)]
-    answers = _rpc_batch(w3, calls, len(calls))
-    balance, allowance, allowlisted, paused = (
-        view.decode(w3, _result(answer, "eth_call")) for view, answer in zip(views, answers, strict=True)
-    )
-    return ChainFigures(BaseUnits(int(balance)), BaseUnits(int(allowance)), bool(allowlisted), bool(paused), block)

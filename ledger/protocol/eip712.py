@@ -1,4 +1,4 @@
-"""The EIP-712 messages of the signed-call protocol, hashed and verified fast.
+"""The EIP-712 messages of the signed-call protocol and their domains, hashed fast.
 
 Three typed messages, all under domains bound to the chain id and the
 Settlement contract:
@@ -7,22 +7,21 @@ Settlement contract:
 - `UsageReceipt` (domain "Sluice Node"): a node's signed statement of what a job used.
 
 Hashing follows EIP-712 for static fields exactly (so eth-account's
-`sign_typed_data` produces the same digests); signing and recovery use
-coincurve's libsecp256k1 and accept only low-s signatures.
+`sign_typed_data` produces the same digests); signing and recovery are
+`ledger.protocol.secp256k1`. `redemption_hash` and `receipt_hash` are the struct
+hashes of the messages the verifier recomputes per receipt, taking addresses as raw
+bytes too; the dataclasses' `struct_hash` is the same function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 
-from coincurve import PrivateKey, PublicKey
 from eth_utils.address import to_checksum_address
 
+from ledger.protocol.abi import address_word, bytes32_word, uint_word
 from ledger.protocol.keccak import keccak256
-
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-HALF_N = SECP256K1_N // 2
 
 REDEMPTION_TYPE = "Redemption(address payer,bytes32 bodyHash,uint256 maxCost,uint256 nonce,uint256 deadline)"
 TICKET_TYPE = (
@@ -41,50 +40,54 @@ RECEIPT_DOMAIN_NAME = "Sluice Node"
 DOMAIN_VERSION = "1"
 
 
-keccak = keccak256
-
-
-class SignatureError(ValueError):
-    """A signature is malformed, high-s, or does not recover."""
-
-
-def _word_address(address: str) -> bytes:
-    raw = bytes.fromhex(address[2:] if address.startswith(("0x", "0X")) else address)
-    if len(raw) != 20:
-        raise ValueError(f"{address!r} is not a 20-byte address")
-    return raw.rjust(32, b"\x00")
-
-
-def _word_uint(value: int) -> bytes:
-    if not 0 <= value < 2**256:
-        raise ValueError(f"{value} does not fit in uint256")
-    return value.to_bytes(32, "big")
-
-
-def _word_bytes32(value: bytes) -> bytes:
-    if len(value) != 32:
-        raise ValueError("expected 32 bytes")
-    return value
-
-
 @cache
 def domain_separator(name: str, chain_id: int, verifying_contract: str) -> bytes:
-    return keccak(
-        keccak(DOMAIN_TYPE.encode())
-        + keccak(name.encode())
-        + keccak(DOMAIN_VERSION.encode())
-        + _word_uint(chain_id)
-        + _word_address(verifying_contract)
+    """The EIP712Domain(name, version "1", chainId, verifyingContract) separator of one Sluice domain."""
+    return keccak256(
+        keccak256(DOMAIN_TYPE.encode())
+        + keccak256(name.encode())
+        + keccak256(DOMAIN_VERSION.encode())
+        + uint_word(chain_id)
+        + address_word(verifying_contract)
     )
 
 
 def typed_digest(separator: bytes, struct_hash: bytes) -> bytes:
-    return keccak(b"\x19\x01" + separator + struct_hash)
+    """The digest that is signed: keccak256(0x1901 || domain separator || struct hash)."""
+    return keccak256(b"\x19\x01" + separator + struct_hash)
 
 
-_REDEMPTION_TYPEHASH = keccak(REDEMPTION_TYPE.encode())
-_TICKET_TYPEHASH = keccak(TICKET_TYPE.encode())
-_RECEIPT_TYPEHASH = keccak(RECEIPT_TYPE.encode())
+_REDEMPTION_TYPEHASH = keccak256(REDEMPTION_TYPE.encode())
+_TICKET_TYPEHASH = keccak256(TICKET_TYPE.encode())
+_RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+
+
+def redemption_hash(payer: str | bytes, body_hash: bytes, max_cost: int, nonce: int, deadline: int) -> bytes:
+    """The EIP-712 struct hash of `Redemption(payer, bodyHash, maxCost, nonce, deadline)`."""
+    return keccak256(
+        _REDEMPTION_TYPEHASH
+        + address_word(payer)
+        + bytes32_word(body_hash)
+        + uint_word(max_cost)
+        + uint_word(nonce)
+        + uint_word(deadline)
+    )
+
+
+def receipt_hash(job_id: bytes, payer: str | bytes, spender: str | bytes, model: bytes, prompt_tokens: int,
+                 completion_tokens: int, cost: int, request_digest: bytes) -> bytes:
+    """The EIP-712 struct hash of `UsageReceipt(jobId, payer, spender, model, ..., cost, requestDigest)`."""
+    return keccak256(
+        _RECEIPT_TYPEHASH
+        + bytes32_word(job_id)
+        + address_word(payer)
+        + address_word(spender)
+        + bytes32_word(model)
+        + uint_word(prompt_tokens)
+        + uint_word(completion_tokens)
+        + uint_word(cost)
+        + bytes32_word(request_digest)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +99,7 @@ class Redemption:
     deadline: int
 
     def struct_hash(self) -> bytes:
-        return keccak(
-            _REDEMPTION_TYPEHASH
-            + _word_address(self.payer)
-            + _word_bytes32(self.body_hash)
-            + _word_uint(self.max_cost)
-            + _word_uint(self.nonce)
-            + _word_uint(self.deadline)
-        )
+        return redemption_hash(self.payer, self.body_hash, self.max_cost, self.nonce, self.deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +116,18 @@ class DispatchTicket:
     expires: int
 
     def struct_hash(self) -> bytes:
-        return keccak(
+        return keccak256(
             _TICKET_TYPEHASH
-            + _word_bytes32(self.job_id)
-            + _word_address(self.node)
-            + _word_address(self.payer)
-            + _word_address(self.spender)
-            + _word_bytes32(self.model)
-            + _word_uint(self.max_tokens)
-            + _word_uint(self.input_rate)
-            + _word_uint(self.output_rate)
-            + _word_bytes32(self.request_digest)
-            + _word_uint(self.expires)
+            + bytes32_word(self.job_id)
+            + address_word(self.node)
+            + address_word(self.payer)
+            + address_word(self.spender)
+            + bytes32_word(self.model)
+            + uint_word(self.max_tokens)
+            + uint_word(self.input_rate)
+            + uint_word(self.output_rate)
+            + bytes32_word(self.request_digest)
+            + uint_word(self.expires)
         )
 
 
@@ -147,17 +143,8 @@ class UsageReceipt:
     request_digest: bytes
 
     def struct_hash(self) -> bytes:
-        return keccak(
-            _RECEIPT_TYPEHASH
-            + _word_bytes32(self.job_id)
-            + _word_address(self.payer)
-            + _word_address(self.spender)
-            + _word_bytes32(self.model)
-            + _word_uint(self.prompt_tokens)
-            + _word_uint(self.completion_tokens)
-            + _word_uint(self.cost)
-            + _word_bytes32(self.request_digest)
-        )
+        return receipt_hash(self.job_id, self.payer, self.spender, self.model, self.prompt_tokens,
+                            self.completion_tokens, self.cost, self.request_digest)
 
 
 @dataclass(frozen=True)
@@ -184,41 +171,3 @@ class Domains:
         return {"name": name, "version": DOMAIN_VERSION, "chainId": self.chain_id,
                 "verifyingContract": to_checksum_address(self.verifying_contract)}
 
-
-@lru_cache(maxsize=64)
-def _signing_key(private_key: bytes) -> PrivateKey:
-    # Building a PrivateKey derives its public key: a service signing every ticket keeps it.
-    return PrivateKey(private_key)
-
-
-def sign_digest(private_key: bytes, digest: bytes) -> bytes:
-    """A 65-byte r||s||v signature (v = 27/28, low-s as libsecp256k1 always produces)."""
-    sig = _signing_key(private_key).sign_recoverable(digest, hasher=None)
-    return sig[:64] + bytes([sig[64] + 27])
-
-
-def recover_digest(digest: bytes, signature: bytes) -> str:
-    """The checksummed address that signed `digest`; SignatureError for malformed or high-s signatures."""
-    return to_checksum_address(recover_address(digest, signature))
-
-
-def recover_address(digest: bytes, signature: bytes) -> bytes:
-    """The 20 address bytes that signed `digest` (no checksumming: the hot path compares bytes)."""
-    if len(signature) != 65:
-        raise SignatureError(f"a signature is 65 bytes, got {len(signature)}")
-    v = signature[64]
-    if v >= 27:
-        v -= 27
-    if v not in (0, 1):
-        raise SignatureError("signature v must be 27 or 28")
-    s = int.from_bytes(signature[32:64], "big")
-    if not 0 < s <= HALF_N:
-        raise SignatureError("signature s must be in the lower half of the curve order (low-s)")
-    r = int.from_bytes(signature[:32], "big")
-    if not 0 < r < SECP256K1_N:
-        raise SignatureError("signature r is out of range")
-    try:
-        public = PublicKey.from_signature_and_message(signature[:64] + bytes([v]), digest, hasher=None)
-    except Exception as exc:  # libsecp256k1 refuses points that do not recover
-        raise SignatureError("signature does not recover to a public key") from exc
-    return keccak(public.format(compressed=False)[1:])[12:]

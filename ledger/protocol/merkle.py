@@ -10,24 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eth_hash.auto import keccak
+from ledger.protocol.abi import address_word, bytes32_word, uint_word
+from ledger.protocol.keccak import keccak256
 
 
-def receipt_leaf(job_id: bytes, payer: str, spender: str, cost: int) -> bytes:
-    """The double-hashed leaf of one receipt (static ABI encoding is four 32-byte words)."""
-    if len(job_id) != 32:
-        raise ValueError("job id must be 32 bytes")
-    encoded = (
-        job_id
-        + bytes.fromhex(payer[2:].rjust(64, "0"))
-        + bytes.fromhex(spender[2:].rjust(64, "0"))
-        + cost.to_bytes(32, "big")
-    )
-    return keccak(keccak(encoded))
+def receipt_leaf(job_id: bytes, payer: str | bytes, spender: str | bytes, cost: int) -> bytes:
+    """The double-hashed leaf of one receipt (static ABI encoding is four 32-byte words); addresses 0x-hex or raw."""
+    encoded = bytes32_word(job_id) + address_word(payer) + address_word(spender) + uint_word(cost)
+    return keccak256(keccak256(encoded))
 
 
 def hash_pair(a: bytes, b: bytes) -> bytes:
-    return keccak(a + b if a <= b else b + a)
+    return keccak256(a + b if a <= b else b + a)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,26 @@
-"""The Celery app of the settlement workers: broker, delivery guarantees and the beat schedule.
+"""The Celery app of the settlement workers: broker, delivery guarantees, the beat schedule and the retry cap.
 
 `celery -A ledger.celery_app worker` and `sluice worker` run it. The broker is BROKER_URL
 (Redis, or RabbitMQ with an amqp:// URL), else the embedded Redis of the state dir. Tasks
-live in `ledger.settlement.tasks`; this module only configures how they are delivered.
+live in `ledger.settlement.tasks` as shared tasks with their retry policy in the decorator;
+this module only configures how they are delivered.
+
+Nothing is read at import time: `make_app(settings)` builds an app from the settings it is
+given, and the module attribute `app` is the process's app, built from the process settings
+on first access (a module `__getattr__`), so importing the tasks or this module neither reads
+the environment nor fails on a bad setting before a worker starts.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger
 
-from ledger.settlement.settler import SettlementSettings, get_settlement_settings
+from ledger.settlement.settings import SettlementSettings, get_settlement_settings
 
 CUT_TASK = "sluice.cut_batches"
 SUBMIT_TASK = "sluice.submit_batch"
@@ -41,7 +48,7 @@ FULL_BATCH_POLL_MAX_S = 0.5
 
 
 def make_app(settings: SettlementSettings) -> Celery:
-    """The Celery app for `settings` (the module-level `app` uses the process settings)."""
+    """The Celery app for `settings` (the module attribute `app` is this for the process settings)."""
     if settings.settlement_retry_max > RETRY_BACKOFF_MAX_S:
         raise ValueError(f"SLUICE_SETTLEMENT_RETRY_MAX must be at most {RETRY_BACKOFF_MAX_S} s (the broker's "
                          "visibility timeout is sized for it)")
@@ -65,6 +72,9 @@ def make_app(settings: SettlementSettings) -> Celery:
         # so the running copy is cancelled rather than left to race its twin.
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_prefetch_multiplier=1,
+        # The submit task's back-off cap is a setting: annotations set it on the task class when the task
+        # binds to this app, before its autoretry wrapper reads it.
+        task_annotations={SUBMIT_TASK: {"retry_backoff_max": settings.settlement_retry_max}},
         # Interval schedules need no persisted state: no schedule file in the working directory.
         beat_scheduler="celery.beat:Scheduler",
         beat_schedule={
@@ -97,4 +107,13 @@ def _quiet_task_lines(logger: logging.Logger, loglevel: int, **_kwargs: Any) -> 
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-app = make_app(get_settlement_settings())
+@cache
+def get_app() -> Celery:
+    """The process's app, built from the process settings on first use."""
+    return make_app(get_settlement_settings())
+
+
+def __getattr__(name: str) -> Celery:
+    if name == "app":
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

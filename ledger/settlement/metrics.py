@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ledger.settlement.settler import SettlementSettings
+from ledger.settlement.settings import SettlementSettings
 
 log = logging.getLogger(__name__)
 

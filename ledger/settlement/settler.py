@@ -1,7 +1,8 @@
-"""Batch settlement of metered usage: cut, submit, confirm, release; debts from shortfalls.
+"""The chain side of batch settlement: submit a cut batch, find or replace its transaction, confirm it.
 
-This module owns the settlement tables of migration 0003 and every statement on them. The
-Celery tasks (`ledger.settlement.tasks`) and `sluice admin debts` only call in here.
+The Celery tasks (`ledger.settlement.tasks`) and `sluice admin debts` (`ledger.settlement.debts`)
+drive batches through `Settler.settle`; every row it reads or writes goes through
+`ledger.settlement.store`.
 
 A batch moves through a state machine kept in `settlement_batches.status`:
 
@@ -35,378 +36,51 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
-import psycopg
 import requests
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from eth_utils.abi import function_abi_to_4byte_selector
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from hexbytes import HexBytes
-from psycopg.rows import TupleRow
-from pydantic import Field, model_validator
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxParams, TxReceipt
 
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
+from ledger.chain.deployment import load_deployment
 from ledger.chain.sender import revert_from, wait_for_receipt
-from ledger.config import Settings
-from ledger.errors import BatchAlreadySettled, ChainUnavailable, ContractRevert, LedgerError, TransactionTimeout
-from ledger.protocol.merkle import MerkleTree, build_tree, receipt_leaf
-from ledger.units import BaseUnits
+from ledger.errors import (
+    BatchAlreadySettled,
+    ChainUnavailable,
+    ContractRevert,
+    LedgerError,
+    SettlementMismatch,
+    SettlementPending,
+    TransactionTimeout,
+)
+from ledger.keys import settler_account
+from ledger.settlement.settings import SettlementSettings
+from ledger.settlement.store import (
+    Batch,
+    Connection,
+    Database,
+    confirm_batch,
+    load_batch,
+    record_failure,
+    record_sent,
+    release_settled,
+    touch_batch,
+)
 
 log = logging.getLogger(__name__)
 
-Connection = psycopg.Connection[TupleRow]
-
-# Namespace of the per-batch advisory locks (pg_try_advisory_lock(int4, int4)).
-_LOCK_CLASS = int.from_bytes(keccak(text="sluice:settlement-batch")[:4], "big", signed=True)
 # How far back `BatchSettled` logs are searched per eth_getLogs call (nodes limit the range).
 _LOG_CHUNK = 5_000
-_SHORTFALL_REASON = "settlement shortfall"
-
-
-class SettlementSettings(Settings):
-    """The ledger settings plus the settlement workers' own (`SLUICE_*`)."""
-
-    batch_interval: float = Field(2.0, gt=0, description="seconds between batch cuts (Celery beat)")
-    batch_max: int = Field(500, ge=1, description="most usage records per batch; a full batch is cut at once")
-    batch_max_items: int = Field(
-        400, ge=1, description="most (payer, spender) items per batch: bounds its gas (~12-18k per item)"
-    )
-    settlement_wait: float = Field(
-        20.0, gt=0, description="seconds a submit task waits for mining or confirmations before it retries later"
-    )
-    settlement_stuck: float = Field(
-        60.0, gt=0, description="a settlement transaction pending this long is sent again at its nonce"
-    )
-    settlement_retry_max: float = Field(
-        10.0, gt=0, description="longest back-off between two retries of a submit task"
-    )
-    settlement_sweep: float = Field(
-        15.0, gt=0, description="an unconfirmed batch no attempt touched this long is enqueued again "
-        "(must exceed SLUICE_SETTLEMENT_RETRY_MAX, so a task still retrying is never doubled)"
-    )
-    settlement_max_open: int = Field(
-        16, ge=1, description="no batch is cut while this many are unconfirmed: an outage of the chain ends "
-        "in a few full batches rather than many small ones"
-    )
-    settlement_queue: str = Field("sluice.settlement", min_length=1,
-                                  description="broker queue of the settlement tasks (one per deployment)")
-    worker_metrics_port: int = Field(9808, ge=0, description="Prometheus port of `sluice worker` (0: none)")
-
-
-    @model_validator(mode="after")
-    def _sweep_after_retries(self) -> SettlementSettings:
-        if self.settlement_sweep <= self.settlement_retry_max:
-            raise ValueError("SLUICE_SETTLEMENT_SWEEP must be longer than SLUICE_SETTLEMENT_RETRY_MAX")
-        return self
-
-
-@lru_cache(maxsize=1)
-def get_settlement_settings() -> SettlementSettings:
-    """The process-wide settlement settings, read once."""
-    return SettlementSettings()
-
-
-
-
-class SettlementPending(LedgerError):
-    """The batch's transaction is not mined or not confirmed yet: try again later."""
-
-
-class SettlementMismatch(LedgerError):
-    """What the chain recorded for a batch disagrees with the stored batch."""
-
-
-class DebtNotCovered(LedgerError):
-    """The payer's balance or allowance does not cover its debts yet."""
-
-
-# --------------------------------------------------------------------------- database
-
-
-class Database:
-    """This process's PostgreSQL connections (one per thread), reopened after a server restart.
-
-    Connections are in autocommit mode; every write is an explicit `with conn.transaction()`.
-    The lock connection holds session-level advisory locks, which the server drops by itself
-    when this process dies, so a killed worker never leaves a batch locked.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._local = threading.local()
-
-    def conn(self) -> Connection:
-        return self._open("conn")
-
-    def _open(self, slot: str) -> Connection:
-        conn: Connection | None = getattr(self._local, slot, None)
-        if conn is None or conn.closed or conn.broken:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-            setattr(self._local, slot, conn)
-        return conn
-
-    def discard(self) -> None:
-        """Close this thread's connections (after an OperationalError: the next call reconnects)."""
-        for slot in ("conn", "lock_conn"):
-            conn: Connection | None = getattr(self._local, slot, None)
-            if conn is not None:
-                conn.close()
-                setattr(self._local, slot, None)
-
-    @contextmanager
-    def batch_lock(self, batch_id: bytes) -> Iterator[bool]:
-        """Try to take the batch's advisory lock; yields whether this process holds it."""
-        key = (_LOCK_CLASS, int.from_bytes(batch_id[:4], "big", signed=True))
-        conn = self._open("lock_conn")
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
-        held = bool(row and row[0])
-        try:
-            yield held
-        finally:
-            if held:
-                try:
-                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
-                except psycopg.Error:  # the server went away, and the lock with it
-                    conn.close()
-
-
-# --------------------------------------------------------------------------- cutting
-
-# Pick whole (payer, spender) pairs, oldest waiting record first, and all their waiting records up
-# to the batch limits: a pair's records travel together, so a backlog settles with few items (gas
-# is paid per item) while no record waits behind younger ones of another pair.
-CLAIM_SQL = """
-WITH pairs AS (
-    SELECT u.payer, u.spender, min(o.id) AS first_id, count(*) AS waiting
-    FROM settlement_outbox o JOIN usage_records u ON u.job_id = o.job_id
-    GROUP BY u.payer, u.spender
-), chosen AS (
-    SELECT payer, spender FROM (
-        SELECT payer, spender, waiting,
-               sum(waiting) OVER (ORDER BY first_id) AS upto,
-               row_number() OVER (ORDER BY first_id) AS pair_no
-        FROM pairs
-    ) p
-    WHERE upto - waiting < %(max_records)s AND pair_no <= %(max_items)s
-)
-SELECT o.id, u.job_id, u.payer, u.spender, u.cost
-FROM settlement_outbox o
-JOIN usage_records u ON u.job_id = o.job_id
-JOIN chosen c ON c.payer = u.payer AND c.spender = u.spender
-ORDER BY o.id
-LIMIT %(max_records)s
-FOR UPDATE OF o SKIP LOCKED
-"""
-
-
-@dataclass(frozen=True)
-class CutBatch:
-    batch_id: bytes
-    receipts: int
-    items: int
-    total: BaseUnits
-
-
-def _hex_address(raw: bytes) -> str:
-    return "0x" + raw.hex()
-
-
-def _tree_of(leaves: Sequence[bytes]) -> tuple[MerkleTree, bytes]:
-    tree = build_tree(leaves)
-    return tree, keccak(tree.root)
-
-
-def open_batches(conn: Connection) -> int:
-    """Batches cut and not yet confirmed."""
-    row = conn.execute("SELECT count(*) FROM settlement_batches WHERE status <> 'confirmed'").fetchone()
-    return int(row[0]) if row else 0
-
-
-def waiting_records(conn: Connection, limit: int) -> int:
-    """How many usage records wait in the outbox, counting at most `limit`."""
-    row = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM settlement_outbox LIMIT %s) waiting", (limit,)
-    ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def cut_batch(conn: Connection, max_records: int, max_items: int) -> CutBatch | None:
-    """Claim waiting usage records into one new batch (one transaction); None when nothing waits."""
-    with conn.transaction():
-        rows = conn.execute(CLAIM_SQL, {"max_records": max_records, "max_items": max_items}).fetchall()
-        if not rows:
-            return None
-        leaves = [receipt_leaf(bytes(job), _hex_address(bytes(p)), _hex_address(bytes(s)), int(cost))
-                  for _id, job, p, s, cost in rows]
-        tree, batch_id = _tree_of(leaves)
-        items: dict[tuple[bytes, bytes], list[int]] = {}
-        for _id, _job, payer, spender, cost in rows:
-            entry = items.setdefault((bytes(payer), bytes(spender)), [0, 0])
-            entry[0] += int(cost)
-            entry[1] += 1
-        total = sum(amount for amount, _n in items.values())
-        conn.execute(
-            "INSERT INTO settlement_batches (batch_id, kind, receipts_root, receipt_count, item_count, total)"
-            " VALUES (%s, 'usage', %s, %s, %s, %s)",
-            (batch_id, tree.root, len(rows), len(items), Decimal(total)),
-        )
-        with conn.cursor() as cur:
-            with cur.copy("COPY settlement_items (batch_id, payer, spender, amount, receipts)"
-                          " FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["bytea", "bytea", "bytea", "numeric", "int4"])
-                for (payer, spender), (amount, count) in sorted(items.items()):
-                    copy.write_row((batch_id, payer, spender, Decimal(amount), count))
-            cur.execute("CREATE TEMP TABLE cut_proofs (job_id bytea PRIMARY KEY, proof bytea[]) ON COMMIT DROP")
-            with cur.copy("COPY cut_proofs (job_id, proof) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["bytea", "bytea[]"])
-                for (_id, job, *_rest), leaf in zip(rows, leaves, strict=True):
-                    copy.write_row((bytes(job), tree.proof(leaf)))
-            cur.execute(
-                "UPDATE usage_records u SET status = 'batched', batch_id = %s, merkle_proof = p.proof"
-                " FROM cut_proofs p WHERE u.job_id = p.job_id AND u.status = 'metered'",
-                (batch_id,),
-            )
-            if cur.rowcount != len(rows):
-                raise SettlementMismatch(
-                    f"{len(rows) - cur.rowcount} outbox rows point at usage records that are not 'metered'"
-                )
-            cur.execute("DELETE FROM settlement_outbox WHERE id = ANY(%s)", ([int(r[0]) for r in rows],))
-    log.info("cut batch 0x%s: %d records, %d items", batch_id.hex(), len(rows), len(items))
-    return CutBatch(batch_id, len(rows), len(items), BaseUnits(total))
-
-
-def sweep_stale(conn: Connection, older_than: float, limit: int = 200) -> list[bytes]:
-    """Unconfirmed batches nobody touched for `older_than` seconds (their task was lost): enqueue them again."""
-    with conn.transaction():
-        rows = conn.execute(
-            "UPDATE settlement_batches SET swept_at = now() WHERE batch_id IN ("
-            "  SELECT batch_id FROM settlement_batches WHERE status <> 'confirmed'"
-            "    AND greatest(updated_at, coalesce(swept_at, '-infinity')) < now() - make_interval(secs => %s)"
-            "  ORDER BY cut_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING batch_id",
-            (older_than, limit),
-        ).fetchall()
-    return [bytes(r[0]) for r in rows]
-
-
-def release_settled(conn: Connection) -> int:
-    """Drop reservations of confirmed batches whose burn the mirror has seen; returns batches released."""
-    row = conn.execute("SELECT release_settled()").fetchone()
-    return int(row[0]) if row else 0
-
-
-# --------------------------------------------------------------------------- batches
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One (payer, spender) of a batch, addresses as raw 20 bytes (checksumming costs a keccak each)."""
-
-    payer: bytes
-    spender: bytes
-    amount: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A stored batch as a submit attempt needs it."""
-
-    batch_id: bytes
-    kind: str
-    root: bytes
-    receipt_count: int
-    status: str
-    attempts: int
-    tx_hash: str | None
-    nonce: int | None
-    sent_age: float | None  # seconds since the last transaction went out
-    items: tuple[BatchItem, ...]
-
-
-def load_batch(conn: Connection, batch_id: bytes) -> Batch | None:
-    row = conn.execute(
-        "SELECT kind, receipts_root, receipt_count, status, attempts, tx_hash, nonce,"
-        " extract(epoch FROM now() - submitted_at) FROM settlement_batches WHERE batch_id = %s",
-        (batch_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    items = conn.execute(
-        "SELECT payer, spender, amount FROM settlement_items WHERE batch_id = %s ORDER BY payer, spender",
-        (batch_id,),
-    ).fetchall()
-    kind, root, count, status, attempts, tx_hash, nonce, age = row
-    return Batch(
-        batch_id=batch_id,
-        kind=str(kind),
-        root=bytes(root),
-        receipt_count=int(count),
-        status=str(status),
-        attempts=int(attempts),
-        tx_hash=None if tx_hash is None else "0x" + bytes(tx_hash).hex(),
-        nonce=None if nonce is None else int(nonce),
-        sent_age=None if age is None else float(age),
-        items=tuple(BatchItem(bytes(p), bytes(s), int(a)) for p, s, a in items),
-    )
-
-
-def _record_sent(conn: Connection, batch_id: bytes, tx_hash: str, nonce: int | None, action: str) -> None:
-    raw = bytes(HexBytes(tx_hash))
-    with conn.transaction():
-        conn.execute(
-            "UPDATE settlement_batches SET status = 'submitted', tx_hash = %s, nonce = %s,"
-            " attempts = attempts + %s, submitted_at = now(), updated_at = now(), last_error = NULL"
-            " WHERE batch_id = %s AND status <> 'confirmed'",
-            (raw, nonce, 0 if action == "found" else 1, batch_id),
-        )
-        conn.execute(
-            "INSERT INTO settlement_attempts (batch_id, action, tx_hash, nonce) VALUES (%s, %s, %s, %s)",
-            (batch_id, action, raw, nonce),
-        )
-
-
-def touch_batch(conn: Connection, batch_id: bytes) -> None:
-    """Note that an attempt is working on the batch: the sweeper leaves batches touched recently alone."""
-    conn.execute("UPDATE settlement_batches SET updated_at = now() WHERE batch_id = %s AND status <> 'confirmed'",
-                 (batch_id,))
-
-
-def note_failure(db: Database, batch_id: bytes, exc: BaseException) -> None:
-    """Record a failed attempt if the database answers (best effort: the caller re-raises anyway)."""
-    log.warning("batch 0x%s: attempt failed, will retry: %s: %s", batch_id.hex(), exc.__class__.__name__, exc)
-    try:
-        _record_failure(db.conn(), batch_id, f"{exc.__class__.__name__}: {exc}")
-    except psycopg.Error:
-        db.discard()
-
-
-def _record_failure(conn: Connection, batch_id: bytes, error: str) -> None:
-    with conn.transaction():
-        conn.execute(
-            "UPDATE settlement_batches SET status = 'failed', last_error = %s, updated_at = now()"
-            " WHERE batch_id = %s AND status <> 'confirmed'",
-            (error[:2000], batch_id),
-        )
-        conn.execute(
-            "INSERT INTO settlement_attempts (batch_id, action, error) VALUES (%s, 'failed', %s)",
-            (batch_id, error[:2000]),
-        )
-
-
-# --------------------------------------------------------------------------- the chain side
 
 
 def _words(data: Any) -> list[int]:
@@ -427,7 +101,7 @@ class Mined:
 
 
 @contextmanager
-def _chain_errors() -> Iterator[None]:
+def chain_errors() -> Iterator[None]:
     """web3 lets the HTTP library's errors through: name them as the ledger's."""
     try:
         yield
@@ -469,7 +143,7 @@ class Settler:
                 return "confirmed"
             touch_batch(conn, batch_id)
             try:
-                with _chain_errors():
+                with chain_errors():
                     mined = self._find_or_send(batch)
                     self._await_confirmations(mined)
                     paid = self._paid_by_item(batch, mined)
@@ -478,7 +152,7 @@ class Settler:
                 log.info("batch 0x%s: %s", batch_id.hex(), exc)
                 raise
             except (LedgerError, Web3RPCError) as exc:
-                _record_failure(conn, batch_id, f"{exc.__class__.__name__}: {exc}")
+                record_failure(conn, batch_id, f"{exc.__class__.__name__}: {exc}")
                 log.warning("batch 0x%s: attempt failed, will retry: %s: %s", batch_id.hex(),
                             exc.__class__.__name__, exc)
                 raise
@@ -531,7 +205,7 @@ class Settler:
                 found = self._find_settlement(batch)
                 return found if found is not None else self._send(batch, nonce=None, replacing=None)
             raise
-        _record_sent(self.db.conn(), batch.batch_id, tx_hash, used, "sent" if nonce is None else "replaced")
+        record_sent(self.db.conn(), batch.batch_id, tx_hash, used, "sent" if nonce is None else "replaced")
         log.info("batch 0x%s: sent %s (nonce %d)", batch.batch_id.hex(), tx_hash, used)
         return self._wait_mined(batch, tx_hash, tx, used)
 
@@ -625,7 +299,7 @@ class Settler:
                 receipt = self.w3.eth.get_transaction_receipt(logs[-1]["transactionHash"])
                 mined = self._mined(receipt)
                 if mined.tx_hash != batch.tx_hash:
-                    _record_sent(self.db.conn(), batch.batch_id, mined.tx_hash, mined.nonce, "found")
+                    record_sent(self.db.conn(), batch.batch_id, mined.tx_hash, mined.nonce, "found")
                 return mined
             end = start - 1
         raise SettlementMismatch(f"batch 0x{batch.batch_id.hex()} is settled but no BatchSettled log was found")
@@ -698,187 +372,17 @@ class Settler:
         return paid
 
     def _confirm(self, conn: Connection, batch: Batch, mined: Mined, paid: dict[tuple[bytes, bytes], int]) -> None:
-        keys = sorted(paid)
-        with conn.transaction():
-            row = conn.execute(
-                "SELECT confirm_batch(%s, %s, %s, %s, %s, %s, %s)",
-                (batch.batch_id, bytes(HexBytes(mined.tx_hash)), mined.block, mined.gas_used,
-                 [p for p, _s in keys], [s for _p, s in keys], [Decimal(paid[k]) for k in keys]),
-            ).fetchone()
+        now = confirm_batch(conn, batch.batch_id, mined.tx_hash, mined.block, mined.gas_used, paid)
         short = sum(1 for item in batch.items if paid[(item.payer, item.spender)] < item.amount)
         log.info("batch 0x%s confirmed in block %d by %s (%d gas)%s%s", batch.batch_id.hex(), mined.block,
                  mined.tx_hash, mined.gas_used, f", {short} shortfalls" if short else "",
-                 "" if row and row[0] else " (already confirmed)")
-
-
-# --------------------------------------------------------------------------- debts
-
-
-@dataclass(frozen=True)
-class Debt:
-    id: int
-    payer: str
-    spender: str
-    batch_id: bytes
-    owed: BaseUnits
-    paid: BaseUnits
-    created_at: datetime
-    clearing_batch: bytes | None
-
-    @property
-    def outstanding(self) -> BaseUnits:
-        return BaseUnits(self.owed - self.paid)
-
-
-@dataclass(frozen=True)
-class Suspension:
-    account: str
-    reason: str
-    since: datetime
-
-
-def outstanding_debts(conn: Connection, payer: str | None = None) -> list[Debt]:
-    rows = conn.execute(
-        "SELECT id, payer, spender, batch_id, owed, paid, created_at, clearing_batch FROM debts"
-        " WHERE cleared_at IS NULL AND (%(payer)s::bytea IS NULL OR payer = %(payer)s::bytea) ORDER BY id",
-        {"payer": None if payer is None else bytes.fromhex(to_checksum_address(payer)[2:])},
-    ).fetchall()
-    return [
-        Debt(int(i), to_checksum_address(bytes(p)), to_checksum_address(bytes(s)), bytes(b), BaseUnits(int(o)),
-             BaseUnits(int(pd)), at, None if cb is None else bytes(cb))
-        for i, p, s, b, o, pd, at, cb in rows
-    ]
-
-
-def suspended_accounts(conn: Connection) -> list[Suspension]:
-    rows = conn.execute("SELECT account, reason, since FROM suspended_accounts ORDER BY since").fetchall()
-    return [Suspension(to_checksum_address(bytes(a)), str(r), s) for a, r, s in rows]
-
-
-def create_debt_batch(conn: Connection, payer: str) -> bytes | None:
-    """A `debt` batch settling every outstanding debt of `payer` (the pending one if it exists); None if none."""
-    raw_payer = bytes.fromhex(to_checksum_address(payer)[2:])
-    with conn.transaction():
-        rows = conn.execute(
-            "SELECT d.id, d.batch_id, d.spender, d.owed - d.paid, d.clearing_batch, b.status"
-            " FROM debts d LEFT JOIN settlement_batches b ON b.batch_id = d.clearing_batch"
-            " WHERE d.payer = %s AND d.cleared_at IS NULL ORDER BY d.id FOR UPDATE OF d",
-            (raw_payer,),
-        ).fetchall()
-        if not rows:
-            return None
-        pending = {bytes(r[4]) for r in rows if r[4] is not None and r[5] != "confirmed"}
-        if pending:
-            return min(pending)
-        # One leaf per debt: (the batch that recorded it, payer, spender, amount outstanding).
-        leaves = [receipt_leaf(bytes(b), payer, _hex_address(bytes(s)), int(amount)) for _i, b, s, amount, *_ in rows]
-        tree, batch_id = _tree_of(leaves)
-        items: dict[bytes, list[int]] = {}
-        for _i, _b, spender, amount, *_ in rows:
-            entry = items.setdefault(bytes(spender), [0, 0])
-            entry[0] += int(amount)
-            entry[1] += 1
-        conn.execute(
-            "INSERT INTO settlement_batches (batch_id, kind, receipts_root, receipt_count, item_count, total)"
-            " VALUES (%s, 'debt', %s, %s, %s, %s)",
-            (batch_id, tree.root, len(rows), len(items), Decimal(sum(a for a, _n in items.values()))),
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO settlement_items (batch_id, payer, spender, amount, receipts) VALUES (%s, %s, %s, %s, %s)",
-                [(batch_id, raw_payer, s, Decimal(a), n) for s, (a, n) in sorted(items.items())],
-            )
-            cur.executemany(
-                "UPDATE debts SET clearing_batch = %s, clearing_proof = %s WHERE id = %s",
-                [(batch_id, tree.proof(leaf), int(r[0])) for r, leaf in zip(rows, leaves, strict=True)],
-            )
-    return batch_id
-
-
-@dataclass(frozen=True)
-class Clearance:
-    batch_id: bytes
-    tx_hash: str
-    block: int
-    paid: BaseUnits
-    owed: BaseUnits
-    still_suspended: bool
-
-
-def check_covered(ledger: Ledger, debts: Sequence[Debt]) -> None:
-    """Raise DebtNotCovered unless the payer's balance (and each spender's allowance) covers the debts."""
-    if not debts:
-        return
-    payer = debts[0].payer
-    total = sum(d.outstanding for d in debts)
-    balance = ledger.balance_of(payer)
-    if balance < total:
-        raise DebtNotCovered(f"{payer} owes {total} base units but holds {balance}; it must top up first")
-    per_spender: dict[str, int] = {}
-    for d in debts:
-        if d.spender != payer:
-            per_spender[d.spender] = per_spender.get(d.spender, 0) + d.outstanding
-    for spender, owed in per_spender.items():
-        allowance = ledger.allowance(payer, spender)
-        if allowance < owed:
-            raise DebtNotCovered(
-                f"{payer} owes {owed} base units for {spender}'s usage but allows it only {allowance}; "
-                "it must approve more first"
-            )
-
-
-def clear_debts(settler: Settler, payer: str, *, force: bool = False, timeout: float = 120.0) -> Clearance | None:
-    """Settle `payer`'s outstanding debts on chain as a new batch and wait for it; None when it owes nothing.
-
-    Unless `force`, refuses (DebtNotCovered) while the payer's balance or allowances fall short.
-    The suspension is lifted by the confirmation when nothing remains owed.
-    """
-    conn = settler.db.conn()
-    debts = outstanding_debts(conn, payer)
-    if not debts:
-        return None
-    if not force:
-        with _chain_errors():
-            check_covered(settler.ledger, debts)
-    batch_id = create_debt_batch(conn, payer)
-    if batch_id is None:
-        return None
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        try:
-            if settler.settle(batch_id) == "confirmed":
-                break
-        except SettlementPending:
-            pass
-        if time.monotonic() > deadline:
-            raise SettlementPending(f"debt batch 0x{batch_id.hex()} is not confirmed after {timeout:.0f} s; "
-                                    "the settlement workers will finish it")
-        time.sleep(delay)  # a worker holds the batch, or the transaction waits for confirmations
-        delay = min(delay * 2, 1.0)
-    row = conn.execute(
-        "SELECT tx_hash, settled_block, paid, total FROM settlement_batches WHERE batch_id = %s", (batch_id,)
-    ).fetchone()
-    assert row is not None
-    still = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM suspended_accounts WHERE account = %s)",
-        (bytes.fromhex(to_checksum_address(payer)[2:]),),
-    ).fetchone()
-    return Clearance(batch_id, "0x" + bytes(row[0]).hex(), int(row[1]), BaseUnits(int(row[2])),
-                     BaseUnits(int(row[3])), bool(still and still[0]))
-
-
-# --------------------------------------------------------------------------- per-process wiring
+                 "" if now else " (already confirmed)")
 
 
 def open_settler(settings: SettlementSettings, db: Database) -> Settler:
     """The chain side for this process: the recorded deployment on the configured chain, the settler key."""
-    from ledger.chain.deployment import load_deployment
-    from ledger.chain.sender import connect
-    from ledger.keys import settler_account
-
     w3 = connect(settings.effective_rpc_url)
-    with _chain_errors():
+    with chain_errors():
         deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
     ledger = Ledger(w3, deployment, timeout=settings.tx_timeout)
     return Settler(ledger, settler_account(settings), db, settings)

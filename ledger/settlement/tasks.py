@@ -1,5 +1,8 @@
 """The settlement tasks. They take batch ids, re-read everything from PostgreSQL and the chain,
-are idempotent, and declare their retry policy here; the work itself is `ledger.settlement.settler`.
+are idempotent, and declare their retry policy here; the work itself is `ledger.settlement.settler`
+and `ledger.settlement.store`. They are shared tasks: each binds to the app of the process that
+runs it (`ledger.settlement.celery_app`), which also sets the submit task's back-off cap from
+SLUICE_SETTLEMENT_RETRY_MAX.
 
 - `cut_batches` (beat, every SLUICE_BATCH_INTERVAL; and every FULL_BATCH_POLL_MAX_S with
   `full_only` to cut as soon as SLUICE_BATCH_MAX records wait): releases reservations the mirror
@@ -16,19 +19,18 @@ import threading
 
 import psycopg
 import requests
+from celery import shared_task
 from web3.exceptions import Web3RPCError
 
 from ledger.errors import LedgerError
-from ledger.settlement.celery_app import CUT_TASK, SUBMIT_TASK, app
-from ledger.settlement.settler import (
+from ledger.settlement.celery_app import CUT_TASK, SUBMIT_TASK
+from ledger.settlement.settings import SettlementSettings, get_settlement_settings
+from ledger.settlement.settler import Settler, open_settler
+from ledger.settlement.store import (
     Database,
-    SettlementSettings,
-    Settler,
     cut_batch,
-    get_settlement_settings,
     note_failure,
     open_batches,
-    open_settler,
     release_settled,
     sweep_stale,
     waiting_records,
@@ -76,7 +78,7 @@ def process() -> _Process:
 
 
 # The next beat tick is this task's retry: it never retries itself.
-@app.task(name=CUT_TASK, max_retries=0)  # type: ignore[untyped-decorator]
+@shared_task(name=CUT_TASK, max_retries=0)  # type: ignore[untyped-decorator]
 def cut_batches(full_only: bool = False) -> int:
     """Cut every waiting record into batches (only full ones with `full_only`); returns batches cut."""
     proc = process()
@@ -107,11 +109,11 @@ def cut_batches(full_only: bool = False) -> int:
     return cut
 
 
-@app.task(  # type: ignore[untyped-decorator]
+# The back-off cap (retry_backoff_max) is SLUICE_SETTLEMENT_RETRY_MAX, set by the app's task annotations.
+@shared_task(  # type: ignore[untyped-decorator]
     name=SUBMIT_TASK,
     autoretry_for=RETRYABLE,
     retry_backoff=1,
-    retry_backoff_max=get_settlement_settings().settlement_retry_max,
     retry_jitter=True,
     max_retries=SUBMIT_MAX_RETRIES,
 )

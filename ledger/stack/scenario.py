@@ -19,7 +19,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain.client import Ledger
-from ledger.chain.sender import poll_until
+from ledger.polling import poll_until
 from ledger.units import ONE_TOKEN, format_amount, format_tokens
 
 Say = Callable[[str], None]
@@ -127,7 +127,8 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
 
     say("\n[auditor] granted AUDITOR_ROLE, verifies the history from the chain and the audit API")
     ledger.grant_role(operator, "AUDITOR_ROLE", auditor.address)
-    from ledger.audit.verifier import AuditApi, verify
+    from ledger.audit.api import AuditApi
+    from ledger.audit.verifier import verify
 
     audit_api = AuditApi(api, auditor)
     try:

@@ -23,9 +23,10 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
-from ledger.chain.sender import poll_until
 from ledger.domain import usage_cost
-from ledger.protocol.eip712 import SECP256K1_N, Domains, Redemption, sign_digest, typed_digest
+from ledger.polling import poll_until
+from ledger.protocol.eip712 import Domains, Redemption, typed_digest
+from ledger.protocol.secp256k1 import SECP256K1_N, sign_digest
 from tests.support.stack import SMALL_MODEL, Deployed
 
 CHAT = "/v1/chat/completions"

@@ -26,10 +26,11 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
-from ledger.chain.sender import poll_until
 from ledger.domain import usage_cost
 from ledger.keys import embedded_account
-from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.polling import poll_until
+from ledger.protocol.eip712 import Domains, Redemption, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.apps import EMBEDDED_NODES
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 

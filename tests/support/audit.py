@@ -17,9 +17,12 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from ledger.chain.sender import poll_until
 from ledger.keys import embedded_account
-from ledger.settlement.settler import Database, SettlementSettings, Settler, clear_debts, cut_batch
+from ledger.polling import poll_until
+from ledger.settlement.debts import clear_debts
+from ledger.settlement.settings import SettlementSettings
+from ledger.settlement.settler import Settler
+from ledger.settlement.store import Database, cut_batch
 from ledger.units import ONE_TOKEN
 from redemption.sdk import SluiceAuth
 from tests.support.stack import SMALL_MODEL, Deployed

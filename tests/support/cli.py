@@ -22,12 +22,12 @@ from typer.testing import CliRunner, Result
 
 from ledger.chain.client import Ledger
 from ledger.chain.deployment import Deployment, save_deployment
-from ledger.chain.sender import poll_until
 from ledger.cli import keystores
 from ledger.cli.app import app
 from ledger.cli.common import PASSWORD_ENV
 from ledger.config import Settings, get_settings
 from ledger.db import migrate
+from ledger.polling import poll_until
 from ledger.stack.probes import free_port
 from tests.support.stack import with_database
 

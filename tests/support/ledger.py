@@ -2,11 +2,16 @@
 
 `anvil_rpc` (tests/conftest.py) starts the chain. Each test gets a fresh `Ledger`
 (fresh nonce caches) and an EVM snapshot that is reverted when it ends, so tests
-stay independent without redeploying.
+stay independent without redeploying. `openzeppelin_tree` builds a receipts tree with
+OpenZeppelin's own `@openzeppelin/merkle-tree` package (node_modules), the reference the
+core's Merkle code is checked against.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +22,32 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import Deployment
-from ledger.chain.sender import connect
 from ledger.config import Settings
 from ledger.keys import embedded_account
 from ledger.units import ONE_TOKEN
+
+REPO = Path(__file__).resolve().parents[2]
+OZ_TREE = """
+const { StandardMerkleTree } = require(process.argv[1]);
+const values = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const tree = StandardMerkleTree.of(values, ["bytes32", "address", "address", "uint256"]);
+const proofs = values.map((_, i) => tree.getProof(i));
+process.stdout.write(JSON.stringify({ root: tree.root, proofs }));
+"""
+
+
+def openzeppelin_tree(values: list[list[str]]) -> dict[str, object]:
+    """OpenZeppelin's StandardMerkleTree of (bytes32, address, address, uint256) rows: root and each row's proof."""
+    module = REPO / "node_modules" / "@openzeppelin" / "merkle-tree"
+    out = subprocess.run(
+        ["node", "-e", OZ_TREE, str(module)], input=json.dumps(values), capture_output=True, text=True, check=True,
+        env={**os.environ, "NODE_OPTIONS": ""},
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
 
 
 @dataclass

@@ -30,17 +30,18 @@ from eth_utils.crypto import keccak
 from web3 import Web3
 
 from ledger.chain.client import Ledger, Rate
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import Deployment, save_deployment
-from ledger.chain.sender import connect
 from ledger.config import Settings
 from ledger.db import migrate
 from ledger.domain import model_id, usage_cost
 from ledger.followers.mirror import ChainMirror
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
-from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
 from ledger.protocol.merkle import receipt_leaf, verify_proof
+from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.probes import free_port
 from ledger.stack.services import Service, anvil_binary, anvil_service, redis_service
 from ledger.stack.supervisor import Stack
@@ -287,7 +288,7 @@ class World:
     def celery(self) -> Iterator[Any]:
         """A Celery client on this world's broker: sends tasks as beat or a redelivering broker would."""
         from ledger.settlement.celery_app import make_app
-        from ledger.settlement.settler import SettlementSettings
+        from ledger.settlement.settings import SettlementSettings
 
         app = make_app(SettlementSettings(home=self.home, broker_url=self.broker, database_url=self.db_url))
         try:

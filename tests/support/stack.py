@@ -23,13 +23,14 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain.client import Ledger
+from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
 from ledger.chain.deployment import Deployment, save_deployment
-from ledger.chain.sender import connect, poll_until
 from ledger.config import Settings
 from ledger.db import migrate
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
+from ledger.polling import poll_until
 from ledger.stack.apps import EMBEDDED_NODES, api_service, node_services
 from ledger.stack.probes import free_port, free_port_run
 from ledger.stack.services import Service, anvil_binary, anvil_service

@@ -35,7 +35,8 @@ from inference_node.protocol import (
 )
 from inference_node.sim.api_server import build_simulator_server
 from inference_node.sim.config import SimulatorConfig
-from ledger.protocol.eip712 import DispatchTicket, Domains, recover_digest, sign_digest, typed_digest
+from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
+from ledger.protocol.secp256k1 import recover_digest, sign_digest
 
 MODEL = "sim-model"
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 
-from ledger.audit.verifier import AuditApi, VerifyReport, verify
-from ledger.protocol.eip712 import sign_digest
+from ledger.audit.api import AuditApi
+from ledger.audit.verifier import VerifyReport, verify
+from ledger.protocol.secp256k1 import sign_digest
 from tests.support.audit import History, execute, first_job
 from tests.support.stack import Deployed
 

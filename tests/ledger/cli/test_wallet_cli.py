@@ -22,9 +22,9 @@ from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
 from ledger.chain.client import Ledger
-from ledger.chain.sender import poll_until
 from ledger.cli import keystores, wallet
 from ledger.cli.common import PASSWORD_ENV
+from ledger.polling import poll_until
 from ledger.stack.probes import free_port
 from ledger.units import ONE_TOKEN
 from tests.support.cli import PASSWORD, cli, ok, refused

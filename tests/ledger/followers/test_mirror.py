@@ -23,9 +23,10 @@ from web3.exceptions import ContractLogicError
 from ledger.chain.client import Ledger, SettlementItem
 from ledger.chain.rpc import RpcError
 from ledger.chain.sender import TxResult, wait_for_receipt
+from ledger.chain.views import read_direct
 from ledger.db import migrate
 from ledger.domain import Tier, model_id
-from ledger.followers.mirror import ChainMirror, MirrorChainMismatch, mirror_status, read_direct
+from ledger.followers.mirror import ChainMirror, MirrorChainMismatch, mirror_status
 from ledger.units import ONE_TOKEN, BaseUnits
 
 if TYPE_CHECKING:

@@ -9,18 +9,8 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.protocol.eip712 import (
-    HALF_N,
-    SECP256K1_N,
-    DispatchTicket,
-    Domains,
-    Redemption,
-    SignatureError,
-    UsageReceipt,
-    recover_digest,
-    sign_digest,
-    typed_digest,
-)
+from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, UsageReceipt, typed_digest
+from ledger.protocol.secp256k1 import HALF_N, SECP256K1_N, SignatureError, recover_digest, sign_digest
 
 SETTLEMENT = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9"
 DOMAINS = Domains(31337, SETTLEMENT)
@@ -104,3 +94,18 @@ def test_recovery_of_another_digest_gives_another_signer() -> None:
     signer = Account.create()
     sig = sign_digest(bytes(signer.key), b"\x01" * 32)
     assert recover_digest(b"\x02" * 32, sig) != signer.address
+
+
+def test_the_direct_binding_and_coincurves_public_api_recover_the_same_keys() -> None:
+    from ledger.protocol.secp256k1 import _public_api, _recover_public
+
+    for _ in range(50):
+        digest = os.urandom(32)
+        sig = sign_digest(os.urandom(32), digest)
+        assert _recover_public(digest, sig[:64], sig[64] - 27) == _public_api(digest, sig[:64], sig[64] - 27)
+    # x = 5 is not on secp256k1 (5**3 + 7 = 132 is no square mod p): neither recovers a key from it.
+    r_off_curve = (5).to_bytes(32, "big") + sig[32:64]
+    assert _recover_public(digest, r_off_curve, 0) is None
+    assert _public_api(digest, r_off_curve, 0) is None
+    with pytest.raises(SignatureError, match="does not recover"):
+        recover_digest(digest, r_off_curve + b"\x1b")

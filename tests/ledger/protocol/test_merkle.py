@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -13,25 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.protocol.merkle import build_tree, receipt_leaf, verify_proof
-
-ROOT = Path(__file__).resolve().parents[3]
-OZ_TREE = """
-const { StandardMerkleTree } = require(process.argv[1]);
-const values = JSON.parse(require("fs").readFileSync(0, "utf8"));
-const tree = StandardMerkleTree.of(values, ["bytes32", "address", "address", "uint256"]);
-const proofs = values.map((_, i) => tree.getProof(i));
-process.stdout.write(JSON.stringify({ root: tree.root, proofs }));
-"""
-
-
-def oz_tree(values: list[list[str]]) -> dict[str, object]:
-    module = ROOT / "node_modules" / "@openzeppelin" / "merkle-tree"
-    out = subprocess.run(
-        ["node", "-e", OZ_TREE, str(module)], input=json.dumps(values), capture_output=True, text=True, check=True,
-        env={**os.environ, "NODE_OPTIONS": ""},
-    )
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
+from tests.support.ledger import openzeppelin_tree
 
 
 def receipts(count: int) -> list[tuple[bytes, str, str, int]]:
@@ -44,7 +23,7 @@ def test_root_and_proofs_match_openzeppelin(count: int) -> None:
     rows = receipts(count)
     leaves = [receipt_leaf(*row) for row in rows]
     tree = build_tree(leaves)
-    expected = oz_tree([["0x" + job.hex(), payer, spender, str(cost)] for job, payer, spender, cost in rows])
+    expected = openzeppelin_tree([["0x" + job.hex(), payer, spender, str(cost)] for job, payer, spender, cost in rows])
     assert "0x" + tree.root.hex() == expected["root"]
     proofs = expected["proofs"]
     assert isinstance(proofs, list)

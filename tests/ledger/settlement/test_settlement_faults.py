@@ -23,7 +23,7 @@ from web3.logs import DISCARD
 
 from ledger.keys import embedded_account
 from ledger.settlement.celery_app import CUT_TASK, SUBMIT_TASK
-from ledger.settlement.settler import Database, release_settled
+from ledger.settlement.store import Database, release_settled
 from ledger.units import ONE_TOKEN
 from tests.support.settlement import (
     World,

@@ -15,18 +15,12 @@ import pytest
 from web3 import Web3
 
 from ledger.chain.client import SettlementItem
-from ledger.errors import BatchAlreadySettled
+from ledger.errors import BatchAlreadySettled, SettlementPending
 from ledger.keys import embedded_account
 from ledger.settlement.metrics import SettlementCollector, settlement_status, status_lines
-from ledger.settlement.settler import (
-    Database,
-    SettlementPending,
-    SettlementSettings,
-    Settler,
-    cut_batch,
-    load_batch,
-    release_settled,
-)
+from ledger.settlement.settings import SettlementSettings
+from ledger.settlement.settler import Settler
+from ledger.settlement.store import Database, cut_batch, load_batch, release_settled
 from ledger.units import BaseUnits
 from tests.support.settlement import World, migrated_template, poll, raw, settlement_world
 

@@ -18,7 +18,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 
-from ledger.protocol.eip712 import Domains, Redemption, sign_digest, typed_digest
+from ledger.protocol.eip712 import Domains, Redemption, typed_digest
+from ledger.protocol.secp256k1 import sign_digest
 from redemption.audit.models import AuditBatch, AuditReceiptDetail
 from tests.support.audit import CHAT, History, audit_client
 from tests.support.stack import SMALL_MODEL, Deployed
