@@ -5,7 +5,8 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokeniz
 ``GET``/``POST /sim/faults``. Errors use vLLM's envelope ``{"error": {"message", "type", "param",
 "code"}}``: 404 ``NotFoundError`` for an unknown model, 400 ``BadRequestError`` for
 context-length violations (with vLLM's ``(parameter=..., value=...)`` suffix), 400
-``Bad Request`` for schema errors.
+``Bad Request`` for schema errors. An unknown route or method gets FastAPI's own
+``{"detail": ...}``, as from vLLM.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ import logging
 import re
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from inference_node.sim.config import SimulatorConfig
-from inference_node.sim.errors import SimulatorError
+from inference_node.sim.errors import InvalidRequestError, SimulatorError
 from inference_node.sim.faults import FaultPlan, FaultState, remember_transport
 from inference_node.sim.protocol import (
     ChatCompletionRequest,
@@ -51,53 +51,63 @@ class _SimulatorApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+_INTERNAL_LOC_MARKERS = frozenset({
+    "function-wrap", "function-after", "function-before", "function-plain", "json-or-python", "lax-or-strict",
+    "chain", "default", "nullable", "tagged-union", "union", "call", "arguments", "is-instance", "is-subclass",
+    "callable", "str", "int", "float", "bool", "bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset",
+    "complex", "none", "nonetype",
+})  # fmt: skip
+
+
 def _summarize_input(value: object) -> object:
     """Bound what an error echoes back, as vLLM does: containers are described, text is cut."""
-    if isinstance(value, (list, tuple, dict, set)):
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{type(value).__name__} of {len(value)} bytes>"
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
         return f"<{type(value).__name__} of {len(value)} items>"
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= 200 else text[:200] + "...[truncated]"
 
 
 def _clean_loc(loc: Sequence[object]) -> str:
-    parts = [str(part) for part in loc if not re.search(r"[\[\](){}]", str(part))]
+    """vLLM's clean_loc_for_param: the dotted path without pydantic's wrapper and union-branch markers."""
+    parts = [str(part) for part in loc
+             if not (re.search(r"[\[\](){}]", str(part)) or str(part).lower() in _INTERNAL_LOC_MARKERS)]  # fmt: skip
     return ".".join(parts) if parts else ".".join(str(part) for part in loc)
 
 
+def _format_error(error: dict[str, Any]) -> str:
+    entry = dict(error)
+    if "input" in entry:
+        entry["input"] = _summarize_input(entry["input"])
+    if isinstance(entry.get("loc"), (tuple, list)):
+        entry["loc"] = _clean_loc(entry["loc"])
+    text = str(entry)
+    return text if len(text) <= 1000 else text[:1000] + "...[truncated]"
+
+
 async def _validation_error_handler(request: Request, exc: Exception) -> Response:
-    """vLLM's validation_exception_handler: 400 ``Bad Request`` listing the schema errors."""
+    """vLLM's validation_exception_handler: 400 ``Bad Request`` listing the schema errors.
+
+    A request check that names its parameter (vLLM raises those from its serving code) is answered
+    as vLLM answers it there: ``BadRequestError`` with the ``(parameter=...)`` suffix.
+    """
     errors = cast(RequestValidationError, exc).errors()
-    param: str | None = None
     for error in errors:
         ctx_error = error.get("ctx", {}).get("error")
         if isinstance(ctx_error, RequestFieldError):
-            param = ctx_error.parameter
-            break
-    if param is None and errors and errors[0].get("loc"):
-        param = _clean_loc(errors[0]["loc"])
+            return InvalidRequestError(str(ctx_error), parameter=ctx_error.parameter).to_response()
+    param = _clean_loc(errors[0]["loc"]) if errors and errors[0].get("loc") else None
     if errors:
         label = "error" if len(errors) == 1 else "errors"
-        lines = []
-        for error in errors[:10]:
-            raw = dict(error)
-            entry = {key: raw[key] for key in ("type", "loc", "msg", "input") if key in raw}
-            entry["loc"] = _clean_loc(raw.get("loc", ()))
-            if "input" in entry:
-                entry["input"] = _summarize_input(entry["input"])
-            lines.append(f"  {entry}")
-        message = f"{len(errors)} validation {label}:\n" + "\n".join(lines)
+        message = f"{len(errors)} validation {label}:\n" + "".join(f"  {_format_error(e)}\n" for e in errors[:10])
+        if len(errors) > 10:
+            message += f"  ...and {len(errors) - 10} more {label}\n"
+        message = message.rstrip()
     else:
         message = "Validation error"
     body = ErrorResponse(error=ErrorInfo(message=message, type=HTTPStatus.BAD_REQUEST.phrase, param=param, code=400))
     return json_response(body, status_code=400)
-
-
-async def _http_error_handler(request: Request, exc: Exception) -> Response:
-    """vLLM's http_exception_handler: HTTP errors (404 route, 405 method) in the error envelope."""
-    http_exc = cast(StarletteHTTPException, exc)
-    status = HTTPStatus(http_exc.status_code)
-    body = ErrorResponse(error=ErrorInfo(message=str(http_exc.detail), type=status.phrase, code=status.value))
-    return json_response(body, status_code=status.value)
 
 
 async def _simulator_error_handler(request: Request, exc: Exception) -> Response:
@@ -110,7 +120,6 @@ def create_simulator_app(config: SimulatorConfig) -> FastAPI:
     app = _SimulatorApp(title="Sluice vLLM simulator", version=config.vllm_version)
     app.state.simulator = sim
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(SimulatorError, _simulator_error_handler)
 
     @app.get("/health")

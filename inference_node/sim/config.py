@@ -8,7 +8,7 @@ from inference_node.sim.faults import FaultPlan
 from ledger.domain import TierName
 
 DEFAULT_MODEL_NAME = "sluice/sim-llama-3.1-8b-instruct"
-REPORTED_VLLM_VERSION = "0.33.0"
+REPORTED_VLLM_VERSION = "0.32.0"  # the vLLM release it is checked against (tests/inference_node/recorded)
 
 # Each tier's default latency profile: (time to first token, seconds per further output token)
 # when the config leaves them unset.
@@ -32,6 +32,9 @@ class SimulatorConfig(BaseModel):
 
     served_model_names: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL_NAME], min_length=1)
     model_path: str | None = Field(default=None, description="ModelCard.root; the first served name if unset.")
+    tokenizer: str | None = Field(
+        default=None, description="A byte-level BPE tokenizer.json to count with; unset: the built-in word tokenizer."
+    )
     tier: TierName = "regional"
     ttft_seconds: float = Field(default_factory=lambda data: TIER_LATENCY_SECONDS[data["tier"]][0], ge=0)
     per_token_seconds: float = Field(default_factory=lambda data: TIER_LATENCY_SECONDS[data["tier"]][1], ge=0)

@@ -21,6 +21,8 @@ from inference_node.sim.metrics import VllmMetrics
 from inference_node.sim.protocol import UsageInfo
 from inference_node.sim.tokenizer import VOCABULARY
 
+DECISIVE_LOGIT_BIAS = 100.0
+
 
 def _draw_text_pieces(rng: random.Random, count: int) -> list[str]:
     """Draw ``count`` text tokens of sentence-like prose; each piece is exactly one token."""
@@ -52,6 +54,7 @@ class PromptInput:
 
     token_ids: list[int]
     seed_text: str
+    from_text: bool = True  # token-id prompts are taken as they are; text is tokenized (and cut past the context)
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,24 @@ def plan_choice(
     request_seed: int | None,
     ignore_eos: bool,
     min_tokens: int,
+    eos_bias: float = 0.0,
 ) -> PlannedChoice:
-    """Plan one choice: a pure function of (config seed, request seed, sample index, prompt)."""
+    """Plan one choice: a pure function of (config seed, request seed, sample index, prompt).
+
+    As in vLLM, ``min_tokens`` tokens come before EOS can, and a ``logit_bias`` of +-100 (vLLM's bound)
+    on EOS decides it: +100 ends the choice at the first token EOS is allowed, -100 never lets it end.
+    """
     material = f"{config.seed}\x1f{request_seed}\x1f{sample_index}\x1f{prompt.seed_text}".encode()
     rng = random.Random(int.from_bytes(hashlib.sha256(material).digest()[:8], "big"))
-    natural_length = max(rng.randint(config.natural_min_tokens, config.natural_max_tokens), min_tokens, 2)
-    if ignore_eos or natural_length > max_tokens:
+    if eos_bias >= DECISIVE_LOGIT_BIAS:
+        natural_length = min_tokens + 1
+    else:
+        natural_length = max(rng.randint(config.natural_min_tokens, config.natural_max_tokens), min_tokens + 1, 2)
+    if ignore_eos or eos_bias <= -DECISIVE_LOGIT_BIAS or natural_length > max_tokens:
         pieces = _draw_text_pieces(rng, max_tokens)
         return PlannedChoice(index=index, prompt_index=prompt_index, pieces=pieces, finish_reason="length")
+    if natural_length == 1:
+        return PlannedChoice(index=index, prompt_index=prompt_index, pieces=[""], finish_reason="stop")
     # A natural stop: prose ending in a full stop, then the EOS token, which carries no text.
     text = _draw_text_pieces(rng, natural_length - 2)
     if text and text[-1] in {".", ","}:
@@ -154,6 +167,7 @@ class SimulatedEngine:
     def _publish_queue(self) -> None:
         self._metrics.num_requests_running.set(self.running)
         self._metrics.num_requests_waiting.set(self.waiting)
+        self._metrics.num_requests_waiting_for_capacity.set(self.waiting)
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -176,8 +190,9 @@ class SimulatedEngine:
     async def steps(self, plan: GenerationPlan) -> AsyncGenerator[list[tuple[PlannedChoice, int]], None]:
         """Yield, at each modelled token time, the (choice, token position) pairs produced then.
 
-        Close the iterator (``contextlib.aclosing``) to abort: the request is then counted with
-        ``finished_reason="abort"``.
+        Close the iterator (``contextlib.aclosing``) to abort. As in vLLM 0.32, where a client that hangs
+        up aborts its request, an aborted request counts only the prompt tokens (if it got a slot) and
+        the tokens it made: no ``request_success{finished_reason="abort"}``, no per-request histograms.
         """
         metrics = self._metrics
         arrival = time.monotonic()
@@ -218,18 +233,17 @@ class SimulatedEngine:
         admitted: float,
         first_token_at: float | None,
     ) -> None:
+        if not completed:
+            return
         metrics = self._metrics
         finished = time.monotonic()
         for choice in plan.choices:
-            reason = choice.finish_reason if completed else "abort"
-            metrics.request_success[reason].inc()
+            metrics.request_success[choice.finish_reason].inc()
             metrics.request_generation_tokens.observe(produced[choice.index])
         for prompt, max_tokens in zip(plan.prompts, plan.max_tokens, strict=True):
             metrics.request_prompt_tokens.observe(len(prompt.token_ids))
             metrics.request_params_max_tokens.observe(max_tokens)
         metrics.request_params_n.observe(len(plan.choices) // len(plan.prompts))
-        if not completed:
-            return
         prefill_end = first_token_at if first_token_at is not None else finished
         metrics.e2e_request_latency.observe(finished - arrival)
         metrics.request_queue_time.observe(admitted - arrival)
@@ -238,4 +252,4 @@ class SimulatedEngine:
         metrics.request_decode_time.observe(finished - prefill_end)
         longest = max(produced.values())
         if longest > 1:
-            metrics.time_per_output_token.observe((finished - prefill_end) / (longest - 1))
+            metrics.request_time_per_output_token.observe((finished - prefill_end) / (longest - 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import ClassVar
 
@@ -46,8 +47,8 @@ class ModelNotFoundError(SimulatorError):
     status = HTTPStatus.NOT_FOUND
     err_type = "NotFoundError"
 
-    def __init__(self, model: str | None) -> None:
-        super().__init__(f"The model `{model}` does not exist.", param="model")
+    def __init__(self, model: str | None, served: Sequence[str]) -> None:
+        super().__init__(f"The model `{model}` does not exist. Valid aliases: {', '.join(served)}.", param="model")
 
 
 class InjectedError(SimulatorError):

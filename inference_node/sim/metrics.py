@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-FINISHED_REASONS = ("stop", "length", "abort", "error")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
 def build_1_2_5_buckets(max_value: int) -> list[float]:
@@ -56,6 +56,16 @@ class VllmMetrics:
         self.num_requests_waiting = Gauge(
             "vllm:num_requests_waiting", "Number of requests waiting to be processed.", names, registry=registry
         ).labels(*values)
+        waiting_by_reason = Gauge(
+            "vllm:num_requests_waiting_by_reason",
+            "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; "
+            "'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). "
+            "Sum of all reasons equals vllm:num_requests_waiting.",
+            [*names, "reason"],
+            registry=registry,
+        )
+        self.num_requests_waiting_for_capacity = waiting_by_reason.labels(*values, "capacity")
+        waiting_by_reason.labels(*values, "deferred")  # the simulator defers nothing
         self.num_preemptions = Counter(
             "vllm:num_preemptions_total", "Cumulative number of preemption from the engine.", names, registry=registry
         ).labels(*values)
@@ -88,8 +98,10 @@ class VllmMetrics:
         self.time_to_first_token = histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", _TTFT_BUCKETS
         )
-        self.time_per_output_token = histogram(
-            "vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", _TPOT_BUCKETS
+        self.request_time_per_output_token = histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            _TPOT_BUCKETS,
         )
         self.inter_token_latency = histogram(
             "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", _TPOT_BUCKETS

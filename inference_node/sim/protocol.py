@@ -10,7 +10,7 @@ import time
 from typing import Any, Literal
 
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 
 class OpenAIBaseModel(BaseModel):
@@ -31,7 +31,7 @@ class ErrorResponse(OpenAIBaseModel):
 
 
 class ModelPermission(OpenAIBaseModel):
-    id: str = Field(default_factory=lambda: f"modelperm-{secrets.token_hex(16)}")
+    id: str = Field(default_factory=lambda: f"modelperm-{secrets.token_hex(8)}")
     object: str = "model_permission"
     created: int = Field(default_factory=lambda: int(time.time()))
     allow_create_engine: bool = False
@@ -70,6 +70,7 @@ class UsageInfo(OpenAIBaseModel):
     total_tokens: int = 0
     completion_tokens: int | None = 0
     prompt_tokens_details: PromptTokenUsageInfo | None = None
+    completion_tokens_details: dict[str, Any] | None = None
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -110,6 +111,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
+    logit_bias: dict[str, float] | None = None
     echo: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -147,6 +149,7 @@ class CompletionRequest(OpenAIBaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
+    logit_bias: dict[str, float] | None = None
     add_special_tokens: bool = True
     request_id: str | None = None
 
@@ -165,7 +168,9 @@ class CompletionRequest(OpenAIBaseModel):
         if isinstance(data, dict):
             prompt = data.get("prompt")
             if prompt is None or prompt == "" or prompt == []:
-                raise ValueError("Either prompt or prompt_embeds must be provided and non-empty.")
+                raise RequestFieldError(
+                    "Either prompt or prompt_embeds must be provided and non-empty.", parameter="prompt"
+                )
         return data
 
 
@@ -179,6 +184,17 @@ class ChatMessage(OpenAIBaseModel):
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     reasoning: str | None = None
 
+    @model_serializer(mode="wrap")
+    def _drop_empty_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty_tool_calls(handler(self))
+
+
+def _without_empty_tool_calls(data: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's messages and deltas leave `tool_calls` out when there are none."""
+    if not data.get("tool_calls"):
+        data.pop("tool_calls", None)
+    return data
+
 
 class ChatCompletionResponseChoice(OpenAIBaseModel):
     index: int
@@ -187,6 +203,7 @@ class ChatCompletionResponseChoice(OpenAIBaseModel):
     finish_reason: str | None = "stop"
     stop_reason: int | str | None = None
     token_ids: list[int] | None = None
+    routed_experts: str | None = None
 
 
 class ChatCompletionResponse(OpenAIBaseModel):
@@ -200,13 +217,21 @@ class ChatCompletionResponse(OpenAIBaseModel):
     usage: UsageInfo
     prompt_logprobs: list[Any] | None = None
     prompt_token_ids: list[int] | None = None
+    prompt_text: str | None = None
     kv_transfer_params: dict[str, Any] | None = None
+    ec_transfer_params: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
 
 
 class DeltaMessage(OpenAIBaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty_tool_calls(handler(self))
 
 
 class ChatCompletionResponseStreamChoice(OpenAIBaseModel):
@@ -225,7 +250,10 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionResponseStreamChoice]
     usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
     prompt_token_ids: list[int] | None = None
+    prompt_text: str | None = None
+    metrics: dict[str, Any] | None = None
 
 
 class CompletionResponseChoice(OpenAIBaseModel):
@@ -237,6 +265,7 @@ class CompletionResponseChoice(OpenAIBaseModel):
     token_ids: list[int] | None = None
     prompt_logprobs: list[Any] | None = None
     prompt_token_ids: list[int] | None = None
+    routed_experts: str | None = None
 
 
 class CompletionResponse(OpenAIBaseModel):
@@ -249,6 +278,8 @@ class CompletionResponse(OpenAIBaseModel):
     system_fingerprint: str | None = None
     usage: UsageInfo
     kv_transfer_params: dict[str, Any] | None = None
+    ec_transfer_params: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
 
 
 class CompletionResponseStreamChoice(OpenAIBaseModel):
@@ -268,6 +299,8 @@ class CompletionStreamResponse(OpenAIBaseModel):
     model: str
     choices: list[CompletionResponseStreamChoice]
     usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
+    metrics: dict[str, Any] | None = None
 
 
 class TokenizeCompletionRequest(OpenAIBaseModel):

@@ -11,6 +11,7 @@ carries no text, so the last streamed delta of a ``"stop"`` choice is ``""``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -50,35 +51,41 @@ from inference_node.sim.protocol import (
     UsageInfo,
     json_response,
 )
-from inference_node.sim.tokenizer import WordTokenizer, render_chat_prompt
+from inference_node.sim.tokenizer import EOS_TOKEN_ID, Tokenizer, load_tokenizer, render_chat_prompt
 
 
-def resolve_max_tokens(config: SimulatorConfig, prompt_tokens: int, requested: int | None, *, output_param: str) -> int:
-    """Validate lengths and return the effective max_tokens, as vLLM's renderer and SamplingParams do.
+def resolve_max_tokens(
+    config: SimulatorConfig, prompt: PromptInput, requested: int | None, *, output_param: str
+) -> int:
+    """Validate lengths and return the effective max_tokens, as vLLM 0.32's renderer and ``get_max_tokens`` do.
 
-    The messages (including the missing space and the ``=`` debug rendering in the first one)
+    A limit over the context is refused, and so is a prompt over the context by itself; a prompt and a
+    limit that only overflow together are answered, the limit cut to what the prompt leaves. Text prompts
+    are tokenized to at most one token past the context, so vLLM says "at least" that many. The messages
     are vLLM's verbatim, so clients parsing them behave the same against the simulator.
     """
     max_model_len = config.max_model_len
     max_output_tokens = requested or 0
     if max_output_tokens > max_model_len:
         raise InvalidRequestError(
-            f"{output_param}={max_output_tokens}cannot be greater than "
-            f"max_model_len=max_total_tokens={max_model_len}. Please request fewer output tokens.",
+            f"{output_param}={max_output_tokens} cannot be greater than max_model_len={max_model_len}. "
+            "Please request fewer output tokens.",
             parameter=output_param,
             value=max_output_tokens,
         )
-    max_input_tokens = max_model_len - max_output_tokens
-    if prompt_tokens > max_input_tokens:
+    prompt_tokens = len(prompt.token_ids)
+    if prompt_tokens > max_model_len:
+        counted = min(prompt_tokens, max_model_len + 1) if prompt.from_text else prompt_tokens
+        qualifier = "at least " if counted == max_model_len + 1 else ""
         raise InvalidRequestError(
-            f"You passed {prompt_tokens} input tokens and requested {max_output_tokens} output tokens. "
-            f"However, the model's context length is only {max_model_len} tokens, resulting in a maximum "
-            f"input length of {max_input_tokens} tokens. Please reduce the length of the input prompt.",
+            f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
+            f"{qualifier}{counted} input tokens, which exceeds this limit even without any output tokens. "
+            "Please reduce the length of the input prompt.",
             parameter="input_tokens",
-            value=prompt_tokens,
+            value=counted,
         )
-    default_max_tokens = max_model_len - prompt_tokens
-    effective = default_max_tokens if requested is None else min(requested, default_max_tokens)
+    context_left = max_model_len - prompt_tokens
+    effective = context_left if requested is None else min(requested, context_left)
     if effective < 1:
         raise InvalidRequestError(
             f"max_tokens must be at least 1, got {effective}.", parameter="max_tokens", value=effective
@@ -88,7 +95,7 @@ def resolve_max_tokens(config: SimulatorConfig, prompt_tokens: int, requested: i
 
 def base_request_id(request: Request, body_request_id: str | None) -> str:
     """vLLM's ``_base_request_id``: the X-Request-Id header, else the body's id, else random hex."""
-    return request.headers.get("X-Request-Id") or body_request_id or secrets.token_hex(16)
+    return request.headers.get("X-Request-Id") or body_request_id or secrets.token_hex(8)
 
 
 def _sse(payload: str) -> str:
@@ -128,20 +135,20 @@ def _reject_unsupported(**flags: bool) -> None:
             raise InvalidRequestError(f"`{name}` is not supported by the Sluice vLLM simulator.", parameter=name)
 
 
-def _completion_prompts(tokenizer: WordTokenizer, body: CompletionRequest) -> list[PromptInput]:
+def _completion_prompts(tokenizer: Tokenizer, body: CompletionRequest) -> list[PromptInput]:
     """Normalise the four prompt shapes vLLM accepts; token-id prompts get no BOS, as in vLLM."""
 
     def from_text(text: str) -> PromptInput:
         return PromptInput(tokenizer.encode(text, add_special_tokens=body.add_special_tokens), seed_text=text)
 
     def from_ids(ids: list[int]) -> PromptInput:
-        return PromptInput(list(ids), seed_text="token-ids:" + ",".join(map(str, ids)))
+        return PromptInput(list(ids), seed_text="token-ids:" + ",".join(map(str, ids)), from_text=False)
 
     prompt = body.prompt
     if isinstance(prompt, str):
         return [from_text(prompt)]
     if not prompt:
-        raise InvalidRequestError("Either prompt or prompt_embeds must be provided and non-empty.")
+        raise InvalidRequestError("Either prompt or prompt_embeds must be provided and non-empty.", parameter="prompt")
     if isinstance(prompt[0], str):
         return [from_text(text) for text in prompt]
     if isinstance(prompt[0], int):
@@ -154,14 +161,17 @@ class Simulator:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
-        self.tokenizer = WordTokenizer()
+        self.tokenizer = load_tokenizer(config.tokenizer)
         self.metrics = VllmMetrics(config.model_name, config.max_model_len)
         self.engine = SimulatedEngine(config, self.metrics)
         self.faults = FaultInjector(config.faults)
+        # vLLM's fingerprint is its version and a hash of the server's configuration.
+        digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+        self.fingerprint = f"vllm-{config.vllm_version}-{digest}"
 
     def check_model(self, model: str | None) -> None:
         if model and model not in self.config.served_model_names:
-            raise ModelNotFoundError(model)
+            raise ModelNotFoundError(model, self.config.served_model_names)
 
     def model_list(self) -> ModelList:
         root = self.config.model_path or self.config.model_name
@@ -213,6 +223,7 @@ class Simulator:
             request_seed=body.seed,
             ignore_eos=body.ignore_eos,
             min_tokens=body.min_tokens,
+            eos_bias=(body.logit_bias or {}).get(str(EOS_TOKEN_ID), 0.0),
         )
         return await self.serve(
             plan,
@@ -235,6 +246,7 @@ class Simulator:
             request_seed=body.seed,
             ignore_eos=body.ignore_eos,
             min_tokens=body.min_tokens,
+            eos_bias=(body.logit_bias or {}).get(str(EOS_TOKEN_ID), 0.0),
         )
         return await self.serve(
             plan,
@@ -258,11 +270,12 @@ class Simulator:
         request_seed: int | None,
         ignore_eos: bool,
         min_tokens: int,
+        eos_bias: float,
     ) -> GenerationPlan:
         if n < 1:
-            raise InvalidRequestError(f"n must be at least 1, got {n}.", parameter="n", value=n)
+            raise InvalidRequestError(f"n must be at least 1, got {n}.")  # vLLM names no parameter here
         max_tokens = [
-            resolve_max_tokens(self.config, len(prompt.token_ids), requested_max_tokens, output_param=output_param)
+            resolve_max_tokens(self.config, prompt, requested_max_tokens, output_param=output_param)
             for prompt in prompts
         ]
         choices = [
@@ -276,6 +289,7 @@ class Simulator:
                 request_seed=request_seed,
                 ignore_eos=ignore_eos,
                 min_tokens=min_tokens,
+                eos_bias=eos_bias,
             )
             for prompt_index, prompt in enumerate(prompts)
             for sample in range(n)
@@ -349,6 +363,7 @@ class Simulator:
                 )
                 for choice in plan.choices
             ],
+            system_fingerprint=self.fingerprint,
             usage=plan.usage(),
         )
 
@@ -360,25 +375,30 @@ class Simulator:
         drop_after: int | None,
         connection: ClientConnection,
     ) -> AsyncIterator[str]:
-        """vLLM's chat_completion_stream_generator: role chunk, one chunk per token, usage, [DONE]."""
+        """vLLM's chat_completion_stream_generator: role chunks, one chunk per token, usage, [DONE].
+
+        Only the fields vLLM sets are sent (``exclude_unset``); the last chunk carries the fingerprint.
+        """
         prompt_tokens = plan.prompt_tokens
         produced = {choice.index: 0 for choice in plan.choices}
+        remaining = len(plan.choices)
 
-        def chunk(choice: ChatCompletionResponseStreamChoice, *, first: bool) -> str:
+        def chunk(choice: ChatCompletionResponseStreamChoice, *, first: bool, last: bool) -> str:
             response = ChatCompletionStreamResponse(
-                id=plan.request_id,
-                object="chat.completion.chunk",
-                created=plan.created,
-                choices=[choice],
+                id=plan.request_id, object="chat.completion.chunk", created=plan.created, choices=[choice],
                 model=plan.model,
-            )
-            if first:
-                response.prompt_token_ids = None  # vLLM sets it (to null) on the first chunk only
+            )  # fmt: skip
             if continuous:
                 completion = produced[choice.index]
                 response.usage = UsageInfo(
-                    prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
-                )
+                    prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion,
+                    completion_tokens_details=None,
+                )  # fmt: skip
+            if last and not include_usage:
+                response.system_fingerprint = self.fingerprint
+            if first:
+                response.prompt_token_ids = None  # vLLM sets both (to null) on the role chunks only
+                response.prompt_text = None
             return _sse(response.model_dump_json(exclude_unset=True))
 
         sent = 0
@@ -390,12 +410,10 @@ class Simulator:
                 if emitted and emitted[0][1] == 0:
                     for choice in plan.choices:
                         role = ChatCompletionResponseStreamChoice(
-                            index=choice.index,
-                            delta=DeltaMessage(role="assistant", content=""),
-                            logprobs=None,
+                            index=choice.index, delta=DeltaMessage(role="assistant", content=""), logprobs=None,
                             finish_reason=None,
-                        )
-                        yield chunk(role, first=True)
+                        )  # fmt: skip
+                        yield chunk(role, first=True, last=False)
                 for choice, position in emitted:
                     if drop_after is not None and sent >= drop_after:
                         await connection.drop()
@@ -403,33 +421,26 @@ class Simulator:
                     produced[choice.index] += 1
                     delta = DeltaMessage(content=choice.pieces[position])
                     if position == len(choice.pieces) - 1:
+                        remaining -= 1
                         token = ChatCompletionResponseStreamChoice(
-                            index=choice.index,
-                            delta=delta,
-                            logprobs=None,
-                            finish_reason=choice.finish_reason,
-                            stop_reason=None,
-                            token_ids=None,
-                        )
+                            index=choice.index, delta=delta, logprobs=None, finish_reason=choice.finish_reason,
+                            stop_reason=None, token_ids=None,
+                        )  # fmt: skip
                     else:
                         token = ChatCompletionResponseStreamChoice(
                             index=choice.index, delta=delta, logprobs=None, finish_reason=None, token_ids=None
                         )
-                    yield chunk(token, first=False)
+                    yield chunk(token, first=False, last=remaining == 0)
                     sent += 1
         if drop_after is not None:
             await connection.drop()
             return
         if include_usage:
             final = ChatCompletionStreamResponse(
-                id=plan.request_id,
-                object="chat.completion.chunk",
-                created=plan.created,
-                choices=[],
-                model=plan.model,
-                usage=plan.usage(),
-            )
-            yield _sse(final.model_dump_json(exclude_unset=True, exclude_none=True))
+                id=plan.request_id, object="chat.completion.chunk", created=plan.created, choices=[],
+                model=plan.model, usage=plan.usage(), system_fingerprint=self.fingerprint,
+            )  # fmt: skip
+            yield _sse(final.model_dump_json(exclude_unset=True))
         yield _SSE_DONE
 
     # -- completions --------------------------------------------------------------------------
@@ -445,6 +456,7 @@ class Simulator:
                 )
                 for choice in plan.choices
             ],
+            system_fingerprint=self.fingerprint,
             usage=plan.usage(),
         )
 
@@ -456,8 +468,9 @@ class Simulator:
         drop_after: int | None,
         connection: ClientConnection,
     ) -> AsyncIterator[str]:
-        """vLLM's completion_stream_generator: one chunk per token, usage, [DONE]."""
+        """vLLM's completion_stream_generator: a chunk per token, usage, [DONE]; the last chunk has the fingerprint."""
         produced = {choice.index: 0 for choice in plan.choices}
+        remaining = len(plan.choices)
         sent = 0
         async with aclosing(self.engine.steps(plan)) as steps:
             async for emitted in steps:
@@ -467,17 +480,17 @@ class Simulator:
                         return
                     produced[choice.index] += 1
                     last = position == len(choice.pieces) - 1
+                    remaining -= last
                     response = CompletionStreamResponse(
                         id=plan.request_id,
+                        object="text_completion",
                         created=plan.created,
                         model=plan.model,
                         choices=[
                             CompletionResponseStreamChoice(
-                                index=choice.index,
-                                text=choice.pieces[position],
-                                logprobs=None,
-                                finish_reason=choice.finish_reason if last else None,
-                                stop_reason=None,
+                                index=choice.index, text=choice.pieces[position], logprobs=None,
+                                finish_reason=choice.finish_reason if last else None, stop_reason=None,
+                                prompt_token_ids=None, token_ids=None,
                             )
                         ],
                     )
@@ -489,14 +502,17 @@ class Simulator:
                             completion_tokens=completion,
                             total_tokens=prompt_tokens + completion,
                         )
-                    yield _sse(response.model_dump_json())
+                    if remaining == 0 and not include_usage:
+                        response.system_fingerprint = self.fingerprint
+                    yield _sse(response.model_dump_json(exclude_unset=True))
                     sent += 1
         if drop_after is not None:
             await connection.drop()
             return
         if include_usage:
             final = CompletionStreamResponse(
-                id=plan.request_id, created=plan.created, model=plan.model, choices=[], usage=plan.usage()
-            )
-            yield _sse(final.model_dump_json(exclude_none=True))
+                id=plan.request_id, object="text_completion", created=plan.created, model=plan.model, choices=[],
+                usage=plan.usage(), system_fingerprint=self.fingerprint,
+            )  # fmt: skip
+            yield _sse(final.model_dump_json(exclude_unset=True))
         yield _SSE_DONE

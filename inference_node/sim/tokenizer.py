@@ -1,11 +1,13 @@
-"""A deterministic word-level tokenizer and the simulator's chat template."""
+"""The simulator's tokenizers (a deterministic word-level one, or a model's BPE) and its chat template."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
+from inference_node.sim.bpe import ByteLevelBpeTokenizer
 from inference_node.sim.errors import InvalidRequestError
 from inference_node.sim.protocol import ChatMessageParam
 
@@ -26,6 +28,7 @@ _SPECIAL_TOKEN_IDS = {
     "<|end|>": 8,
 }
 _FIRST_HASHED_ID = 1000
+EOS_TOKEN_ID = _SPECIAL_TOKEN_IDS[EOS_TOKEN]  # the same in the BPE of the test tier's model (scripts/vllm)
 
 # fmt: off
 VOCABULARY = (
@@ -45,6 +48,14 @@ VOCABULARY = (
 )
 # fmt: on
 _VOCABULARY_IDS = {word: 100 + index for index, word in enumerate(VOCABULARY)}
+
+
+class Tokenizer(Protocol):
+    """What the simulator counts prompts with: token ids, and the token strings /tokenize returns."""
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]: ...
+
+    def encode_with_pieces(self, text: str, *, add_special_tokens: bool) -> tuple[list[int], list[str]]: ...
 
 
 class WordTokenizer:
@@ -104,3 +115,10 @@ def render_chat_prompt(
     if add_generation_prompt:
         parts.append("<|assistant|>\n")
     return "".join(parts)
+
+
+def load_tokenizer(path: str | None) -> Tokenizer:
+    """The model's BPE from its tokenizer.json, or the built-in word tokenizer when there is none."""
+    if path is None:
+        return WordTokenizer()
+    return ByteLevelBpeTokenizer.from_file(path)

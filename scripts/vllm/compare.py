@@ -4,34 +4,50 @@
     .venv/bin/python scripts/vllm/compare.py tests/inference_node/recorded/vllm-0.32 /tmp/sim-recorded
 
 For each case both sets have, prints what differs: the status, the content type, keys one side has and
-the other lacks (with their order), and values that differ. Volatile values (ids, timestamps,
-``system_fingerprint``, the model path) are never compared; values that depend on the model and its
-tokenizer (generated text, token ids and counts, usage numbers) are compared by type only, unless
-``--values``. SSE streams are compared event by event after the same masking, and summarised as the
-sequence of event shapes. Exits 0 whatever it finds: it reports, it does not judge.
+the other lacks (with their order), and values that differ. Volatile values (README.md beside the
+recordings: ids, timestamps, ``system_fingerprint``, the model path) are compared by their shape only
+(``cmpl-<hex16>``); values that depend on the model and its tokenizer (generated text, token ids and
+counts, usage numbers) by type only, unless ``--same-tokenizer`` (both servers tokenize alike, as the
+simulator does with the recorded model's ``tokenizer.json``: only generated text is then compared by
+type). SSE streams are compared chunk by chunk within each choice (the order in which choices interleave
+is volatile), and summarised as each choice's sequence of chunk shapes. The tokens generated before an
+abort (``disconnect-*``, ``queue-gauges``) are volatile too. Exits 0 whatever it finds: it reports, it
+does not judge (``tests/inference_node/sim/test_fidelity.py`` judges the simulator with it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 VOLATILE = {"id", "created", "system_fingerprint", "root"}
-MODEL_DEPENDENT = {"text", "content", "tokens", "token_strs", "count", "prompt_tokens", "completion_tokens",
-                   "total_tokens", "events_read", "prompt", "message_text"}  # fmt: skip
+GENERATED = frozenset({"text", "content", "events_read", "message_text"})
+MODEL_DEPENDENT = GENERATED | {"tokens", "token_strs", "count", "prompt_tokens", "completion_tokens", "total_tokens",
+                               "prompt"}  # fmt: skip
+# Samples of the multi-step cases that count the tokens made before an abort: how many is a matter of timing.
+VOLATILE_SAMPLES = ("vllm:generation_tokens_total", "vllm:request_generation_tokens_sum")
+_HEX_RUN = re.compile(r"[0-9a-f]{8,}")
 
 
-def mask(value: Any, *, key: str | None, exact: bool) -> Any:
+def shape_of(value: Any) -> str:
+    """A volatile value's shape: its type, and for strings the text with each run of hex digits as <hexN>."""
+    if isinstance(value, str):
+        return _HEX_RUN.sub(lambda m: f"<hex{len(m.group())}>", value) if not value.startswith("/") else "<path>"
+    return f"<{type(value).__name__}>"
+
+
+def mask(value: Any, *, key: str | None, masked: frozenset[str]) -> Any:
     if key in VOLATILE:
-        return "<volatile>"
-    if not exact and key in MODEL_DEPENDENT and not isinstance(value, dict):
+        return shape_of(value)
+    if key in masked and not isinstance(value, dict):
         return f"<{type(value).__name__}>"
     if isinstance(value, dict):
-        return {k: mask(v, key=k, exact=exact) for k, v in value.items()}
+        return {k: mask(v, key=k, masked=masked) for k, v in value.items()}
     if isinstance(value, list):
-        return [mask(item, key=key, exact=exact) for item in value]
+        return [mask(item, key=key, masked=masked) for item in value]
     return value
 
 
@@ -100,8 +116,12 @@ def by_choice(events: list[Any]) -> dict[tuple[Any, int], Any]:
     return keyed
 
 
-def choice_order(events: list[Any]) -> list[int]:
-    return [c.get("index") for e in events if isinstance(e, dict) for c in e.get("choices", [])]
+def shapes_by_choice(events: list[Any]) -> dict[Any, list[str]]:
+    """Each choice's chunk shapes in order (run-length coded); the usage chunk and [DONE] under their own keys."""
+    shapes: dict[Any, list[str]] = {}
+    for (index, _), event in by_choice(events).items():
+        shapes.setdefault(index, []).append(shape(event))
+    return {index: run_length(items) for index, items in shapes.items()}
 
 
 def compare_families(a: list[dict[str, Any]], b: list[dict[str, Any]], out: list[str]) -> None:
@@ -121,7 +141,7 @@ def compare_families(a: list[dict[str, Any]], b: list[dict[str, Any]], out: list
                 out.append(f"{name} {key}: A {json.dumps(fa.get(key))} / B {json.dumps(fb.get(key))}")
 
 
-def compare_case(a: dict[str, Any], b: dict[str, Any], exact: bool) -> list[str]:
+def compare_case(a: dict[str, Any], b: dict[str, Any], masked: frozenset[str] = MODEL_DEPENDENT) -> list[str]:
     out: list[str] = []
     if a.get("status") != b.get("status"):
         out.append(f"status: A {a.get('status')} / B {b.get('status')}")
@@ -130,31 +150,37 @@ def compare_case(a: dict[str, Any], b: dict[str, Any], exact: bool) -> list[str]
     if a_type != b_type:
         out.append(f"content-type: A {a_type!r} / B {b_type!r}")
     if "body" in a or "body" in b:
-        diff(mask(a.get("body"), key=None, exact=exact), mask(b.get("body"), key=None, exact=exact), "body", out)
+        diff(mask(a.get("body"), key=None, masked=masked), mask(b.get("body"), key=None, masked=masked), "body", out)
+    if ("text" in a or "text" in b) and "families" not in a and a.get("text") != b.get("text"):
+        out.append(f"text: A {a.get('text')!r} / B {b.get('text')!r}")
     if "sse" in a and "sse" in b:
         a_events, b_events = sse_events(a["sse"]), sse_events(b["sse"])
-        a_shapes, b_shapes = run_length([shape(e) for e in a_events]), run_length([shape(e) for e in b_events])
+        a_shapes, b_shapes = shapes_by_choice(a_events), shapes_by_choice(b_events)
         if a_shapes != b_shapes:
             out.append("sse event shapes differ:")
-            out.extend(f"    A {s}" for s in a_shapes)
-            out.extend(f"    B {s}" for s in b_shapes)
-        if choice_order(a_events) != choice_order(b_events):
-            out.append(f"sse choice order: A {choice_order(a_events)} / B {choice_order(b_events)}")
+            out.extend(f"    A {index}: {s}" for index, items in a_shapes.items() for s in items)
+            out.extend(f"    B {index}: {s}" for index, items in b_shapes.items() for s in items)
         found: list[str] = []
         # Chunks of different choices interleave differently: compare the n-th chunk of each choice.
+        b_keyed = by_choice(b_events)
         for key, ea in by_choice(a_events).items():
-            eb = by_choice(b_events).get(key)
+            eb = b_keyed.get(key)
             if eb is not None:
-                diff(mask(ea, key=None, exact=exact), mask(eb, key=None, exact=exact), "sse[*]", found)
+                diff(mask(ea, key=None, masked=masked), mask(eb, key=None, masked=masked), "sse[*]", found)
         out.extend(dict.fromkeys(found))  # each difference once, in first-seen order
     elif "sse" in a or "sse" in b:
         out.append(f"only {'A' if 'sse' in a else 'B'} answered with an event stream")
     if "families" in a and "families" in b:
         compare_families(a["families"], b["families"], out)
+    if "sizes" in a or "sizes" in b:
+        diff(mask(a.get("sizes"), key=None, masked=masked), mask(b.get("sizes"), key=None, masked=masked), "sizes",
+             out)  # fmt: skip
     for key in ("metrics_delta", "metrics_delta_after_close", "gauges_under_load", "gauges_while_streaming"):
         if key in a or key in b:
             av, bv = a.get(key, {}), b.get(key, {})
             for sample in sorted(av.keys() | bv.keys()):
+                if sample.startswith(VOLATILE_SAMPLES) and sample in av and sample in bv:
+                    continue
                 if av.get(sample) != bv.get(sample):
                     out.append(f"{key} {sample}: A {av.get(sample)} / B {bv.get(sample)}")
     return out
@@ -164,7 +190,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="recordings A (e.g. real vLLM)")
     parser.add_argument("b", type=Path, help="recordings B (e.g. the simulator)")
-    parser.add_argument("--values", action="store_true", help="compare model-dependent values too")
+    parser.add_argument("--same-tokenizer", action="store_true",
+                        help="both tokenize alike: compare token ids and counts exactly, generated text by type")
     parser.add_argument("--only", nargs="*", help="only these case names")
     args = parser.parse_args()
     names = sorted({p.stem for p in args.a.glob("*.json")} | {p.stem for p in args.b.glob("*.json")})
@@ -175,7 +202,8 @@ def main() -> None:
         if not a_path.exists() or not b_path.exists():
             print(f"## {name}: only in {'A' if a_path.exists() else 'B'}\n")
             continue
-        found = compare_case(json.loads(a_path.read_text()), json.loads(b_path.read_text()), args.values)
+        masked = GENERATED if args.same_tokenizer else MODEL_DEPENDENT
+        found = compare_case(json.loads(a_path.read_text()), json.loads(b_path.read_text()), masked)
         print(f"## {name}: {'same' if not found else f'{len(found)} differences'}")
         for line in found:
             print(f"  {line}")

@@ -115,6 +115,10 @@ class MetricSamples:
                 return float(sample.value)
         return 0.0
 
+    def total(self, name: str) -> float:
+        """The sum of every sample ``name`` over its label sets."""
+        return sum(float(sample.value) for sample in self._samples if sample.name == name)
+
 
 def wait_until(condition: Callable[[], bool], deadline_seconds: float = 5.0) -> None:
     deadline = time.monotonic() + deadline_seconds

@@ -25,10 +25,11 @@ from tests.inference_node.sim.support import (
 def test_chat_completion_reports_vllm_usage_and_shape(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model=ALIAS, messages=CHAT_MESSAGES)
 
-    assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}", completion.id)
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{16}", completion.id)
     assert completion.object == "chat.completion"
     assert completion.model == MODEL  # vLLM answers with the first served name, whatever alias was asked
-    assert completion.system_fingerprint is None
+    assert completion.system_fingerprint is not None
+    assert re.fullmatch(r"vllm-0\.32\.0-[0-9a-f]{8}", completion.system_fingerprint)
     assert abs(completion.created - time.time()) < 60
     [choice] = completion.choices
     assert (choice.index, choice.message.role, choice.finish_reason) == (0, "assistant", "stop")
@@ -56,10 +57,17 @@ def test_chat_completion_json_has_exactly_vllms_fields(sim: RunningSimulator) ->
         "usage",
         "prompt_logprobs",
         "prompt_token_ids",
+        "prompt_text",
         "kv_transfer_params",
+        "ec_transfer_params",
+        "metrics",
     ]
-    assert list(body["choices"][0]) == ["index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids"]
-    assert list(body["usage"]) == ["prompt_tokens", "total_tokens", "completion_tokens", "prompt_tokens_details"]
+    assert list(body["choices"][0]) == ["index", "message", "logprobs", "finish_reason", "stop_reason", "token_ids",
+                                        "routed_experts"]  # fmt: skip
+    assert list(body["choices"][0]["message"]) == ["role", "content", "refusal", "annotations", "audio",
+                                                   "function_call", "reasoning"]  # no tool_calls when there are none
+    assert list(body["usage"]) == ["prompt_tokens", "total_tokens", "completion_tokens", "prompt_tokens_details",
+                                   "completion_tokens_details"]  # fmt: skip
 
 
 def test_completion_text_is_a_deterministic_function_of_seed_and_prompt(client: openai.OpenAI) -> None:
@@ -86,7 +94,7 @@ def test_text_is_stable_across_processes(client: openai.OpenAI) -> None:
 def test_completions_default_to_16_tokens_like_vllm(client: openai.OpenAI) -> None:
     completion = client.completions.create(model=MODEL, prompt=COMPLETION_PROMPT)
 
-    assert re.fullmatch(r"cmpl-[0-9a-f]{32}", completion.id)
+    assert re.fullmatch(r"cmpl-[0-9a-f]{16}", completion.id)
     assert completion.object == "text_completion"
     [choice] = completion.choices
     assert choice.finish_reason == "length"
@@ -205,7 +213,7 @@ def test_unknown_model_is_404_with_vllms_error(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="gpt-4o", messages=CHAT_MESSAGES)
     assert raised.value.status_code == 404
     assert raised.value.body == {
-        "message": "The model `gpt-4o` does not exist.",
+        "message": "The model `gpt-4o` does not exist. Valid aliases: sim-model, sim-alias.",
         "type": "NotFoundError",
         "param": "model",
         "code": 404,
@@ -216,16 +224,29 @@ def test_prompt_longer_than_the_context_is_400(client: openai.OpenAI) -> None:
     long_prompt = "word " * 300  # BOS + 300 words
     with pytest.raises(openai.BadRequestError) as raised:
         client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=10)
+    # vLLM 0.32 tokenizes text to one token past the context, hence "at least" 257
     assert raised.value.body == {
         "message": (
-            "You passed 301 input tokens and requested 10 output tokens. However, the model's context length "
-            "is only 256 tokens, resulting in a maximum input length of 246 tokens. Please reduce the length "
-            "of the input prompt. (parameter=input_tokens, value=301)"
+            "This model's maximum context length is 256 tokens. However, your prompt contains at least 257 input "
+            "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the "
+            "input prompt. (parameter=input_tokens, value=257)"
         ),
         "type": "BadRequestError",
         "param": "input_tokens",
         "code": 400,
     }
+    ids = [100] * 300  # a token-id prompt is counted whole
+    with pytest.raises(openai.BadRequestError, match="your prompt contains 300 input tokens"):
+        client.completions.create(model=MODEL, prompt=ids, max_tokens=10)
+
+
+def test_prompt_and_max_tokens_over_the_context_are_answered_with_the_limit_cut(client: openai.OpenAI) -> None:
+    # 241 prompt tokens + max_tokens 100 > 256: vLLM 0.32 answers, generating the 15 tokens the context leaves
+    completion = client.completions.create(model=MODEL, prompt="word " * 240, max_tokens=100, extra_body={
+        "ignore_eos": True})  # fmt: skip
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (241, 15)
 
 
 def test_max_tokens_beyond_the_context_is_400(client: openai.OpenAI) -> None:
@@ -233,7 +254,7 @@ def test_max_tokens_beyond_the_context_is_400(client: openai.OpenAI) -> None:
         client.chat.completions.create(model=MODEL, messages=CHAT_MESSAGES, max_tokens=300)
     assert raised.value.body == {
         "message": (
-            "max_tokens=300cannot be greater than max_model_len=max_total_tokens=256. "
+            "max_tokens=300 cannot be greater than max_model_len=256. "
             "Please request fewer output tokens. (parameter=max_tokens, value=300)"
         ),
         "type": "BadRequestError",
@@ -251,9 +272,9 @@ def test_default_max_tokens_fills_the_rest_of_the_context(client: openai.OpenAI)
         ask(253)  # 257 prompt tokens > 256
     assert isinstance(over.value.body, dict)
     assert over.value.body["message"] == (
-        "You passed 257 input tokens and requested 0 output tokens. However, the model's context length is "
-        "only 256 tokens, resulting in a maximum input length of 256 tokens. Please reduce the length of the "
-        "input prompt. (parameter=input_tokens, value=257)"
+        "This model's maximum context length is 256 tokens. However, your prompt contains at least 257 input "
+        "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input "
+        "prompt. (parameter=input_tokens, value=257)"
     )
     with pytest.raises(openai.BadRequestError) as full:
         ask(252)  # 256 prompt tokens leave no room for one output token
