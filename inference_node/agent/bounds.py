@@ -89,29 +89,28 @@ def write_output_limit(body: dict[str, Any], endpoint: Endpoint, limit: int) -> 
         body["max_tokens"] = limit
 
 
-class PromptLengths(Protocol):
-    """What the clamp learns from vLLM: a model's context window and a prompt's length, None when unknown."""
+class ContextLengths(Protocol):
+    """What the clamp learns from vLLM: a model's context window, None when unknown."""
 
     async def context_length(self, model: str) -> int | None: ...
 
-    async def prompt_tokens(self, endpoint: Endpoint, body: dict[str, Any]) -> int | None: ...
 
-
-async def clamp_output(body: dict[str, Any], endpoint: Endpoint, model: str, budget: int, vllm: PromptLengths) -> None:
+async def clamp_output(body: dict[str, Any], endpoint: Endpoint, model: str, budget: int, vllm: ContextLengths) -> None:
     """Bound the output by the ticket without making vLLM refuse a request it would have run.
 
-    vLLM refuses prompt + max_tokens beyond the context window, so where the client set no limit
-    the ticket's share is written only when it is the tighter bound, and then cut to fit the prompt.
+    vLLM 0.32 refuses a limit over the context window, but answers a prompt and a limit that only
+    overflow it together, cutting the limit to what the prompt leaves. So the limit written is the
+    tightest of the client's, the ticket's share and the context; where the client set none and the
+    ticket's share covers the context, vLLM's own default (the context left) is within the ticket.
     """
     bounds = output_bounds(body, endpoint, budget)
-    if bounds.requested is not None:
-        write_output_limit(body, endpoint, min(bounds.requested, bounds.per_choice))
-        return
+    limit = bounds.per_choice if bounds.requested is None else min(bounds.requested, bounds.per_choice)
     context = await vllm.context_length(model)
-    if context is not None and bounds.per_choice >= context:
-        return  # vLLM's default, the context left after the prompt, is within the ticket
-    limit = bounds.per_choice
-    prompt_tokens = await vllm.prompt_tokens(endpoint, body) if context is not None else None
-    if context is not None and prompt_tokens is not None:
-        limit = min(limit, max(context - prompt_tokens, 1))
+    if context is not None:
+        if bounds.requested is None and bounds.per_choice >= context:
+            return
+        limit = min(limit, context)
     write_output_limit(body, endpoint, limit)
+    min_tokens = body.get("min_tokens")
+    if isinstance(min_tokens, int) and is_int(min_tokens) and min_tokens > limit:
+        body["min_tokens"] = limit  # vLLM refuses min_tokens above max_tokens; the ticket's bound wins

@@ -64,24 +64,22 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# Fields of a chat request that shape its prompt, forwarded to vLLM's /tokenize to count it.
-_CHAT_PROMPT_FIELDS = ("messages", "add_generation_prompt", "continue_final_message", "add_special_tokens",
-                       "chat_template", "chat_template_kwargs", "tools")  # fmt: skip
 _VLLM_RUNNING = "vllm:num_requests_running"
 _VLLM_WAITING = "vllm:num_requests_waiting"
 SHUTDOWN_GRACE_SECONDS = 5.0
 _DISPATCH_RETRY_MAX_SECONDS = 10.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
-_KEEPALIVE_SECONDS = 60.0
+# Below the keep-alive of vLLM's uvicorn (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) and the service's (uvicorn's 5 s):
+# a pooled connection is dropped here before the server may close it under a heartbeat's next request.
+_KEEPALIVE_SECONDS = 4.0
 # Health, /metrics and /v1/models reads: the node reports vLLM down rather than wait on it.
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(connect=2.0, sock_connect=2.0, sock_read=2.0)
 _SERVICE_TIMEOUT = aiohttp.ClientTimeout(connect=10.0, sock_connect=_CONNECT_TIMEOUT_SECONDS, sock_read=10.0)
 _JSON_HEADERS = {"Content-Type": "application/json"}
-_TOKENIZE_PATH = "/tokenize"
 _METRICS_PATH = "/metrics"
 _MODELS_PATH = "/v1/models"
 _HEALTH_PATH = "/health"
-_VLLM_PATHS = (CHAT.path, COMPLETIONS.path, _TOKENIZE_PATH, _METRICS_PATH, _MODELS_PATH, _HEALTH_PATH)
+_VLLM_PATHS = (CHAT.path, COMPLETIONS.path, _METRICS_PATH, _MODELS_PATH, _HEALTH_PATH)
 _SERVICE_PATHS = (DISPATCH_INFO_PATH, HEARTBEAT_PATH, RECEIPTS_PATH)
 
 
@@ -450,32 +448,13 @@ class NodeAgent:
         self._context.update({str(card["id"]): card["max_model_len"] for card in cards
                               if is_int(card.get("max_model_len"))})  # fmt: skip
 
-    # -- output limits (bounds.PromptLengths) ---------------------------------------------------
+    # -- output limits (bounds.ContextLengths) --------------------------------------------------
 
     async def context_length(self, model: str) -> int | None:
         if model not in self._context:
             with contextlib.suppress(*HTTP_FAILURES, KeyError, TypeError, ValueError):
                 await self._read_model_cards()
         return self._context.get(model)
-
-    async def prompt_tokens(self, endpoint: Endpoint, body: dict[str, Any]) -> int | None:
-        """The prompt's length in tokens from vLLM's /tokenize; None when it cannot say."""
-        prompt = body.get("prompt")
-        if endpoint.is_chat:
-            request = {field: body[field] for field in ("model", *_CHAT_PROMPT_FIELDS) if field in body}
-        elif isinstance(prompt, str):
-            request = {field: body[field] for field in ("model", "prompt", "add_special_tokens") if field in body}
-        elif isinstance(prompt, list) and all(is_int(token) for token in prompt):
-            return len(prompt)
-        else:
-            return None  # several prompts: the ticket's share is written as it is
-        url = self._vllm_urls[_TOKENIZE_PATH]
-        try:
-            async with self.http.post(url, data=orjson.dumps(request), headers=self._vllm_json_headers) as response:
-                count = orjson.loads(await response.read())["count"] if response.status == 200 else None
-        except (*HTTP_FAILURES, ValueError, KeyError, TypeError):
-            return None
-        return count if is_int(count) else None
 
     async def health(self) -> tuple[int, HealthReport]:
         try:

@@ -104,6 +104,19 @@ def wait_until(condition: Callable[[], Any], deadline_seconds: float = 5.0) -> A
     return result
 
 
+def assert_aborted(vllm: RunningServer, generated_before: float, *, of: int) -> int:
+    """Wait until vLLM runs nothing, then check its request stopped short of the `of` tokens asked: how many it made.
+
+    vLLM 0.32 counts a request aborted by a hang-up as finished by no reason (not even "abort"); what shows
+    the abort is that the request leaves the engine with fewer tokens made than it would have run to.
+    """
+    wait_until(lambda: vllm.metric("vllm:num_requests_running") == 0 and vllm.metric("vllm:num_requests_waiting") == 0,
+               30.0)  # fmt: skip
+    made = round(vllm.metric("vllm:generation_tokens_total") - generated_before)
+    assert 0 <= made < of, f"{made} tokens of {of}: the request was not aborted"
+    return made
+
+
 class RunningServer:
     """A uvicorn server in a background thread on a pre-bound loopback socket."""
 

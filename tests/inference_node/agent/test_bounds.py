@@ -61,7 +61,7 @@ def test_a_binding_ticket_is_cut_to_what_the_prompt_leaves_of_the_context(agent:
     response = HTTP.post(agent.base_url + COMPLETIONS.path, json=body, headers={TICKET_HEADER: header})
     assert response.status_code == 200, response.text
     assert response.json()["usage"] == {"prompt_tokens": 401, "total_tokens": 512, "completion_tokens": 111,
-                                        "prompt_tokens_details": None}  # fmt: skip
+                                        "prompt_tokens_details": None, "completion_tokens_details": None}  # fmt: skip
 
 
 def test_output_bounds_keep_vllms_reading_of_the_limit_fields() -> None:

@@ -23,6 +23,7 @@ from tests.inference_node.agent.support import (
     FakeService,
     RunningServer,
     agent_server,
+    assert_aborted,
     chat,
     check_receipt,
     issue,
@@ -62,12 +63,12 @@ def test_vllm_error_status_passes_through_without_a_receipt(faulty: RunningServe
 def test_service_hanging_up_before_a_full_answer_aborts_vllm_without_a_receipt(
     slow_agent: RunningServer, slow_sim: RunningServer, recorder: FakeService
 ) -> None:
-    aborted = slow_sim.metric("vllm:request_success_total", finished_reason="abort")
+    generated = slow_sim.metric("vllm:generation_tokens_total")
     ticket, header = issue()
     with pytest.raises(httpx.ReadTimeout):  # about 1 s of generation; the service gives up after 0.2 s
         HTTP.post(slow_agent.base_url + CHAT.path, json=chat(max_tokens=50, ignore_eos=True),
                   headers={TICKET_HEADER: header}, timeout=0.2)  # fmt: skip
-    wait_until(lambda: slow_sim.metric("vllm:request_success_total", finished_reason="abort") == aborted + 1)
+    assert_aborted(slow_sim, generated, of=50)
     assert recorder.receipt_for(ticket.job_id) is None  # nothing was delivered, so nothing is billed
 
 
