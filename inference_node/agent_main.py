@@ -7,7 +7,8 @@ command line, where ``ps`` would show it)::
     SLUICE_NODE_KEY=0x... python -m inference_node.agent_main --vllm-url http://127.0.0.1:8000 \\
         --service-url http://10.0.0.1:8000 --public-url http://10.0.0.5:9100 --port 9100
 
-``--launch-vllm MODEL`` first starts ``vllm serve MODEL`` on ``--vllm-port`` (needs ``sluice[vllm]``).
+``--launch-vllm MODEL`` first starts vLLM's OpenAI server on MODEL at ``--vllm-port`` (needs ``sluice[vllm]``,
+or ``--vllm-python`` naming the interpreter of a virtualenv that has vLLM).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 
 from inference_node.agent.api_server import run_agent
 from inference_node.agent.config import NODE_KEY_ENV, AgentConfig, AgentSettings
-from inference_node.agent.launcher import launch_vllm
+from inference_node.agent.launcher import launch_vllm, stop_vllm
 from ledger.domain import TIER_NAMES
 
 
@@ -27,7 +28,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9100, help="port to bind (default: 9100)")
     parser.add_argument("--vllm-url", default="http://127.0.0.1:8000", help="vLLM OpenAI server base URL")
-    parser.add_argument("--launch-vllm", metavar="MODEL", help="start `vllm serve MODEL` first")
+    parser.add_argument("--launch-vllm", metavar="MODEL", help="start vLLM's OpenAI server on MODEL first")
+    parser.add_argument("--vllm-python", help="for --launch-vllm: the python vLLM is installed in (default: this one)")
     parser.add_argument("--vllm-port", type=int, default=8000, help="port for --launch-vllm (default: 8000)")
     parser.add_argument("--service-url", help="redemption service base URL (omit to run standalone)")
     parser.add_argument("--public-url", help="URL the service reaches this agent at (default: http://HOST:PORT)")
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     vllm_url = args.vllm_url
     vllm = None
     if args.launch_vllm:
-        vllm = launch_vllm(args.launch_vllm, args.vllm_port)
+        vllm = launch_vllm(args.launch_vllm, args.vllm_port, python=args.vllm_python)
         vllm_url = f"http://127.0.0.1:{args.vllm_port}"
     config = AgentConfig(
         vllm_url=vllm_url,
@@ -72,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_agent(config, args.host, args.port)
     finally:
         if vllm is not None:
-            vllm.terminate()
-            vllm.wait(timeout=60)
+            stop_vllm(vllm)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ class VllmNotInstalled(NodeAgentError):
 
 
 class VllmLaunchFailed(NodeAgentError):
-    """`vllm serve` exited or did not become healthy in time."""
+    """vLLM's server exited or did not become healthy in time."""
 
 
 class RequestRefused(NodeAgentError):

