@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.stack",
     "tests.support.audit",
     "tests.support.cli",
+    "tests.support.vllm",
 ]

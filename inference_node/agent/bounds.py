@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from inference_node.agent.errors import InvalidRequestBody
 
-# vLLM (like OpenAI) gives a completions call without `max_tokens` 16 tokens; the clamp keeps that default.
+# vLLM (like OpenAI) gives a completions call without `max_tokens` (or with null) 16 tokens; the clamp keeps it.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _MAX_TOKENS_CAP = 2**31 - 1  # a ticket may allow more than any context; JSON for vLLM must stay in int64
 
@@ -71,10 +71,8 @@ def output_bounds(body: dict[str, Any], endpoint: Endpoint, budget: int) -> Outp
     values = [optional_int(body, field) for field in endpoint.limit_fields]
     if endpoint.is_chat:
         requested = values[0] or values[1]  # exactly vLLM's reading: max_completion_tokens or max_tokens
-    elif "max_tokens" in body:
-        requested = values[0]
     else:
-        requested = COMPLETIONS_DEFAULT_MAX_TOKENS
+        requested = COMPLETIONS_DEFAULT_MAX_TOKENS if values[0] is None else values[0]
     return OutputBounds(requested, per_choice)
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from inference_node.agent.errors import VllmLaunchFailed, VllmNotInstalled
 
@@ -45,14 +46,15 @@ def launch_vllm(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     prefix: Sequence[str] = (),
+    log: Path | None = None,
     startup_timeout: float = 1800.0,
 ) -> subprocess.Popen[bytes]:
     """Start vLLM's OpenAI server on MODEL at PORT and return once its /health answers 200.
 
     `python` is the interpreter vLLM is installed in (default: this one); `prefix` goes before it
-    (`taskset -c 0`, say) and `env` is added to the environment. The server gets a process group of its
-    own, which :func:`stop_vllm` ends. Model download and weight loading can take many minutes, hence
-    the long default timeout.
+    (`taskset -c 0`, say) and `env` is added to the environment; with `log` its output goes to that file.
+    The server gets a process group of its own, which :func:`stop_vllm` ends. Model download and weight
+    loading can take many minutes, hence the long default timeout.
     """
     python = python or sys.executable
     if not _has_vllm(python):
@@ -62,13 +64,17 @@ def launch_vllm(
     command = [*prefix, python, "-m", VLLM_SERVER_MODULE, "--model", model, "--host", host, "--port", str(port),
                *extra_args]  # fmt: skip
     logger.info("starting %s", " ".join(command))
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, start_new_session=True)
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(log.open("ab")) if log is not None else None
+        process = subprocess.Popen(command, env={**os.environ, **(env or {})}, start_new_session=True,
+                                   stdin=subprocess.DEVNULL, stdout=output, stderr=output)  # fmt: skip
     url = f"http://{host}:{port}/health"
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
-            raise VllmLaunchFailed(f"vLLM on {model} exited with status {code} before becoming healthy")
+            where = f"; its output is in {log}" if log is not None else ""
+            raise VllmLaunchFailed(f"vLLM on {model} exited with status {code} before becoming healthy{where}")
         try:
             with _DIRECT.open(url, timeout=2.0) as response:
                 if response.status == 200:

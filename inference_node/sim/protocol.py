@@ -164,6 +164,13 @@ class CompletionRequest(OpenAIBaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _null_max_tokens_is_the_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_tokens" in data and data["max_tokens"] is None:
+            data = {**data, "max_tokens": 16}  # vLLM 0.32's normalize_null_max_tokens
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _check_prompt(cls, data: Any) -> Any:
         if isinstance(data, dict):
             prompt = data.get("prompt")

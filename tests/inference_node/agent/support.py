@@ -104,15 +104,28 @@ def wait_until(condition: Callable[[], Any], deadline_seconds: float = 5.0) -> A
     return result
 
 
-def assert_aborted(vllm: RunningServer, generated_before: float, *, of: int) -> int:
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples `name` with these labels on the server's /metrics."""
+    exposition = HTTP.get(base_url + "/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def assert_aborted(vllm_url: str, generated_before: float, *, of: int) -> int:
     """Wait until vLLM runs nothing, then check its request stopped short of the `of` tokens asked: how many it made.
 
     vLLM 0.32 counts a request aborted by a hang-up as finished by no reason (not even "abort"); what shows
     the abort is that the request leaves the engine with fewer tokens made than it would have run to.
     """
-    wait_until(lambda: vllm.metric("vllm:num_requests_running") == 0 and vllm.metric("vllm:num_requests_waiting") == 0,
-               30.0)  # fmt: skip
-    made = round(vllm.metric("vllm:generation_tokens_total") - generated_before)
+    def idle() -> bool:
+        return metric(vllm_url, "vllm:num_requests_running") == metric(vllm_url, "vllm:num_requests_waiting") == 0
+
+    wait_until(idle, 30.0)
+    made = round(metric(vllm_url, "vllm:generation_tokens_total") - generated_before)
     assert 0 <= made < of, f"{made} tokens of {of}: the request was not aborted"
     return made
 
@@ -148,13 +161,7 @@ class RunningServer:
         self._sock.close()
 
     def metric(self, name: str, **labels: str) -> float:
-        exposition = HTTP.get(self.base_url + "/metrics").text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(exposition)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
+        return metric(self.base_url, name, **labels)
 
 
 class FakeService:

@@ -57,7 +57,7 @@ def test_a_ticket_beyond_the_context_leaves_vllms_default_limit(agent: RunningSe
 def test_a_binding_ticket_is_cut_to_what_the_prompt_leaves_of_the_context(agent: RunningServer) -> None:
     long_prompt = " ".join(["word"] * 400)  # 401 tokens with BOS: 111 left of the 512-token context
     _, header = issue(max_tokens=200)
-    body = {"model": MODEL, "prompt": long_prompt, "max_tokens": None, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": long_prompt, "max_tokens": 500, "ignore_eos": True}
     response = HTTP.post(agent.base_url + COMPLETIONS.path, json=body, headers={TICKET_HEADER: header})
     assert response.status_code == 200, response.text
     assert response.json()["usage"] == {"prompt_tokens": 401, "total_tokens": 512, "completion_tokens": 111,
@@ -73,7 +73,7 @@ def test_output_bounds_keep_vllms_reading_of_the_limit_fields() -> None:
     assert bounds(CHAT, 50, max_completion_tokens=0, max_tokens=None) == (None, 50)  # 0 or None: no limit
     assert bounds(CHAT, 50, max_completion_tokens=80, max_tokens=10) == (80, 50)
     assert bounds(COMPLETIONS, 50, prompt="a") == (16, 50)  # vLLM's default for completions
-    assert bounds(COMPLETIONS, 50, prompt=[1, 2, 3], max_tokens=None) == (None, 50)
+    assert bounds(COMPLETIONS, 50, prompt=[1, 2, 3], max_tokens=None) == (16, 50)  # vLLM 0.32 reads null as 16
     assert bounds(COMPLETIONS, 50, prompt=["a", "b"], n=2) == (16, 12)  # four choices share the budget
     assert bounds(CHAT, 2**300) == (None, 2**31 - 1)
     for bad in ({"max_tokens": "9999"}, {"max_tokens": 10.0}, {"max_tokens": True}, {"n": "2"}, {"n": 60}):

@@ -84,5 +84,5 @@ def test_service_hanging_up_mid_stream_aborts_vllm_and_posts_the_receipt(
     posted: SignedReceipt = wait_until(lambda: recorder.receipt_for(ticket.job_id))
     assert 3 <= posted.receipt.completion_tokens < 50
     check_receipt(posted, ticket, CHAT_PROMPT_TOKENS, posted.receipt.completion_tokens)
-    made = assert_aborted(slow_sim, generated, of=50)
+    made = assert_aborted(slow_sim.base_url, generated, of=50)
     assert posted.receipt.completion_tokens <= made  # the receipt covers what the service was sent

@@ -68,7 +68,7 @@ def test_service_hanging_up_before_a_full_answer_aborts_vllm_without_a_receipt(
     with pytest.raises(httpx.ReadTimeout):  # about 1 s of generation; the service gives up after 0.2 s
         HTTP.post(slow_agent.base_url + CHAT.path, json=chat(max_tokens=50, ignore_eos=True),
                   headers={TICKET_HEADER: header}, timeout=0.2)  # fmt: skip
-    assert_aborted(slow_sim, generated, of=50)
+    assert_aborted(slow_sim.base_url, generated, of=50)
     assert recorder.receipt_for(ticket.job_id) is None  # nothing was delivered, so nothing is billed
 
 
