@@ -9,7 +9,8 @@ processes on free ports. Tests talk to them over HTTP with signed calls.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from ledger.paths import StatePaths
 from ledger.polling import poll_until
 from ledger.stack.apps import EMBEDDED_NODES, api_service, node_services
 from ledger.stack.probes import free_port, free_port_run
-from ledger.stack.services import Service, anvil_binary, anvil_service
+from ledger.stack.services import NODE_PREFIX, Service, anvil_binary, anvil_service
 from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
 
@@ -121,9 +122,17 @@ class Deployed:
                    f"the mirror reaching block {head}")
 
 
-@pytest.fixture(scope="module")
-def deployed(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    home: Path = tmp_path_factory.mktemp("sluice")
+NodeServices = Callable[[Settings, dict[str, Any]], list[Service]]
+
+
+@contextmanager
+def deployment(postgres_url: str, home: Path, *, models: str | None = None,
+               nodes: NodeServices = node_services) -> Iterator[Deployed]:
+    """A whole deployment, stopped and its database dropped on exit.
+
+    `models` is the rate card (default: Settings'), `nodes` builds the node services from the settings and
+    the deployment record (default: the embedded simulated nodes).
+    """
     chain_port = free_port()
     chain = anvil_service(StatePaths(home), port=chain_port, chain_id=31337,
                           binary=anvil_binary(Settings(home=home)))
@@ -135,8 +144,9 @@ def deployed(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     stack = Stack([chain])
     stack.start()
     try:
+        rate_card = {} if models is None else {"models": models}
         settings = Settings(home=home, rpc_url=f"http://127.0.0.1:{chain_port}", database_url=db_url,
-                            api_port=free_port(), node_base_port=free_port_run(2 * len(EMBEDDED_NODES)))
+                            api_port=free_port(), node_base_port=free_port_run(2 * len(EMBEDDED_NODES)), **rate_card)
         w3 = connect(settings.effective_rpc_url)
         deployment = deploy_all(settings, w3, embedded_account(0), embedded_account(1))
         save_deployment(settings.state_dir, deployment)
@@ -144,13 +154,19 @@ def deployed(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         api = api_service(settings, record)
         assert api.launch is not None and api.launch.env is not None
         api = dataclasses.replace(api, launch=dataclasses.replace(api.launch, env={**api.launch.env, **SERVICE_ENV}))
-        nodes = node_services(settings, record)
-        stack.start_services([api, *nodes])
+        node_svcs = nodes(settings, record)
+        stack.start_services([api, *node_svcs])
         assert api.url is not None
-        d = Deployed(settings, deployment, Ledger(w3, deployment, timeout=30), api.url, db_url, stack, api, nodes)
-        d.wait_for_nodes(len(EMBEDDED_NODES))
+        d = Deployed(settings, deployment, Ledger(w3, deployment, timeout=30), api.url, db_url, stack, api, node_svcs)
+        d.wait_for_nodes(sum(1 for svc in node_svcs if svc.name.startswith(NODE_PREFIX)))
         yield d
     finally:
         stack.stop()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
+@pytest.fixture(scope="module")
+def deployed(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    with deployment(postgres_url, tmp_path_factory.mktemp("sluice")) as d:
+        yield d
