@@ -2,12 +2,14 @@
 #   make demo   start the embedded stack and walk the whole token lifecycle
 #   make test   run every test (unit, contract, integration, property, fault)
 # Both set up what they need first: a virtualenv in .venv and node_modules.
+#   make test-vllm  the real-vLLM tier (pytest -m vllm): installs a CPU vLLM into its own cached
+#                   virtualenv first (scripts/vllm/setup.sh), then runs the agent and the whole story on it
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint compile clean
+.PHONY: setup demo test test-vllm vllm-setup lint compile clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -28,6 +30,15 @@ demo: setup
 
 test: setup
 	./scripts/run-tests.sh
+
+# vLLM's own virtualenv and the tiny model, under ~/.cache/sluice (SLUICE_VLLM_HOME); a no-op once done.
+vllm-setup:
+	./scripts/vllm/setup.sh
+
+# One vLLM server for the whole tier (pinned to one core); pytest directly, so that a tier that selected
+# no test fails (exit 5) instead of passing.
+test-vllm: setup vllm-setup
+	$(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check ledger redemption inference_node scripts tests
