@@ -24,7 +24,9 @@ from ledger.chain.deploy import parse_models
 from ledger.config import Settings
 from ledger.domain import usage_cost
 from ledger.keys import embedded_account
-from ledger.settlement.settler import Database, SettlementSettings, Settler
+from ledger.settlement.settings import SettlementSettings
+from ledger.settlement.settler import Settler
+from ledger.settlement.store import Database
 from ledger.stack.apps import EmbeddedNode, node_services
 from ledger.stack.services import NODE_PREFIX, Service
 from ledger.units import ONE_TOKEN
