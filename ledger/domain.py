@@ -56,12 +56,21 @@ def model_id(name: str) -> bytes:
     return keccak256(name.encode())
 
 
+def effective_budget(remaining: int, scheduled: int, effective_at: int) -> int:
+    """What admission may still count on of a budget: a pending cut (effective_at > 0) counts at once."""
+    return min(remaining, scheduled) if effective_at > 0 else remaining
+
+
 @dataclass(frozen=True, slots=True)
 class ChainFigures:
-    """What the hold check needs about one (payer, spender), read from the chain at `block`."""
+    """What the hold check needs about one (payer, spender), read from the chain at `block`.
 
-    balance: BaseUnits
-    allowance: BaseUnits
+    `budget` is the effective budget (`effective_budget`), None when the spender is the payer.
+    """
+
+    escrow: BaseUnits
+    pending: BaseUnits
+    budget: BaseUnits | None
     allowlisted: bool
     paused: bool
     block: int
