@@ -1,3 +1,8 @@
+DELETE FROM chain_events WHERE kind IN ('deposit', 'withdrawal', 'budget');
+ALTER TABLE chain_events DROP CONSTRAINT chain_events_kind_check;
+ALTER TABLE chain_events ADD CONSTRAINT chain_events_kind_check CHECK (kind IN (
+    'purchase', 'issue', 'mint', 'burn', 'transfer', 'approval', 'redemption', 'shortfall',
+    'batch', 'rate_change', 'role_change', 'allowlist', 'pause', 'config'));
 DROP FUNCTION reserve_hold(bytea, bytea, numeric, bigint, bytea, bytea, numeric, text, integer, integer, numeric,
                            bytea, bytea, bytea, numeric, numeric, numeric, boolean, boolean, integer);
 DROP INDEX usage_records_unsettled;

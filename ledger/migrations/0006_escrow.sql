@@ -129,3 +129,9 @@ BEGIN
     RETURN 'ok';
 END;
 $$;
+
+-- The indexer's kinds for the escrow events.
+ALTER TABLE chain_events DROP CONSTRAINT chain_events_kind_check;
+ALTER TABLE chain_events ADD CONSTRAINT chain_events_kind_check CHECK (kind IN (
+    'purchase', 'issue', 'mint', 'burn', 'transfer', 'approval', 'redemption', 'shortfall',
+    'batch', 'rate_change', 'role_change', 'allowlist', 'pause', 'config', 'deposit', 'withdrawal', 'budget'));
