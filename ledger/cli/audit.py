@@ -193,8 +193,8 @@ def _amount(row: dict[str, Any]) -> str:
 def history(
     account: list[str] = typer.Option([], "--account", help="events naming this address (repeatable)"),  # noqa: B008
     kind: list[str] = typer.Option([], "--kind", help="purchase, issue, mint, burn, transfer, approval, redemption, "  # noqa: B008
-                                   "shortfall, batch, rate_change, role_change, allowlist, pause, config, deposit, withdrawal, "
-                                   "budget"),
+                                   "shortfall, batch, rate_change, role_change, allowlist, pause, config, deposit, "
+                                   "withdrawal, budget"),
     from_block: int | None = typer.Option(None, "--from-block", min=0),
     to_block: int | None = typer.Option(None, "--to-block", min=0),
     since: str | None = typer.Option(None, "--since", help="unix seconds or ISO 8601"),
