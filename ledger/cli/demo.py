@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
             if outcome.verify_discrepancies:
                 raise typer.Exit(1)
             console.print(f"[bold green]demo complete[/]: {outcome.calls_served} calls served, "
-                          f"{outcome.refused_402} refused with 402, a withdrawal of the whole escrow requested mid-calls, "
+                          f"{outcome.refused_402} refused with 402, the whole escrow asked back mid-calls, "
                           "every metered call settled and verified, no Shortfall")
         finally:
             if started_here and not keep:
