@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     )
     confirmations: int = Field(0, ge=0, description="blocks to wait after a transaction's receipt")
     tx_timeout: float = Field(120.0, gt=0, description="seconds to wait for a transaction receipt")
+    unlock_period: int | None = Field(
+        None, ge=60, le=30 * 24 * 60 * 60,
+        description="seconds Settlement makes withdrawals and budget cuts wait, set at deploy "
+        "(default: 900 on the embedded chain, 86400 elsewhere)",
+    )
     models: str = Field(
         "meta-llama/Llama-3.1-8B-Instruct:20:60:edge,Qwen/Qwen2.5-72B-Instruct:120:360:regional",
         description="initial rate card: name:input_tokens_per_1M:output_tokens_per_1M:tier, comma separated",
@@ -87,6 +92,15 @@ class Settings(BaseSettings):
     def embedded_chain(self) -> bool:
         """True when no external RPC endpoint is configured."""
         return self.rpc_url is None
+
+    @property
+    def effective_unlock_period(self) -> int:
+        """The unlock period a deployment gets: configured, else the embedded or production default."""
+        from ledger.domain import EMBEDDED_UNLOCK_PERIOD, PRODUCTION_UNLOCK_PERIOD
+
+        if self.unlock_period is not None:
+            return self.unlock_period
+        return EMBEDDED_UNLOCK_PERIOD if self.embedded_chain else PRODUCTION_UNLOCK_PERIOD
 
     @property
     def effective_rpc_url(self) -> str:

@@ -42,6 +42,14 @@ def tier_label(index: int) -> str:
     return TIER_NAMES[index] if 0 <= index < len(TIER_NAMES) else "unknown"
 
 
+EMBEDDED_UNLOCK_PERIOD = 15 * 60
+"""Seconds a withdrawal or budget cut waits on the embedded chain (keeps the demo quick)."""
+PRODUCTION_UNLOCK_PERIOD = 24 * 60 * 60
+"""Seconds a withdrawal or budget cut waits on any other chain, unless configured."""
+MIN_UNLOCK_PERIOD = 60
+MAX_UNLOCK_PERIOD = 30 * 24 * 60 * 60
+"""Settlement.setUnlockPeriod's bounds (MIN_UNLOCK_PERIOD, MAX_UNLOCK_PERIOD on chain)."""
+
 RATE_DENOMINATOR = 1_000_000
 """RateCard rates are base units per 1,000,000 model tokens."""
 
