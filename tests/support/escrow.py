@@ -13,26 +13,25 @@ from ledger.chain.sender import TxResult
 
 
 def deposit(ledger: Ledger, operator: LocalAccount, account: LocalAccount, amount: int) -> TxResult:
-    """Mint `amount` base units to `account`'s wallet and deposit them into its escrow (approve + deposit).
+    """Mint `amount` base units to `account`'s wallet and deposit them into its escrow (a permit deposit).
 
     `account` must be allowlisted already.
     """
     ledger.mint(operator, account.address, amount)
-    ledger._transact(account, ledger.token.functions.approve(ledger.settlement.address, amount))
-    return ledger._transact(account, ledger.settlement.functions.deposit(amount))
+    return ledger.deposit(account, amount)
 
 
 def set_budget(ledger: Ledger, payer: LocalAccount, spender: str, amount: int) -> TxResult:
     """`payer` gives `spender` a budget of `amount` (a raise at once; a cut after the unlock period)."""
-    return ledger._transact(payer, ledger.settlement.functions.setBudget(spender, amount))
+    return ledger.set_budget(payer, spender, amount)
 
 
 def request_withdrawal(ledger: Ledger, payer: LocalAccount, amount: int) -> TxResult:
-    return ledger._transact(payer, ledger.settlement.functions.requestWithdrawal(amount))
+    return ledger.request_withdrawal(payer, amount)
 
 
 def withdraw(ledger: Ledger, payer: LocalAccount) -> TxResult:
-    return ledger._transact(payer, ledger.settlement.functions.withdraw())
+    return ledger.withdraw(payer)
 
 
 def escrow_of(ledger: Ledger, account: str) -> int:
