@@ -84,6 +84,8 @@ class _Touched:
     settlement: bool = False
     # Amount of the last BudgetSet per pair in the window.
     granted: dict[Pair, int] = field(default_factory=dict)
+    # Pairs re-read after a reorg: their last BudgetSet may be orphaned, so `granted` falls back to remaining.
+    regrant: set[Pair] = field(default_factory=set)
     # Last RateSet rates and ModelListed tier per model: rateOf refuses a delisted model, so these
     # are the only record of what it cost when it was withdrawn.
     rates: dict[bytes, tuple[int, int]] = field(default_factory=dict)
@@ -407,6 +409,7 @@ class ChainMirror:
         budgets = conn.execute("SELECT payer, spender FROM mirror_budgets WHERE block > %s", (stale_after,))
         for payer, spender in budgets:
             touched.pairs.add((bytes(payer), bytes(spender)))
+            touched.regrant.add((bytes(payer), bytes(spender)))
         for (account,) in conn.execute("SELECT account FROM mirror_allowlist WHERE block > %s", (stale_after,)):
             touched.allowlist.add(bytes(account))
         for (model,) in conn.execute("SELECT model FROM mirror_rates WHERE block > %s", (stale_after,)):
@@ -442,7 +445,10 @@ class ChainMirror:
             figures.escrow[account] = (escrow, int(pending), int(unlocks_at))
         for pair in pairs:
             remaining, scheduled, effective_at = self._budget_of.decode(w3, _result(next(answers), "budgetOf"))
-            figures.budgets[pair] = (int(remaining), int(scheduled), int(effective_at), touched.granted.get(pair))
+            granted = touched.granted.get(pair)
+            if granted is None and pair in touched.regrant:
+                granted = int(remaining)
+            figures.budgets[pair] = (int(remaining), int(scheduled), int(effective_at), granted)
         for account in allowlist:
             figures.allowlist[account] = bool(self._is_allowlisted.decode(w3, _result(next(answers), "isAllowlisted")))
         for model in models:
