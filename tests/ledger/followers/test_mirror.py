@@ -315,8 +315,8 @@ def test_a_budget_cut_counts_at_once_and_a_raise_cancels_it(
     rows = assert_mirror_exact(ledger, mirror_db)
     remaining, scheduled, effective_at, granted = rows.budgets[(raw(ent.address), raw(dev.address))]
     now = int(ledger.w3.eth.get_block("latest")["timestamp"])
-    assert (remaining, scheduled, effective_at, granted) == (100 * ONE_TOKEN, 30 * ONE_TOKEN, now + ledger.unlock_period(),
-                                                             30 * ONE_TOKEN)
+    cut_at = now + ledger.unlock_period()
+    assert (remaining, scheduled, effective_at, granted) == (100 * ONE_TOKEN, 30 * ONE_TOKEN, cut_at, 30 * ONE_TOKEN)
     assert effective(mirror_db, ent.address, dev.address) == 30 * ONE_TOKEN  # counted at once
 
     ledger.set_budget(ent, dev.address, 10 * ONE_TOKEN)  # a second cut replaces the first and restarts the clock
