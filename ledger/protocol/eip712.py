@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from eth_utils.address import to_checksum_address
-
 from ledger.protocol.abi import address_word, bytes32_word, uint_word
+from ledger.protocol.address import to_checksum_address
 from ledger.protocol.keccak import keccak256
 
 REDEMPTION_TYPE = "Redemption(address payer,bytes32 bodyHash,uint256 maxCost,uint256 nonce,uint256 deadline)"
@@ -38,6 +37,20 @@ REDEMPTION_DOMAIN_NAME = "Sluice"
 TICKET_DOMAIN_NAME = "Sluice Dispatch"
 RECEIPT_DOMAIN_NAME = "Sluice Node"
 DOMAIN_VERSION = "1"
+
+
+def type_fields(type_string: str) -> list[dict[str, str]]:
+    """`Name(t1 a,t2 b)` as the `[{"name": "a", "type": "t1"}, ...]` list of eth_signTypedData_v4."""
+    fields = type_string[type_string.index("(") + 1:-1].split(",")
+    return [{"name": name, "type": kind} for kind, name in (field.split(" ") for field in fields)]
+
+
+# What a wallet's eth_signTypedData_v4 takes as `types` to sign a call (DESIGN.md "The signed call").
+REDEMPTION_TYPES: dict[str, list[dict[str, str]]] = {
+    "EIP712Domain": type_fields(DOMAIN_TYPE),
+    "Redemption": type_fields(REDEMPTION_TYPE),
+}
+REDEMPTION_PRIMARY_TYPE = "Redemption"
 
 
 @cache

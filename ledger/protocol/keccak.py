@@ -2,7 +2,8 @@
 
 `eth_hash.auto.keccak` (the pycryptodome backend here) builds a hash object per call, ~11 µs; this is
 ~4 µs, which matters when every receipt of a batch costs several hashes (leaves, EIP-712 digests,
-addresses from public keys). Falls back to eth-hash when pycryptodome's raw library is not there.
+addresses from public keys). Falls back to pycryptodome's public API when its raw library is not there,
+and to eth-hash without pycryptodome (the light client depends on pycryptodome alone).
 """
 
 from __future__ import annotations
@@ -10,7 +11,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from eth_hash.auto import keccak as _eth_keccak
+
+def _public_keccak() -> Callable[[bytes], bytes]:
+    try:
+        from Crypto.Hash import keccak as _keccak
+    except ImportError:
+        from eth_hash.auto import keccak as eth_keccak
+
+        return eth_keccak
+
+    def keccak256(data: bytes) -> bytes:
+        return bytes(_keccak.new(data=data, digest_bits=256).digest())
+
+    return keccak256
+
+
+_eth_keccak = _public_keccak()
 
 
 def _raw_keccak() -> Callable[[bytes], bytes]:
@@ -22,7 +38,7 @@ def _raw_keccak() -> Callable[[bytes], bytes]:
             c_ubyte,
             create_string_buffer,
         )
-    except ImportError:  # another eth-hash backend: use it as it is
+    except ImportError:  # another backend: use it as it is
         return _eth_keccak
     local = threading.local()  # one hash state per thread
     digest_size, padding = c_size_t(32), c_ubyte(1)

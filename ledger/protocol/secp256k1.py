@@ -19,8 +19,8 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from coincurve import PrivateKey, PublicKey
-from eth_utils.address import to_checksum_address
 
+from ledger.protocol.address import to_checksum_address
 from ledger.protocol.keccak import keccak256
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
