@@ -19,11 +19,22 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.db import migrate
 from ledger.errors import LedgerError
+from redemption.api.cors import PublicCors
 from redemption.api.error_handlers import install_error_handlers
+from redemption.api.openapi import install_docs
 from redemption.api.routes import audit, catalog, completions, internal, ops, usage
 from redemption.background import refresh_catalog, start_housekeeping, start_indexer, start_mirror, wait_for_mirror
 from redemption.config import ServiceSettings
 from redemption.state import build_state
+
+# Every route of the service (tests/redemption/test_public_api.py checks that OpenAPI documents each one).
+ROUTERS = tuple(resource.router for resource in (catalog, completions, internal, audit, usage, ops))
+DESCRIPTION = (
+    "OpenAI-compatible inference paid in compute tokens. Every billable call, account read and audit read is "
+    "signed: five Sluice-* headers carrying an EIP-712 `Redemption(payer, bodyHash, maxCost, nonce, deadline)` "
+    "signature under the domain of `/.well-known/sluice.json` (account and audit reads: empty body, maxCost 0). "
+    "Refusals use the OpenAI error envelope with a stable code (`x-sluice-error-codes`)."
+)
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -66,8 +77,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await client.close()
             await pool.close()
 
-    app = FastAPI(title="Sluice redemption service", version="1", lifespan=lifespan)
-    for resource in (catalog, completions, internal, audit, usage, ops):
-        app.include_router(resource.router)
+    app = FastAPI(title="Sluice redemption service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=DESCRIPTION)
+    for router in ROUTERS:
+        app.include_router(router)
     install_error_handlers(app)
+    install_docs(app)
+    app.add_middleware(PublicCors, origins=settings.allowed_origins)
     return app

@@ -28,6 +28,16 @@ class ServiceSettings(Settings):
     prompt_count_timeout_seconds: float = Field(
         1.0, gt=0, description="how long admission waits for a node's prompt count before falling back")
     dispatch_attempts: int = Field(3, ge=1, description="nodes tried before answering 503 no_capacity")
+    cors_origins: str = Field(
+        "", description="comma-separated browser origins allowed to call the public API (/v1, /.well-known, "
+        "/audit), or * for any; empty: no CORS headers and preflights refused")
+    chain_name: str = Field("Sluice", description="the chain's name in discovery's wallet_add_ethereum_chain")
+    native_currency_name: str = Field("Ether", description="the chain's gas currency, for wallets")
+    native_currency_symbol: str = Field("ETH", description="the chain's gas currency symbol, for wallets")
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
 
 @lru_cache(maxsize=1)

@@ -47,6 +47,11 @@ class Eip712Domain(BaseModel):
     verifyingContract: str
 
 
+class Eip712Field(BaseModel):
+    name: str
+    type: str
+
+
 class Contracts(BaseModel):
     token: str
     sale: str
@@ -56,13 +61,53 @@ class Contracts(BaseModel):
     node_registry: str
 
 
+class TokenInfo(BaseModel):
+    name: str
+    symbol: str
+    decimals: int
+
+
+class NativeCurrency(BaseModel):
+    name: str
+    symbol: str
+    decimals: int
+
+
+class WalletChain(BaseModel):
+    """The params object of EIP-3085 `wallet_addEthereumChain`."""
+
+    chainId: str = Field(description="0x-hex chain id")
+    chainName: str
+    nativeCurrency: NativeCurrency
+    rpcUrls: list[str]
+
+
+class WalletAssetOptions(BaseModel):
+    address: str
+    symbol: str
+    decimals: int
+
+
+class WalletAsset(BaseModel):
+    """The params object of EIP-747 `wallet_watchAsset` for the compute token."""
+
+    type: str = "ERC20"
+    options: WalletAssetOptions
+
+
 class Discovery(BaseModel):
     chain_id: int
     rpc_url: str
     contracts: Contracts
+    token: TokenInfo
     eip712_domain: Eip712Domain
-    max_deadline_seconds: int
+    eip712_types: dict[str, list[Eip712Field]] = Field(
+        description="exactly the `types` eth_signTypedData_v4 takes, EIP712Domain included")
+    primary_type: str = Field(description="the struct a call signs: Redemption")
     unlock_period_seconds: int = Field(description="how long escrow and budget cuts wait on chain before they apply")
+    max_deadline_seconds: int
+    wallet_add_ethereum_chain: WalletChain
+    wallet_watch_asset: WalletAsset
 
 
 class ModelRates(BaseModel):

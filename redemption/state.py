@@ -26,6 +26,7 @@ from redemption.config import ServiceSettings
 from redemption.dispatch import Dispatcher
 from redemption.metering import Meter
 from redemption.metrics import ServiceMetrics
+from redemption.models import TokenInfo
 from redemption.routing import NodeRegistry
 from redemption.store import ModelRate, Store
 
@@ -52,6 +53,7 @@ class ServiceState:
     indexer: ChainIndexer | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
     unlock_period: int = 0
+    token: TokenInfo = field(default_factory=lambda: TokenInfo(name="", symbol="", decimals=18))
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -82,6 +84,8 @@ def build_state(
     # Invariant 7: refuse to start when what the service admits could outlast the chain's unlock period.
     unlock_period = int(ledger.settlement.functions.unlockPeriod().call())
     settings.window.check(unlock_period)
+    erc20 = ledger.token.functions
+    token = TokenInfo(name=erc20.name().call(), symbol=erc20.symbol().call(), decimals=int(erc20.decimals().call()))
     domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
     if settings.dispatch_key is not None:
         dispatch_key = bytes.fromhex(settings.dispatch_key.get_secret_value().removeprefix("0x"))
@@ -99,4 +103,5 @@ def build_state(
         settings=settings, deployment=deployment, ledger=ledger, domains=domains, store=store, registry=registry,
         meter=meter, dispatcher=dispatcher, auditors=AuditorRoles(ledger, settings.auditor_cache_seconds),
         metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address, unlock_period=unlock_period,
+        token=token,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from eth_account import Account
 from eth_utils.address import to_checksum_address
 
 from ledger.domain import usage_cost
+from ledger.protocol.keccak import keccak256 as keccak
 from redemption.sdk import SluiceAuth, async_openai_client, openai_client
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
@@ -23,15 +25,50 @@ def rate(deployed: Deployed, model: str) -> tuple[int, int]:
 def test_discovery_document_is_exactly_the_design(deployed: Deployed) -> None:
     doc = httpx.get(deployed.api + "/.well-known/sluice.json").json()
     contracts = {k: to_checksum_address(v) for k, v in deployed.deployment.contracts.items()}
+    assert set(contracts) == {"token", "sale", "rate_card", "settlement", "payment_token", "node_registry"}
+    rpc_url = deployed.settings.effective_rpc_url
     assert doc == {
         "chain_id": 31337,
-        "rpc_url": deployed.settings.effective_rpc_url,
+        "rpc_url": rpc_url,
         "contracts": contracts,
+        "token": {"name": "Sluice Compute Token", "symbol": "SCT", "decimals": 18},
         "eip712_domain": {"name": "Sluice", "version": "1", "chainId": 31337,
                           "verifyingContract": contracts["settlement"]},
-        "max_deadline_seconds": 300,
+        "eip712_types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"},
+                             {"name": "verifyingContract", "type": "address"}],
+            "Redemption": [{"name": "payer", "type": "address"}, {"name": "bodyHash", "type": "bytes32"},
+                           {"name": "maxCost", "type": "uint256"}, {"name": "nonce", "type": "uint256"},
+                           {"name": "deadline", "type": "uint256"}],
+        },
+        "primary_type": "Redemption",
         "unlock_period_seconds": deployed.ledger.unlock_period(),
+        "max_deadline_seconds": 300,
+        "wallet_add_ethereum_chain": {"chainId": "0x7a69", "chainName": "Sluice", "rpcUrls": [rpc_url],
+                                      "nativeCurrency": {"name": "Ether", "symbol": "ETH", "decimals": 18}},
+        "wallet_watch_asset": {"type": "ERC20",
+                               "options": {"address": contracts["token"], "symbol": "SCT", "decimals": 18}},
     }
+
+
+def test_discovery_is_all_a_wallet_needs_to_sign_a_call(deployed: Deployed) -> None:
+    """eth-account's sign_typed_data given exactly discovery's domain, types and primary type makes a valid call."""
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+    doc = httpx.get(deployed.api + "/.well-known/sluice.json").json()
+    body = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    message = {"payer": enterprise.address, "bodyHash": "0x" + keccak(body.encode()).hex(), "maxCost": 10**17,
+               "nonce": 42, "deadline": int(time.time()) + 60}
+    typed = {"types": doc["eip712_types"], "primaryType": doc["primary_type"], "domain": doc["eip712_domain"],
+             "message": message}
+    signed = Account.sign_typed_data(enterprise.key, full_message=typed)
+    headers = {"Sluice-Payer": enterprise.address, "Sluice-Max-Cost": str(10**17), "Sluice-Nonce": "42",
+               "Sluice-Deadline": str(message["deadline"]), "Sluice-Signature": "0x" + signed.signature.hex(),
+               "content-type": "application/json"}
+    r = httpx.post(deployed.api + "/v1/chat/completions", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert int(r.headers["Sluice-Cost"]) > 0
 
 
 def test_models_list_rates_and_tiers_from_the_rate_card(deployed: Deployed) -> None:

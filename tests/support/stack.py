@@ -42,7 +42,9 @@ from tests.support import escrow
 SMALL_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LARGE_MODEL = "Qwen/Qwen2.5-72B-Instruct"
 # Tests want failures quickly: a node that does not answer in 3 s is skipped.
+PORTAL_ORIGIN = "http://portal.sluice.test:5173"  # the one browser origin the test service allows
 SERVICE_ENV = {
+    "SLUICE_CORS_ORIGINS": PORTAL_ORIGIN,
     "SLUICE_NODE_TIMEOUT_SECONDS": "3",
     "SLUICE_NODE_STALE_SECONDS": "6",
     "SLUICE_MIRROR_MAX_LAG_BLOCKS": "0",

@@ -7,9 +7,23 @@ import time
 from eth_utils.address import is_hex_address, to_checksum_address
 from fastapi import APIRouter, Query
 
+from ledger.protocol.eip712 import DOMAIN_VERSION, REDEMPTION_DOMAIN_NAME, REDEMPTION_PRIMARY_TYPE, REDEMPTION_TYPES
 from redemption import errors
 from redemption.api.deps import State
-from redemption.models import Budget, Contracts, Discovery, Eip712Domain, ModelCard, ModelList, ModelRates
+from redemption.models import (
+    Budget,
+    Contracts,
+    Discovery,
+    Eip712Domain,
+    Eip712Field,
+    ModelCard,
+    ModelList,
+    ModelRates,
+    NativeCurrency,
+    WalletAsset,
+    WalletAssetOptions,
+    WalletChain,
+)
 
 router = APIRouter(tags=["catalog"])
 STARTED = int(time.time())
@@ -17,15 +31,28 @@ STARTED = int(time.time())
 
 @router.get("/.well-known/sluice.json")
 async def discovery(state: State) -> Discovery:
-    """Where the chain and contracts are, and the EIP-712 domain to sign calls under."""
-    d = state.deployment
+    """Where the chain, contracts and token are, the EIP-712 domain and types to sign calls with, and the
+    params of a wallet's `wallet_addEthereumChain` and `wallet_watchAsset`."""
+    d, settings = state.deployment, state.settings
+    contracts = {k: to_checksum_address(v) for k, v in d.contracts.items()}
+    rpc_url = settings.public_rpc_url or d.rpc_url
     return Discovery(
         chain_id=d.chain_id,
-        rpc_url=state.settings.public_rpc_url or d.rpc_url,
-        contracts=Contracts(**{k: to_checksum_address(v) for k, v in d.contracts.items()}),
-        eip712_domain=Eip712Domain(name="Sluice", version="1", chainId=d.chain_id,
-                                   verifyingContract=to_checksum_address(d.contracts["settlement"])),
-        max_deadline_seconds=state.settings.max_deadline_seconds, unlock_period_seconds=state.unlock_period,
+        rpc_url=rpc_url,
+        contracts=Contracts(**contracts),
+        token=state.token,
+        eip712_domain=Eip712Domain(name=REDEMPTION_DOMAIN_NAME, version=DOMAIN_VERSION, chainId=d.chain_id,
+                                   verifyingContract=contracts["settlement"]),
+        eip712_types={name: [Eip712Field(**f) for f in fields] for name, fields in REDEMPTION_TYPES.items()},
+        primary_type=REDEMPTION_PRIMARY_TYPE,
+        unlock_period_seconds=state.unlock_period,
+        max_deadline_seconds=settings.max_deadline_seconds,
+        wallet_add_ethereum_chain=WalletChain(
+            chainId=hex(d.chain_id), chainName=settings.chain_name, rpcUrls=[rpc_url],
+            nativeCurrency=NativeCurrency(name=settings.native_currency_name,
+                                          symbol=settings.native_currency_symbol, decimals=18)),
+        wallet_watch_asset=WalletAsset(options=WalletAssetOptions(
+            address=contracts["token"], symbol=state.token.symbol, decimals=state.token.decimals)),
     )
 
 
