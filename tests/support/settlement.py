@@ -305,7 +305,10 @@ class World:
             self.rpc("evm_mine")
 
     def fund_pairs(self, count: int, tokens: int = 1_000, self_paying: int = 0) -> list[Pair]:
-        """`count` pairs: the first `self_paying` pay for themselves, the rest approve a separate spender."""
+        """`count` pairs: the first `self_paying` pay for themselves, the rest give a separate spender a
+        budget. Each payer gets `tokens` into escrow (what settlement burns) and as many in its wallet
+        with an ERC-20 allowance to the spender (what the chain mirror admits against until it follows
+        escrow)."""
         ledger, operator = self.ledger, self.operator
         made: list[Pair] = []
         for i in range(count):
@@ -313,9 +316,11 @@ class World:
             spender = payer if i < self_paying else Account.create()
             ledger.set_allowlisted(operator, payer.address, True)
             ledger.mint(operator, payer.address, tokens * ONE_TOKEN)
-            self.minted += tokens * ONE_TOKEN
+            ledger.issue(operator, payer.address, tokens * ONE_TOKEN, "world", into_escrow=True)
+            self.minted += 2 * tokens * ONE_TOKEN
             if spender is not payer:
                 ledger.approve(payer, spender.address, tokens * ONE_TOKEN)
+                ledger.set_budget(payer, spender.address, tokens * ONE_TOKEN)
             made.append(Pair(payer, spender))
         self.pairs.extend(made)
         self.sync_mirror()
