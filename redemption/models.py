@@ -53,6 +53,7 @@ class Contracts(BaseModel):
     rate_card: str
     settlement: str
     payment_token: str
+    node_registry: str
 
 
 class Discovery(BaseModel):
