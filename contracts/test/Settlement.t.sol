@@ -203,6 +203,16 @@ contract SettlementFuzzTest is LedgerFixture {
             abi.encodeWithSelector(ComputeToken.ComputeTokenDirectEscrowTransfer.selector, PAYER, uint256(amount))
         );
         token.transfer(address(settlement), amount);
+
+        // A minter that is not a depositor on Settlement cannot mint into it either.
+        address minter = address(0x5117);
+        token.grantRole(token.MINTER_ROLE(), minter);
+        vm.prank(minter);
+        vm.expectRevert(
+            abi.encodeWithSelector(ComputeToken.ComputeTokenDirectEscrowTransfer.selector, minter, uint256(amount))
+        );
+        token.mint(address(settlement), amount);
+        assertEq(token.balanceOf(address(settlement)), settlement.totalEscrowed(), "escrow conserved");
     }
 
     function testFuzz_onlyTheSettlerSettles(address caller) public {

@@ -380,6 +380,17 @@ def test_direct_transfer_into_escrow_is_refused(ledger: Ledger, funded: Actors) 
     assert ledger.total_escrowed() == 0
 
 
+def test_minting_into_escrow_needs_the_depositor_role(ledger: Ledger, funded: Actors) -> None:
+    operator = funded.operator  # a minter, but not a depositor on Settlement
+    with reverts("ComputeTokenDirectEscrowTransfer", **{"from": operator.address, "value": ONE_TOKEN}):
+        ledger.mint(operator, ledger.settlement.address, ONE_TOKEN)
+    assert ledger.balance_of(ledger.settlement.address) == ledger.total_escrowed() == 0
+
+    ledger.grant_role(operator, "DEPOSITOR_ROLE", operator.address)
+    ledger.mint(operator, ledger.settlement.address, ONE_TOKEN)
+    assert ledger.balance_of(ledger.settlement.address) == ONE_TOKEN
+
+
 def test_escrow_holds_tokens_without_being_allowlisted(ledger: Ledger, funded: Actors) -> None:
     assert not ledger.is_allowlisted(ledger.settlement.address)
 
