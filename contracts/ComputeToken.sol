@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
 import {ERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Permit.sol";
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 
 /// @title ComputeToken
@@ -33,6 +34,8 @@ contract ComputeToken is ERC20, ERC20Permit, AccessControl, Pausable {
     bytes32 public constant COMPLIANCE_ROLE = keccak256("COMPLIANCE_ROLE");
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
     bytes32 public constant AUDITOR_ROLE = keccak256("AUDITOR_ROLE");
+    /// @dev Settlement's role for credit of tokens minted into it; only its holders mint there.
+    bytes32 private constant DEPOSITOR_ROLE = keccak256("DEPOSITOR_ROLE");
 
     /// @notice Whether an account may hold and move tokens.
     mapping(address account => bool) public isAllowlisted;
@@ -46,9 +49,14 @@ contract ComputeToken is ERC20, ERC20Permit, AccessControl, Pausable {
     }
 
     /// @notice Mints `amount` base units to `to`.
-    /// @dev `to` must be allowlisted or the escrow contract (which must then credit the mint to an
-    /// account in the same transaction); the caller must hold MINTER_ROLE.
+    /// @dev `to` must be allowlisted, or the escrow contract when the caller also holds the
+    /// escrow's DEPOSITOR_ROLE (it credits the mint to an account in the same transaction, so
+    /// escrow balances keep summing to what the escrow holds); the caller must hold MINTER_ROLE.
     function mint(address to, uint256 amount) external onlyRole(MINTER_ROLE) {
+        address escrow_ = escrow;
+        if (to == escrow_ && escrow_ != address(0) && !IAccessControl(escrow_).hasRole(DEPOSITOR_ROLE, msg.sender)) {
+            revert ComputeTokenDirectEscrowTransfer(msg.sender, amount);
+        }
         _mint(to, amount);
     }
 
