@@ -2,8 +2,8 @@
 
 `eth_hash.auto.keccak` (the pycryptodome backend here) builds a hash object per call, ~11 µs; this is
 ~4 µs, which matters when every receipt of a batch costs several hashes (leaves, EIP-712 digests,
-addresses from public keys). Falls back to pycryptodome's public API when its raw library is not there,
-and to eth-hash without pycryptodome (the light client depends on pycryptodome alone).
+addresses from public keys). Falls back to pycryptodome's public API when its raw library is not there
+(pycryptodome is a dependency of the light client and of the server: no other backend is needed).
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from collections.abc import Callable
 
 
 def _public_keccak() -> Callable[[bytes], bytes]:
-    try:
-        from Crypto.Hash import keccak as _keccak
-    except ImportError:
-        from eth_hash.auto import keccak as eth_keccak
-
-        return eth_keccak
+    from Crypto.Hash import keccak as _keccak
 
     def keccak256(data: bytes) -> bytes:
         return bytes(_keccak.new(data=data, digest_bits=256).digest())
