@@ -133,3 +133,18 @@ def test_keys_as_hex_bytes_or_accounts_sign_alike() -> None:
         assert SluiceAuth(key).address == account.address
     with pytest.raises(ValueError, match="32 bytes"):
         SluiceAuth(b"short")
+
+
+def test_the_async_client_raises_typed_errors_too(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+    auth = SluiceAuth(Account.create(), payer=enterprise.address, raise_errors=True)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=deployed.api, auth=auth, timeout=30) as client:
+            await client.post("/v1/chat/completions", json=CHAT)
+
+    with pytest.raises(sdk.NoBudget) as refused:
+        asyncio.run(run())
+    assert refused.value.status_code == 403 and "no budget" in refused.value.message
+    assert auth.last_cost is None and auth.total_cost == 0
