@@ -97,7 +97,6 @@ _AMOUNT_ARG = {
     "Deposited": "amount",
     "WithdrawalRequested": "amount",
     "Withdrawn": "amount",
-    "BudgetSet": "amount",
 }
 _COPY_SQL = (
     "COPY chain_events (block, log_index, block_hash, block_time, tx_hash, tx_index, contract, address, event,"
