@@ -43,6 +43,7 @@ test-vllm: setup vllm-setup
 lint: setup
 	$(BIN)/ruff check ledger redemption inference_node scripts tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 compile: setup
 	$(BIN)/python scripts/compile_contracts.py
