@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference_node.sim.api_server import build_simulator_server
 from inference_node.sim.config import SimulatorConfig
 from inference_node.sim.tokenizer import WordTokenizer
+from tests.support.polling import wait_until as wait_until
 
 MODEL = "sim-model"
 
@@ -71,15 +70,13 @@ class RunningSimulator:
 
     def start(self, deadline_seconds: float = 10.0) -> None:
         self._thread.start()
-        deadline = time.monotonic() + deadline_seconds
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.01)
-        raise RuntimeError(f"simulator on port {self.port} did not become healthy")
+        wait_until(self._healthy, deadline_seconds, f"the simulator on port {self.port} answering /health")
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -118,11 +115,3 @@ class MetricSamples:
     def total(self, name: str) -> float:
         """The sum of every sample ``name`` over its label sets."""
         return sum(float(sample.value) for sample in self._samples if sample.name == name)
-
-
-def wait_until(condition: Callable[[], bool], deadline_seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.01)
