@@ -35,6 +35,7 @@ def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ledger.chain.deploy") is None, reason="deployer not built yet")
+@pytest.mark.slow  # end to end: a detached stack up, its status, down (about 30 s)
 def test_up_detach_status_down(tmp_path: Path) -> None:
     home, port, api_port, node_port = tmp_path / "home", free_port(), free_port(), free_port_run(4)
     env = _sluice_env(home, port, api_port, node_port)
