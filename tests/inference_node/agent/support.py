@@ -37,7 +37,7 @@ from inference_node.sim.api_server import build_simulator_server
 from inference_node.sim.config import SimulatorConfig
 from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
 from ledger.protocol.secp256k1 import recover_digest, sign_digest
-from tests.support.polling import wait_until as wait_until
+from tests.support import polling
 
 MODEL = "sim-model"
 
@@ -264,3 +264,8 @@ def receipt_of(frame: str) -> SignedReceipt:
 
 def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": CHAT_MESSAGES, "stream": stream, **extra}
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+    """`tests.support.polling.wait_until` on a steady 10 ms beat: engine states here last under a second."""
+    return polling.wait_until(check, timeout, what, max_delay=0.01)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference_node.sim.api_server import build_simulator_server
 from inference_node.sim.config import SimulatorConfig
 from inference_node.sim.tokenizer import WordTokenizer
-from tests.support.polling import wait_until as wait_until
+from tests.support import polling
 
 MODEL = "sim-model"
 
@@ -115,3 +116,8 @@ class MetricSamples:
     def total(self, name: str) -> float:
         """The sum of every sample ``name`` over its label sets."""
         return sum(float(sample.value) for sample in self._samples if sample.name == name)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+    """`tests.support.polling.wait_until` on a steady 10 ms beat: engine states here last under a second."""
+    return polling.wait_until(check, timeout, what, max_delay=0.01)
