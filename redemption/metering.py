@@ -69,6 +69,10 @@ class Meter:
             return "over_max_cost"
         return None
 
+    async def ended(self, held: HeldCall) -> None:
+        """The service stopped relaying `held` unmetered: its hold may expire once its lifetime is over."""
+        await self.store.call_ended(held.job_id)
+
     async def release(self, held: HeldCall) -> None:
         """Close the hold uncharged: the call produced nothing billable."""
         await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)

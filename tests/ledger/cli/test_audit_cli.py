@@ -21,12 +21,16 @@ from tests.support.audit import History, execute, first_job
 from tests.support.stack import Deployed, with_database
 
 
-def test_verify_cli_passes_on_the_honest_history(deployed: Deployed, history: History) -> None:
+def test_verify_cli_exits_1_on_the_shortfall_of_an_otherwise_honest_history(deployed: Deployed,
+                                                                           history: History) -> None:
     result = CliRunner().invoke(cli, ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url,
                                       "--api", deployed.api, "--key", "0x" + bytes(history.auditor.key).hex(),
                                       "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["ok"] is True
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert [(d["check"], d["batch"]) for d in report["discrepancies"]] == [
+        ("shortfall", "0x" + history.batches[1].hex())]
 
 
 def test_verify_cli_exits_1_and_prints_every_discrepancy(deployed: Deployed, history: History) -> None:
