@@ -12,6 +12,7 @@ import time
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from eth_keys.exceptions import BadSignature
 from eth_utils.address import to_checksum_address
 
 from inference_node.protocol import NodeHeartbeat
@@ -26,8 +27,14 @@ async def accept_heartbeat(beat: NodeHeartbeat, store: Store, registry: NodeRegi
     """Register or refresh the node in the database and the registry; the matching ApiError otherwise."""
     if abs(time.time() - beat.timestamp) > HEARTBEAT_MAX_AGE:
         raise errors.InvalidRequest("heartbeat timestamp is stale; check the node's clock", "timestamp")
-    signer = Account.recover_message(encode_defunct(text=beat.signing_text()),
-                                     signature=bytes.fromhex(beat.signature.removeprefix("0x")))
+    try:
+        signer = Account.recover_message(encode_defunct(text=beat.signing_text()),
+                                         signature=bytes.fromhex(beat.signature.removeprefix("0x")))
+    except (ValueError, TypeError, BadSignature):
+        # Zero r or s, a v that names no curve point, s above the curve order: no key signed this.
+        raise errors.InvalidSignature("heartbeat signature is not a valid secp256k1 signature; sign the "
+                                      "heartbeat's signing text with the node's receipt key (EIP-191)",
+                                      "signature") from None
     if signer.lower() != beat.node.lower():
         raise errors.InvalidSignature("heartbeat signature does not match the node address", "signature")
     node = to_checksum_address(beat.node)

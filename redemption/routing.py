@@ -53,6 +53,13 @@ class NodeRegistry:
         state.capacity, state.running, state.waiting, state.retired = capacity, running, waiting, retired
         state.last_seen = max(state.last_seen, seen)
 
+    def standing(self, node: str) -> str | None:
+        """'active', 'retired', or None for a node the registry does not know."""
+        state = next((n for n in self.nodes.values() if n.node.lower() == node.lower()), None)
+        if state is None:
+            return None
+        return "retired" if state.retired else "active"
+
     def candidates(self, model: str, tier: str | None = None, region: str | None = None,
                    exclude: frozenset[str] = frozenset()) -> list[NodeState]:
         """Live nodes able to serve, best first."""

@@ -44,6 +44,9 @@ class OpenHold:
     model: str
     request_digest: bytes
     max_cost: int
+    node: str | None  # the node the job was dispatched to (0x lower-case); None before dispatch
+    max_tokens: int | None
+    prompt_bound: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ class Store:
         )
         self._meter = StatementBatcher(
             pool, "meter_hold",
-            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz"),
+            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
             sort_key=(0, 1), first_arg=2,
         )
 
@@ -94,22 +97,55 @@ class Store:
 
     async def meter_hold(self, job_id: bytes, payer: str, spender: str, node: str, prompt_tokens: int,
                          completion_tokens: int, cost: int | None, receipt_signature: bytes,
-                         first_token_at: datetime | None) -> bool:
-        """Record the usage (cost not None) or just release the hold (cost None). False if already closed."""
+                         first_token_at: datetime | None, unreceipted: str | None = None) -> bool:
+        """Record the usage (cost not None) or just release the hold (cost None). False if already closed.
+
+        `unreceipted` names why a call is charged fail-closed, from what was relayed (no receipt signature).
+        """
         result = await self._meter.call(
             addr(payer), addr(spender), job_id, addr(node), prompt_tokens, completion_tokens, cost,
-            receipt_signature, first_token_at,
+            receipt_signature, first_token_at, unreceipted,
         )
         return bool(result)
 
     async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
         return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
 
+    async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
+        """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
+        receipt, within them, meters it."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE holds SET node = %s, max_tokens = %s, prompt_bound = %s WHERE job_id = %s",
+                (addr(node), max_tokens, prompt_bound, job_id),
+            )
+
+    async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
+        """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this
+        (fail-closed) when it expires with no acceptable receipt."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE holds SET relayed_prompt = %s, relayed_completion = %s, relayed_cost = %s WHERE job_id = %s",
+                (prompt_tokens, completion_tokens, cost, job_id),
+            )
+
+    async def refuse_receipt(self, job_id: bytes, reason: str) -> None:
+        """Note on the hold why its node's receipt was refused: its fail-closed charge at expiry names it."""
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE holds SET receipt_refusal = %s WHERE job_id = %s",
+                               ("receipt_refused:" + reason, job_id))
+
+    async def metered_cost(self, job_id: bytes) -> int:
+        """What a job's usage record charged (0 when it has none: released)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT cost FROM usage_records WHERE job_id = %s", (job_id,))
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
     async def release_expired_holds(self) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM (SELECT meter_hold(job_id, '\\x'::bytea, 0, 0, NULL, '\\x'::bytea, NULL)"
-                " FROM holds WHERE expires_at < now()) released"
+                "SELECT count(*) FROM (SELECT expire_hold(job_id) FROM holds WHERE expires_at < now()) released"
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -189,12 +225,14 @@ class Store:
     async def open_hold(self, job_id: bytes) -> OpenHold | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT payer, spender, model, request_digest, max_cost FROM holds WHERE job_id = %s", (job_id,)
+                "SELECT payer, spender, model, request_digest, max_cost, node, max_tokens, prompt_bound FROM holds"
+                " WHERE job_id = %s", (job_id,)
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]))
+        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]),
+                        None if row[5] is None else "0x" + bytes(row[5]).hex(), row[6], row[7])
 
     async def consume_nonce(self, signer: str, nonce: int, deadline: int) -> bool:
         """Record a (signer, nonce) of a call that takes no hold; False when it was already used."""
