@@ -18,12 +18,19 @@ class ServiceSettings(Settings):
     hold_ttl_seconds: int = Field(900, ge=10, description="a hold with no metering after this long is released")
     ticket_ttl_seconds: int = Field(120, ge=5, description="lifetime of a dispatch ticket")
     node_stale_seconds: float = Field(10.0, gt=0, description="a node silent this long is not routed to")
-    dispatch_key: SecretStr | None = Field(None, description="key signing dispatch tickets (default: embedded key #2)")
+    dispatch_key: SecretStr | None = Field(None,
+                                        description="key signing dispatch tickets (required off the embedded chain)")
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections of the service")
     node_timeout_seconds: float = Field(30.0, gt=0, description="wait this long for a node's first byte")
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
     run_indexer: bool = Field(True, description="index every contract event into chain_events from this process")
     auditor_cache_seconds: float = Field(5.0, ge=0, description="how long an AUDITOR_ROLE check is reused")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive this fast (408)")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="a request's body must arrive this fast (408)")
+    max_connections: int = Field(1024, ge=1, description="open connections beyond this get 503 too_many_connections")
+    metrics_host: str = Field("127.0.0.1", description="address of the operator-only /metrics listener")
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="serve /metrics only on this port (not on the API's)")
     dispatch_attempts: int = Field(3, ge=1, description="nodes tried before answering 503 no_capacity")
 
 
