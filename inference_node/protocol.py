@@ -39,6 +39,9 @@ RECEIPT_EVENT = "sluice.receipt"
 RECEIPTS_PATH = "/internal/receipts"
 HEARTBEAT_PATH = "/internal/nodes/heartbeat"
 DISPATCH_INFO_PATH = "/internal/dispatch"
+# The agent counts a request's prompt tokens at PROMPT_TOKENS_PATH + the generation path (e.g.
+# /sluice/prompt-tokens/v1/chat/completions), so the service can hold for the prompt vLLM will bill.
+PROMPT_TOKENS_PATH = "/sluice/prompt-tokens"
 
 
 class ProtocolError(ValueError):
@@ -183,3 +186,11 @@ class DispatchInfo(BaseModel):
     chain_id: int
     settlement: str
     dispatch_signer: str
+
+
+class PromptTokenBound(BaseModel):
+    """The agent's answer at PROMPT_TOKENS_PATH: an upper bound on the prompt tokens vLLM will bill the request."""
+
+    prompt_tokens: int = Field(ge=0, description="vLLM's usage.prompt_tokens for this body will not exceed this")
+    exact: bool = Field(description="counted with the model's tokenizer (true) or bounded by its context (false)")
+    reason: str | None = Field(default=None, description="why the count is not exact, when it is not")

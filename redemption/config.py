@@ -15,7 +15,6 @@ class ServiceSettings(Settings):
     max_deadline_seconds: int = Field(300, ge=1, description="how far ahead a signed call's deadline may be")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
     mirror_max_lag_blocks: int = Field(2, ge=0, description="read the chain directly when the mirror is further behind")
-    hold_ttl_seconds: int = Field(900, ge=10, description="a hold with no metering after this long is released")
     ticket_ttl_seconds: int = Field(120, ge=5, description="lifetime of a dispatch ticket")
     node_stale_seconds: float = Field(10.0, gt=0, description="a node silent this long is not routed to")
     dispatch_key: SecretStr | None = Field(None,

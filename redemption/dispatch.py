@@ -60,7 +60,7 @@ def node_refusal(content: bytes, path: str) -> errors.ApiError:
 class Dispatcher:
     def __init__(self, *, client: aiohttp.ClientSession, registry: NodeRegistry, meter: Meter, domains: Domains,
                  dispatch_key: bytes, ticket_ttl: int, first_byte_timeout: float, attempts: int,
-                 metrics: ServiceMetrics) -> None:
+                 metrics: ServiceMetrics, hold_lifetime: float) -> None:
         self.client = client
         self.registry = registry
         self.meter = meter
@@ -70,7 +70,9 @@ class Dispatcher:
         self.first_byte_timeout = first_byte_timeout
         self.attempts = attempts
         self.metrics = metrics
-        self._pending: set[asyncio.Task[None]] = set()
+        # A call is cut this long after it arrived, so its hold never expires while it runs (Invariant 7).
+        self.hold_lifetime = hold_lifetime
+        self._ending: set[asyncio.Task[None]] = set()
 
     def ticket_for(self, held: HeldCall, node: str) -> str:
         ticket = DispatchTicket(
@@ -133,12 +135,28 @@ class Dispatcher:
             "model",
         )
 
+    def _remaining(self, held: HeldCall) -> float:
+        return max(held.received + self.hold_lifetime - time.perf_counter(), 0.0)
+
     async def complete(self, held: HeldCall) -> Response:
         node, response, started = await self._open(held)
         try:
             try:
-                content = await response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                async with asyncio.timeout(self._remaining(held)) as cut:
+                    content = await response.read()
+            except TimeoutError:
+                if not cut.expired():
+                    raise
+                # Cut at the hold lifetime: closing the connection makes the node post its receipt.
+                response.close()
+                # A task, not an await: this runs while the client's disconnect cancels the relay.
+                ended = asyncio.get_running_loop().create_task(self.meter.ended(held))
+                self._ending.add(ended)
+                ended.add_done_callback(self._ending.discard)
+                raise errors.DurationExceeded(
+                    f"the call ran past the {self.hold_lifetime:.0f} s limit of one call and was stopped; you will be "
+                    "charged only for the tokens the node generated; ask for fewer tokens or stream") from None
+            except aiohttp.ClientError as exc:
                 # Dropped before the answer arrived: no receipt, so nothing can be charged.
                 await self.meter.release(held)
                 raise errors.UpstreamError(f"the node dropped the call before answering ({exc!r}); nothing was "
@@ -187,72 +205,85 @@ class Dispatcher:
         event = ""
         finished = False
         dropped = False
+        cut_off = False
         charged: int | None = None
         seen = StreamTally()
         try:
             try:
-                async for raw in response.content:
-                    line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                        continue
-                    if not line.startswith("data:"):
-                        if not line:
-                            event = ""
-                        continue
-                    data = line[5:].strip()
-                    if event == RECEIPT_EVENT:
-                        signed: SignedReceipt | None
-                        try:
-                            signed = SignedReceipt.decode(data)
-                        except ProtocolError:
-                            self.metrics.bad_receipts.labels("malformed").inc()
-                            signed = None
-                        charged = await self.meter.charge(held, node.node, signed, first_token_at, seen.relayed())
-                        finished = True
-                        if usage_chunk is not None:
-                            usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
-                            yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
-                            usage_chunk = None
-                        continue
-                    if data == "[DONE]":
-                        if not finished:  # no receipt came: charged from what was relayed (fail closed)
-                            charged = await self.meter.charge(held, node.node, None, first_token_at, seen.relayed())
+                async with asyncio.timeout(self._remaining(held)) as cut:
+                    async for raw in response.content:
+                        line = raw.decode().rstrip("\r\n")
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                            continue
+                        if not line.startswith("data:"):
+                            if not line:
+                                event = ""
+                            continue
+                        data = line[5:].strip()
+                        if event == RECEIPT_EVENT:
+                            signed: SignedReceipt | None
+                            try:
+                                signed = SignedReceipt.decode(data)
+                            except ProtocolError:
+                                self.metrics.bad_receipts.labels("malformed").inc()
+                                signed = None
+                            charged = await self.meter.charge(held, node.node, signed, first_token_at,
+                                                              seen.relayed())
                             finished = True
-                        if usage_chunk is not None:
-                            usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
-                            yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
-                            usage_chunk = None
-                        break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        log.warning("node %s sent a chunk that is not JSON for job 0x%s", node.node, held.job_id.hex())
-                        dropped = True
-                        break
-                    seen.add(chunk)
-                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
-                        # The node's own words name its internals; the client gets the service's envelope last.
-                        log.warning("node %s broke job 0x%s mid-stream: %s", node.node, held.job_id.hex(),
-                                    chunk["error"])
-                        dropped = True
-                        continue
-                    if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
-                        usage_chunk = chunk
-                        continue
-                    if first_token_at is None:
-                        first_token_at = datetime.now(UTC)
-                    if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
-                        chunk.pop("usage")
-                        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                            if usage_chunk is not None:
+                                usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
+                                yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                                usage_chunk = None
+                            continue
+                        if data == "[DONE]":
+                            if not finished:  # no receipt came: charged from what was relayed (fail closed)
+                                charged = await self.meter.charge(held, node.node, None, first_token_at,
+                                                                  seen.relayed())
+                                finished = True
+                            if usage_chunk is not None:
+                                usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
+                                yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                                usage_chunk = None
+                            break
+                        try:
+                            chunk = orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            log.warning("node %s sent a chunk that is not JSON for job 0x%s", node.node,
+                                        held.job_id.hex())
+                            dropped = True
+                            break
+                        seen.add(chunk)
+                        if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+                            # The node's own words name its internals; the client gets the service's envelope last.
+                            log.warning("node %s broke job 0x%s mid-stream: %s", node.node, held.job_id.hex(),
+                                        chunk["error"])
+                            dropped = True
+                            continue
+                        if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
+                            usage_chunk = chunk
+                            continue
+                        if first_token_at is None:
+                            first_token_at = datetime.now(UTC)
+                        if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
+                            chunk.pop("usage")
+                            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                        else:
+                            yield b"data: " + data.encode() + b"\n\n"
                     else:
-                        yield b"data: " + data.encode() + b"\n\n"
+                        dropped = True  # the node's stream ended without [DONE]
+            except TimeoutError as exc:
+                if cut.expired():
+                    cut_off = True
                 else:
-                    dropped = True  # the node's stream ended without [DONE]
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                    log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
+                    dropped = True
+            except aiohttp.ClientError as exc:
                 log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
                 dropped = True
-            if dropped:
+            if cut_off:
+                yield b"data: " + orjson.dumps(duration_error(self.hold_lifetime).body()) + b"\n\n"
+            elif dropped:
                 yield b"data: " + orjson.dumps(dropped_error(charged).body()) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
@@ -260,13 +291,14 @@ class Dispatcher:
             if finished:
                 response.release()
             else:
-                # Client gone or node dropped: closing the connection tells the node to stop generating; it
-                # signs what it generated and posts the receipt to /internal/receipts. Until then the hold
-                # keeps what was relayed, charged at its expiry if no acceptable receipt comes (fail closed).
+                # Client gone, node dropped or call cut: closing the connection tells the node to stop
+                # generating; it signs what it generated and posts the receipt to /internal/receipts.
                 response.close()
-                kept = asyncio.get_running_loop().create_task(self.meter.relayed_after_cut(held, seen.relayed()))
-                self._pending.add(kept)
-                kept.add_done_callback(self._pending.discard)
+                # A task, not an await: this runs while the client's disconnect cancels the relay. Until the
+                # receipt comes, the hold keeps what was relayed, charged at its expiry if none is acceptable.
+                ended = asyncio.get_running_loop().create_task(self.meter.ended(held, seen.relayed()))
+                self._ending.add(ended)
+                ended.add_done_callback(self._ending.discard)
 
 
 class StreamTally:
@@ -336,3 +368,10 @@ def dropped_error(charged: int | None) -> errors.UpstreamError:
         bill = f"you were charged {charged} base units, only for the tokens it generated"
     return errors.UpstreamError(f"the node dropped the stream; {bill}; send the call again for the rest",
                                 code="upstream_dropped")
+
+
+def duration_error(limit: float) -> errors.DurationExceeded:
+    """The last event of a stream cut at the hold lifetime: what it is charged, and what to do."""
+    return errors.DurationExceeded(
+        f"the stream ran past the {limit:.0f} s limit of one call and was stopped; you will be charged only for "
+        "the tokens it generated; send the call again for the rest")

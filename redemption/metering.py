@@ -100,6 +100,13 @@ class Meter:
             return "over_prompt_bound"
         return None
 
+    async def ended(self, held: HeldCall, relayed: Relayed | None = None) -> None:
+        """The service stopped relaying `held` unmetered: its hold may expire once its lifetime is over, and is
+        then charged from `relayed` (fail closed) unless an acceptable receipt came first."""
+        if relayed is not None:
+            await self.relayed_after_cut(held, relayed)
+        await self.store.call_ended(held.job_id)
+
     async def release(self, held: HeldCall) -> None:
         """Close the hold uncharged: the call produced nothing billable."""
         await self.store.release_hold(held.job_id, held.call.payer, held.call.spender)

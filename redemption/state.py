@@ -30,7 +30,8 @@ from redemption.metrics import ServiceMetrics
 from redemption.routing import NodeRegistry
 from redemption.store import ModelRate, Store
 
-# A mirror that has not completed a sync for this long is treated as lagging.
+# A mirror that has not completed a sync for this long is treated as lagging (never longer than the
+# window's mirror lag allowance).
 MIRROR_STALE_SECONDS = 5.0
 
 
@@ -50,6 +51,7 @@ class ServiceState:
     mirror: ChainMirror | None = None
     indexer: ChainIndexer | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
+    unlock_period: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -57,7 +59,8 @@ class ServiceState:
         """Blocks the mirror trails the head by at its last sync; None when unknown or that sync is stale."""
         if self.mirror is None or self.mirror.last_status is None:
             return None
-        if time.monotonic() - self.mirror.last_synced > MIRROR_STALE_SECONDS:
+        stale = min(MIRROR_STALE_SECONDS, self.settings.mirror_lag_allowance_seconds)
+        if time.monotonic() - self.mirror.last_synced > stale:
             return None
         lag: int = self.mirror.last_status.lag
         return lag
@@ -88,6 +91,9 @@ def build_state(
     w3 = connect(settings.effective_rpc_url)
     deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
     ledger = Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)
+    # Invariant 7: refuse to start when what the service admits could outlast the chain's unlock period.
+    unlock_period = int(ledger.settlement.functions.unlockPeriod().call())
+    settings.window.check(unlock_period)
     domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
     dispatch_key = resolve_dispatch_key(settings)
     metrics = ServiceMetrics()
@@ -96,9 +102,10 @@ def build_state(
     meter = Meter(store=store, domains=domains, metrics=metrics)
     dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,
                             ticket_ttl=settings.ticket_ttl_seconds, first_byte_timeout=settings.node_timeout_seconds,
-                            attempts=settings.dispatch_attempts, metrics=metrics)
+                            attempts=settings.dispatch_attempts, metrics=metrics,
+                            hold_lifetime=settings.hold_lifetime_seconds)
     return ServiceState(
         settings=settings, deployment=deployment, ledger=ledger, domains=domains, store=store, registry=registry,
         meter=meter, dispatcher=dispatcher, auditors=AuditorRoles(ledger, settings.auditor_cache_seconds),
-        metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address,
+        metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address, unlock_period=unlock_period,
     )

@@ -17,6 +17,7 @@ from eth_utils.address import to_checksum_address
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.domain import ChainFigures, tier_label
+from ledger.window import Window
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
 from redemption.models import SpenderUsage
@@ -74,8 +75,8 @@ class Store:
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
             pool, "reserve_hold",
-            ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "numeric",
-             "bytea", "bytea", "bytea", "numeric", "numeric", "boolean", "boolean"),
+            ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
+             "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer"),
             sort_key=(4, 5),
         )
         self._meter = StatementBatcher(
@@ -84,14 +85,20 @@ class Store:
             sort_key=(0, 1), first_arg=2,
         )
 
-    async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, ttl_seconds: int,
+    async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, window: Window,
                            figures: ChainFigures | None) -> str:
-        """Consume the nonce and take the hold in one atomic call; 'ok' or the refusal code."""
+        """Consume the nonce and take the hold H = `amount` in one atomic call; 'ok' or the refusal.
+
+        The hold lives the call's lifetime plus the receipt allowance: the call is cut at its lifetime.
+        """
         result = await self._reserve.call(
             job_id, addr(call.spender), call.nonce, call.deadline, addr(call.payer), addr(call.spender),
-            amount, model, ttl_seconds, call.max_cost, call.body_hash, call.signature, call.digest,
-            None if figures is None else figures.balance, None if figures is None else figures.allowance,
+            amount, model, window.hold_lifetime, window.hold_lifetime + window.receipt_allowance, call.max_cost,
+            call.body_hash, call.signature, call.digest,
+            None if figures is None else figures.escrow, None if figures is None else figures.pending,
+            None if figures is None else figures.budget,
             None if figures is None else figures.allowlisted, None if figures is None else figures.paused,
+            window.settlement_bound,
         )
         return str(result)
 
@@ -143,12 +150,29 @@ class Store:
         return 0 if row is None else int(row[0])
 
     async def release_expired_holds(self) -> int:
+        """Release expired holds whose call ended (or whose replica died: twice the lifetime past expiry)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM (SELECT expire_hold(job_id) FROM holds WHERE expires_at < now()) released"
+                "SELECT count(*) FROM (SELECT expire_hold(job_id) FROM holds WHERE expires_at < now()"
+                " AND (NOT relaying OR expires_at < now() - make_interval(secs => 2 * lifetime_seconds))) released"
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def call_ended(self, job_id: bytes) -> None:
+        """The service stopped relaying a call it did not meter: its hold may expire from now on."""
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE holds SET relaying = false WHERE job_id = %s", (job_id,))
+
+    async def oldest_unsettled_age(self) -> float | None:
+        """Seconds since the oldest usage not yet burned was metered; None when all of it is settled."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT extract(epoch FROM now() - min(finished_at)) FROM usage_records"
+                " WHERE status IN ('metered', 'batched')"
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     async def release_settled(self) -> int:
         """Drop the reservations of usage whose burn the mirror has seen (ledger.settlement defines it)."""
@@ -172,12 +196,17 @@ class Store:
         return {r[0]: ModelRate(r[0], bytes(r[1]), int(r[2]), int(r[3]), tier_label(r[4])) for r in rows}
 
     async def available(self, payer: str, spender: str) -> tuple[int, int | None]:
-        """(balance available, allowance available or None when spender == payer), from the mirror."""
+        """(escrow available, budget available or None when spender == payer), from the mirror.
+
+        Escrow available = escrow - pending withdrawal - reserved; budget available = effective
+        budget (a pending cut counts at once) - reserved for the pair.
+        """
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT coalesce((SELECT balance FROM mirror_balances WHERE account = %(p)s), 0)"
+                "SELECT coalesce((SELECT escrow - pending FROM mirror_escrow WHERE account = %(p)s), 0)"
                 " - coalesce((SELECT reserved FROM reserved_payer WHERE payer = %(p)s), 0),"
-                " coalesce((SELECT amount FROM mirror_allowances WHERE owner = %(p)s AND spender = %(s)s), 0)"
+                " coalesce((SELECT effective_budget(remaining, scheduled, effective_at) FROM mirror_budgets"
+                " WHERE payer = %(p)s AND spender = %(s)s), 0)"
                 " - coalesce((SELECT reserved FROM reserved_pair WHERE payer = %(p)s AND spender = %(s)s), 0)",
                 {"p": addr(payer), "s": addr(spender)},
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -14,10 +14,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inference_node.agent.bounds import CHAT, COMPLETIONS
+from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint
 from inference_node.agent.config import AgentConfig
 from inference_node.agent.errors import ErrorDetail, ErrorEnvelope, InvalidRequestBody, RequestRefused
 from inference_node.agent.serving import SHUTDOWN_GRACE_SECONDS, NodeAgent
+from inference_node.protocol import PROMPT_TOKENS_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ def create_agent_app(config: AgentConfig) -> FastAPI:
     async def completions(request: Request) -> Response:
         return await agent.handle(request, COMPLETIONS)
 
+    # The prompt-token bound the service holds for (counting.py); nothing is generated or spent.
+    for endpoint in (CHAT, COMPLETIONS):
+        app.add_api_route(PROMPT_TOKENS_PATH + endpoint.path, _count_route(agent, endpoint), methods=["POST"])
+
     @app.get("/health")
     async def health() -> Response:
         status, report = await agent.health()
@@ -79,6 +84,17 @@ def create_agent_app(config: AgentConfig) -> FastAPI:
         return Response(agent.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _count_route(agent: NodeAgent, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def count_prompt(request: Request) -> Response:
+        try:
+            bound = await agent.count_prompt(request, endpoint)
+        except RequestRefused as refused:
+            return refused.to_response()
+        return Response(bound.model_dump_json(), media_type="application/json")
+
+    return count_prompt
 
 
 def build_agent_server(

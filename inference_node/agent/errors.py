@@ -104,3 +104,14 @@ class UpstreamTimeout(RequestRefused):
     status = 504
     code = "upstream_timeout"
     kind = "server_error"
+
+
+class UpstreamRefused(RequestRefused):
+    """vLLM's own error answer, passed on as vLLM gave it (status, body and content type)."""
+
+    def __init__(self, status: int, body: bytes, media_type: str | None) -> None:
+        super().__init__(body.decode(errors="replace")[:500])
+        self.upstream_status, self.body, self.media_type = status, body, media_type
+
+    def to_response(self) -> Response:
+        return Response(self.body, status_code=self.upstream_status, media_type=self.media_type)

@@ -33,6 +33,7 @@ from yarl import URL
 
 from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint, clamp_output, is_int, optional_int
 from inference_node.agent.config import AgentConfig
+from inference_node.agent.counting import prompt_token_bound
 from inference_node.agent.errors import (
     HTTP_FAILURES,
     InvalidRequestBody,
@@ -40,6 +41,7 @@ from inference_node.agent.errors import (
     NodeNotReady,
     RequestRefused,
     TicketRefused,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -55,6 +57,7 @@ from inference_node.protocol import (
     UNSIGNED,
     DispatchInfo,
     NodeHeartbeat,
+    PromptTokenBound,
     SignedReceipt,
 )
 from ledger.domain import usage_cost
@@ -80,7 +83,8 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 _METRICS_PATH = "/metrics"
 _MODELS_PATH = "/v1/models"
 _HEALTH_PATH = "/health"
-_VLLM_PATHS = (CHAT.path, COMPLETIONS.path, _METRICS_PATH, _MODELS_PATH, _HEALTH_PATH)
+_TOKENIZE_PATH = "/tokenize"
+_VLLM_PATHS = (CHAT.path, COMPLETIONS.path, _METRICS_PATH, _MODELS_PATH, _HEALTH_PATH, _TOKENIZE_PATH)
 _SERVICE_PATHS = (DISPATCH_INFO_PATH, HEARTBEAT_PATH, RECEIPTS_PATH)
 
 
@@ -380,6 +384,32 @@ class NodeAgent:
                 upstream.release()
             return Response(content, status_code=upstream.status, media_type=upstream.headers.get("Content-Type"))
         return RelayedStream(StreamRelay(self, ticket, upstream, n))
+
+    # -- prompt-token bounds (counting.prompt_token_bound) --------------------------------------
+
+    async def count_prompt(self, request: Request, endpoint: Endpoint) -> PromptTokenBound:
+        """The bound on a request's prompt tokens, counted by vLLM's tokenizer where it renders like generation."""
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestBody(f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidRequestBody("the body must be a JSON object")
+        return await prompt_token_bound(body, endpoint, self._tokenize, self.context_length)
+
+    async def _tokenize(self, request: dict[str, Any]) -> int:
+        reply = await _upstream_call(self._post_vllm(self._vllm_urls[_TOKENIZE_PATH], orjson.dumps(request),
+                                                     self._vllm_json_headers))  # fmt: skip
+        if reply.status != 200:
+            # vLLM's own refusal (unknown model, bad messages) is the client's to see, as generation would show it.
+            raise UpstreamRefused(reply.status, reply.body, reply.media_type)
+        try:
+            count = orjson.loads(reply.body)["count"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            count = None
+        if not is_int(count) or count < 0:
+            raise UpstreamUnavailable("vLLM's /tokenize answered without a token count")
+        return int(count)
 
     # -- heartbeats and health ------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ recomputed here:
 
 - supply (`ledger.audit.history`): minted - burned from every `Transfer` log of the token equals
   `totalSupply()` at the same block, and each settlement transaction burned exactly its
-  `BatchSettled.total`;
+  `BatchSettled.total`; a burn in any other transaction is a discrepancy (Settlement is the only
+  burner, so every burn is a settlement), and so is any `Shortfall` (admitted is paid: Invariant 7);
 - each batch (`ledger.audit.checks`): receipts count, Merkle root and proofs, sums against
   `Redeemed` / `Shortfall`, both signatures of every receipt, cost at the published rate;
 - across batches (here): a job settled once, a (spender, nonce) signing one job, debts cleared at
@@ -237,9 +238,11 @@ class Verifier:
                     "burns_vs_batch_total",
                     f"transaction 0x{tx.hex()} burned {burned}, its BatchSettled totals {total}"))
         for tx, burned in history.burns_by_tx.items():
-            if tx not in settled_by_tx:  # holders' own burn/burnFrom: explained by their own transaction
+            if tx not in settled_by_tx:  # every burn is a settlement: Settlement is the only burner (Invariant 4)
                 report.direct_burns += 1
                 report.direct_burned += burned
+                report.discrepancies.append(Discrepancy(
+                    "burn_without_settlement", f"transaction 0x{tx.hex()} burned {burned} with no BatchSettled"))
         for batch_id in history.duplicate_batches:
             report.discrepancies.append(
                 Discrepancy("batch_settled_twice", "two BatchSettled logs", f"0x{batch_id.hex()}"))
@@ -257,6 +260,9 @@ class Verifier:
                 report.pairs[pair].redeemed += amount
             for pair, (owed, paid) in history.shortfalls.get(batch.batch_id, {}).items():
                 report.pairs[pair].shortfall_unpaid += owed - paid
+                # Invariant 7: admitted is paid, so any Shortfall is the operator's failure.
+                report.discrepancies.append(Discrepancy(
+                    "shortfall", f"{who(pair)}: owed {owed}, paid {paid}: admitted usage went unpaid", label))
             if found is None:
                 report.discrepancies.append(Discrepancy(
                     "batch_unknown_to_api", f"settled on chain in block {batch.block} with {batch.items} receipts, "

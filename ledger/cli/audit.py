@@ -172,6 +172,14 @@ def _describe(row: dict[str, Any]) -> str:
         if event == "RateSet":
             return f"{name}: in {format_tokens(int(args['inputRate']))}, out {format_tokens(int(args['outputRate']))}"
         return f"{name}" + (f" ({args['tierName']})" if "tierName" in args else "")
+    if event == "Deposited":
+        return f"into the escrow of {_short(args['account'])} from {_short(args['from'])}"
+    if event == "WithdrawalRequested":
+        return f"{_short(args['account'])} asks to withdraw, unlocks at {args['unlocksAt']}"
+    if event == "Withdrawn":
+        return f"out of the escrow of {_short(args['account'])}"
+    if event == "BudgetSet":
+        return f"{_short(args['payer'])} gives {_short(args['spender'])} a budget, effective at {args['effectiveAt']}"
     if event == "AllowlistUpdated":
         return f"{_short(args['account'])} {'allowed' if args['allowed'] else 'removed'}"
     if event == "Purchased":
@@ -186,7 +194,8 @@ def _amount(row: dict[str, Any]) -> str:
 
     args = row["args"]
     key = {"Transfer": "value", "Approval": "value", "Purchased": "amount", "Issued": "amount", "Redeemed": "amount",
-           "BatchSettled": "total"}.get(row["event"])
+           "BatchSettled": "total", "Deposited": "amount", "WithdrawalRequested": "amount", "Withdrawn": "amount",
+           "BudgetSet": "amount"}.get(row["event"])
     if key is None:
         return ""
     value = int(args[key])
@@ -198,7 +207,8 @@ def _amount(row: dict[str, Any]) -> str:
 def history(
     account: list[str] = typer.Option([], "--account", help="events naming this address (repeatable)"),  # noqa: B008
     kind: list[str] = typer.Option([], "--kind", help="purchase, issue, mint, burn, transfer, approval, redemption, "  # noqa: B008
-                                   "shortfall, batch, rate_change, role_change, allowlist, pause, config"),
+                                   "shortfall, batch, rate_change, role_change, allowlist, pause, config, deposit, "
+                                   "withdrawal, budget"),
     from_block: int | None = typer.Option(None, "--from-block", min=0),
     to_block: int | None = typer.Option(None, "--to-block", min=0),
     since: str | None = typer.Option(None, "--since", help="unix seconds or ISO 8601"),
@@ -211,7 +221,8 @@ def history(
     api: str | None = ApiOpt,
     key: str | None = KeyOpt,
 ) -> None:
-    """The on-chain history from the audit API (purchases, transfers, burns, batches, rate and role changes).
+    """The on-chain history from the audit API (purchases, deposits, withdrawals, budgets, transfers, burns,
+    batches, rate and role changes).
 
     Newest first unless --oldest-first; one page of --limit rows unless --all.
     """
@@ -366,7 +377,7 @@ def _print_report(result: Any) -> None:
         ("minted", format_tokens(result.minted)),
         ("burned", format_tokens(result.burned)),
         ("totalSupply()", format_tokens(result.total_supply)),
-        ("direct burns (holders' own)", f"{result.direct_burns:,} ({format_tokens(result.direct_burned)})"),
+        ("burns outside settlement", f"{result.direct_burns:,} ({format_tokens(result.direct_burned)})"),
         ("seconds (reading logs / total)", f"{result.seconds_chain:.2f} / {result.seconds_total:.2f}"),
         ("receipts per second", f"{result.receipts_per_second:,.0f}"),
     ):

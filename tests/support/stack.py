@@ -37,6 +37,7 @@ from ledger.stack.probes import free_port, free_port_run
 from ledger.stack.services import NODE_PREFIX, Service, anvil_binary, anvil_service
 from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
+from tests.support import escrow
 
 SMALL_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LARGE_MODEL = "Qwen/Qwen2.5-72B-Instruct"
@@ -94,17 +95,18 @@ class Deployed:
                    f"{count} nodes registered with the service")
 
     def fund(self, tokens: int = 100, *, allowlist: bool = True) -> LocalAccount:
-        """A new enterprise wallet holding `tokens` compute tokens."""
+        """A new enterprise with `tokens` compute tokens in its escrow account."""
         enterprise: LocalAccount = Account.create()
         if allowlist:
             self.ledger.set_allowlisted(self.operator, enterprise.address, True)
             if tokens:
-                self.ledger.mint(self.operator, enterprise.address, tokens * ONE_TOKEN)
+                escrow.deposit(self.ledger, self.operator, enterprise, tokens * ONE_TOKEN)
         return enterprise
 
     def developer(self, enterprise: LocalAccount, budget: int) -> LocalAccount:
+        """A new developer key with a budget of `budget` base units from `enterprise`'s escrow."""
         dev: LocalAccount = Account.create()
-        self.ledger.approve(enterprise, dev.address, budget)
+        escrow.set_budget(self.ledger, enterprise, dev.address, budget)
         return dev
 
     def wait_rates(self, model: str, input_rate: str) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from inference_node.agent.bounds import CHAT, COMPLETIONS
-from inference_node.protocol import RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
+from inference_node.protocol import PROMPT_TOKENS_PATH, RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
 from inference_node.sim.bpe import ByteLevelBpeTokenizer
 from tests.inference_node.agent.support import (
     CHAT_MESSAGES,
@@ -241,3 +241,34 @@ def test_the_built_model_tokenizes_as_the_simulator_does(real_vllm: RealVllm) ->
                                "add_special_tokens": special, "return_token_strs": True}).json()  # fmt: skip
             assert simulator.encode_with_pieces(text, add_special_tokens=special) == (answer["tokens"],
                                                                                        answer["token_strs"]), text
+
+
+# -- prompt-token bounds are vLLM's own count ---------------------------------------------------
+
+
+def count(agent: RunningServer, path: str, body: dict[str, Any]) -> Any:
+    response = HTTP.post(agent.base_url + PROMPT_TOKENS_PATH + path, json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(("path", "body", "prompt_tokens"), [
+    (CHAT.path, chat(max_tokens=2), CHAT_PROMPT_TOKENS),
+    (COMPLETIONS.path, completion(max_tokens=2), COMPLETION_PROMPT_TOKENS),
+    (COMPLETIONS.path, completion(prompt=[COMPLETION_PROMPT, SECOND_PROMPT], max_tokens=2),
+     COMPLETION_PROMPT_TOKENS + SECOND_PROMPT_TOKENS),
+    (COMPLETIONS.path, completion(prompt=NEAR_FULL_PROMPT, max_tokens=2), NEAR_FULL_PROMPT_TOKENS),
+], ids=["chat", "completion", "two-prompts", "near-full"])  # fmt: skip
+def test_the_prompt_bound_is_what_vllm_bills(vllm_agent: RunningServer, path: str, body: dict[str, Any],
+                                             prompt_tokens: int) -> None:  # fmt: skip
+    assert count(vllm_agent, path, body) == {"prompt_tokens": prompt_tokens, "exact": True, "reason": None}
+    _, response = post(vllm_agent, path, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] == prompt_tokens
+
+
+def test_an_image_part_is_bounded_by_vllms_context(vllm_agent: RunningServer) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}])
+    assert count(vllm_agent, CHAT.path, body) == {
+        "prompt_tokens": MAX_MODEL_LEN, "exact": False, "reason": "a message part of type 'image_url' is not text"}

@@ -81,7 +81,7 @@ def test_chain_endpoint_stopped_for_10s_in_the_middle_of_a_batch(world: World) -
     world.meter_many(30)
     with block_producer(world.chain.url, 0.3):
         world.start_worker("--beat", "--concurrency", "1", confirmations=1, settlement_max_open=3)
-        poll(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
+        poll(lambda: bool(world.batches("submitted")), 60, "a batch submitted")
         world.chain.stop()  # a clean stop: Anvil writes its state, as a node restart would keep its blocks
         down_until = time.monotonic() + 10
         # Calls keep being metered against the mirror while the chain is away.
