@@ -114,9 +114,9 @@ def operator_account(settings: Settings) -> LocalAccount:
         account: LocalAccount = Account.from_key(settings.operator_key.get_secret_value())
         refuse_well_known(account.address, "SLUICE_OPERATOR_KEY", settings)
         return account
-    if settings.embedded_chain:
+    if development_chain(settings):
         return embedded_account(EMBEDDED_OPERATOR)
-    raise KeyUnavailable("no operator key: set SLUICE_OPERATOR_KEY or pass --keystore")
+    raise KeyUnavailable("no operator key: outside the embedded chain set SLUICE_OPERATOR_KEY or pass --keystore")
 
 
 def settler_account(settings: Settings) -> LocalAccount:
@@ -124,6 +124,6 @@ def settler_account(settings: Settings) -> LocalAccount:
         settler: LocalAccount = Account.from_key(settings.settler_key.get_secret_value())
         refuse_well_known(settler.address, "SLUICE_SETTLER_KEY", settings)
         return settler
-    if settings.embedded_chain:
+    if development_chain(settings):
         return embedded_account(EMBEDDED_SETTLER)
-    raise KeyUnavailable("no settler key: set SLUICE_SETTLER_KEY")
+    raise KeyUnavailable("no settler key: outside the embedded chain set SLUICE_SETTLER_KEY")

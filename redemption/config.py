@@ -24,6 +24,7 @@ class ServiceSettings(Settings):
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
     run_indexer: bool = Field(True, description="index every contract event into chain_events from this process")
     auditor_cache_seconds: float = Field(5.0, ge=0, description="how long an AUDITOR_ROLE check is reused")
+    registry_poll_seconds: float = Field(0.5, gt=0, description="how often NodeRegistry's logs are read")
     header_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive this fast (408)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="a request's body must arrive this fast (408)")
     max_connections: int = Field(1024, ge=1, description="open connections beyond this get 503 too_many_connections")

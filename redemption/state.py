@@ -15,6 +15,8 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.chain.client import Ledger
 from ledger.chain.connection import connect
 from ledger.chain.deployment import Deployment, load_deployment
+from ledger.chain.registry_events import RegistryLog
+from ledger.chain.rpc import JsonRpc
 from ledger.chain.views import read_direct
 from ledger.domain import ChainFigures
 from ledger.followers.indexer import ChainIndexer
@@ -97,7 +99,10 @@ def build_state(
     domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
     dispatch_key = resolve_dispatch_key(settings)
     metrics = ServiceMetrics()
-    registry = NodeRegistry(settings.node_stale_seconds)
+    chain_nodes = RegistryLog(JsonRpc(settings.effective_rpc_url, timeout=10), deployment.contracts["node_registry"],
+                              deployment.deploy_block)
+    chain_nodes.sync()  # before the first heartbeat: only the chain's nodes are ever admitted
+    registry = NodeRegistry(settings.node_stale_seconds, chain_nodes)
     store = Store(pool)
     meter = Meter(store=store, domains=domains, metrics=metrics)
     dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,

@@ -50,15 +50,6 @@ class OpenHold:
     prompt_bound: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRegistration:
-    """How a node stands in the `nodes` table, and whether registration is closed to unknown keys."""
-
-    retired: bool | None  # None: the node is not in the table
-    registered_by: str | None
-    closed: bool  # an operator registered some node, so only operator-registered nodes may join
-
-
 # Per spender of one payer: calls, model tokens, and compute-token cost in base units, all of it
 # and the part whose burn is confirmed on chain ('settled', then 'released' once the mirror saw it).
 USAGE_BY_SPENDER = (
@@ -238,18 +229,6 @@ class Store:
              "capacity": r[5], "running": r[6], "waiting": r[7], "age": float(r[8] or Decimal(0)), "retired": r[9]}
             for r in rows
         ]
-
-    async def node_registration(self, node: str) -> NodeRegistration:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT n.retired, n.registered_by,"
-                " EXISTS (SELECT 1 FROM nodes WHERE registered_by = 'operator')"
-                " FROM (SELECT 1) AS one LEFT JOIN nodes n ON n.node = %s",
-                (addr(node),),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return NodeRegistration(retired=row[0], registered_by=row[1], closed=bool(row[2]))
 
     async def open_hold(self, job_id: bytes) -> OpenHold | None:
         async with self.pool.connection() as conn:

@@ -32,7 +32,7 @@ from ledger.db import migrate
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.polling import poll_until
-from ledger.stack.apps import EMBEDDED_NODES, api_service, node_services
+from ledger.stack.apps import EMBEDDED_NODES, EmbeddedNode, api_service, node_services, register_embedded_nodes
 from ledger.stack.probes import free_port, free_port_run
 from ledger.stack.services import NODE_PREFIX, Service, anvil_binary, anvil_service
 from ledger.stack.supervisor import Stack
@@ -129,7 +129,8 @@ NodeServices = Callable[[Settings, dict[str, Any]], list[Service]]
 
 @contextmanager
 def deployment(postgres_url: str, home: Path, *, models: str | None = None,
-               nodes: NodeServices = node_services) -> Iterator[Deployed]:
+               nodes: NodeServices = node_services,
+               registered: tuple[EmbeddedNode, ...] = EMBEDDED_NODES) -> Iterator[Deployed]:
     """A whole deployment, stopped and its database dropped on exit.
 
     `models` is the rate card (default: Settings'), `nodes` builds the node services from the settings and
@@ -153,6 +154,7 @@ def deployment(postgres_url: str, home: Path, *, models: str | None = None,
         deployment = deploy_all(settings, w3, embedded_account(0), embedded_account(1))
         save_deployment(settings.state_dir, deployment)
         record = deployment.to_json()
+        register_embedded_nodes(settings, record, registered)  # as `sluice up` does: only these nodes serve
         api = api_service(settings, record)
         assert api.launch is not None and api.launch.env is not None
         api = dataclasses.replace(api, launch=dataclasses.replace(api.launch, env={**api.launch.env, **SERVICE_ENV}))
