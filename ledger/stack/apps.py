@@ -102,7 +102,8 @@ def node_services(settings: Settings, record: dict[str, Any], nodes: tuple[Embed
     return services
 
 
-def node_endpoints(settings: Settings, nodes: tuple[EmbeddedNode, ...] = EMBEDDED_NODES) -> list[tuple[EmbeddedNode, str]]:
+def node_endpoints(settings: Settings,
+                   nodes: tuple[EmbeddedNode, ...] = EMBEDDED_NODES) -> list[tuple[EmbeddedNode, str]]:
     """Each embedded node that serves a model on this rate card, with its agent's URL (its NodeRegistry endpoint)."""
     models = [name for name, *_ in parse_models(settings.models)]
     return [(node, f"http://127.0.0.1:{settings.node_base_port + 2 * i + 1}")
