@@ -394,9 +394,19 @@ def _print_report(result: Any) -> None:
                           f"{t.receipts:,}", format_tokens(t.receipts_cost), format_tokens(t.redeemed),
                           format_tokens(t.shortfall_unpaid), format_tokens(t.debt_receipts_cost))
         console.print(pairs)
+    if result.unreceipted:
+        charged = Table(title=f"{len(result.unreceipted)} calls charged without a node receipt (fail-closed, from "
+                              "what the service relayed)", title_style="bold yellow")
+        for column in ("batch", "job", "reason"):
+            charged.add_column(column)
+        for u in result.unreceipted:
+            charged.add_row(_short(u["batch_id"], 8), _short(u["job_id"], 8), u["reason"])
+        console.print(charged)
     if result.ok:
-        console.print("[bold green]verified:[/] every burn is backed by signed requests and node receipts, "
-                      "and supply adds up")
+        backed = ("every burn is backed by signed requests and node receipts" if not result.unreceipted else
+                  f"every burn is backed by signed requests and node receipts, except {len(result.unreceipted)} "
+                  "unreceipted calls listed above")
+        console.print(f"[bold green]verified:[/] {backed}, and supply adds up")
         return
     problems = Table(title=f"{len(result.discrepancies)} discrepancies", title_style="bold red")
     for column in ("check", "batch", "job", "detail"):
