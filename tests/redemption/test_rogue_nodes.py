@@ -43,15 +43,20 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
+from ledger.audit.api import AuditApi
+from ledger.audit.verifier import verify
 from ledger.domain import model_id, usage_cost
 from ledger.keys import DevelopmentKeyRefused, embedded_account, settler_account
 from ledger.polling import poll_until
 from ledger.protocol.eip712 import Domains, UsageReceipt, typed_digest
 from ledger.protocol.secp256k1 import sign_digest
 from ledger.settlement.settings import SettlementSettings
+from ledger.settlement.settler import Settler
+from ledger.settlement.store import Database
 from ledger.stack.apps import EMBEDDED_NODES
 from ledger.stack.probes import free_port
 from redemption.sdk import SluiceAuth
+from tests.support.audit import settle_waiting, wait_indexed
 from tests.support.stack import SMALL_MODEL, Deployed
 
 CHAT = "/v1/chat/completions"
@@ -394,6 +399,29 @@ def test_a_retired_nodes_receipts_are_refused_and_it_gets_no_more_work(
     with pytest.raises(Exception, match=r"(?i)retired"):  # a retired key never comes back
         deployed.ledger.register_node(deployed.operator, registered_rogue.key.address, registered_rogue.url,
                                       "cloud", "rogue-land")
+
+    # Its receipt metered before the retirement, settled after it: audit verify flags it (and reports the
+    # fail-closed charges of this module in their own class).
+    settings = SettlementSettings(home=deployed.settings.home, rpc_url=deployed.settings.effective_rpc_url,
+                                  database_url=deployed.db_url)
+    batch = settle_waiting(deployed, Settler(deployed.ledger, embedded_account(1), Database(deployed.db_url),
+                                             settings))
+    wait_indexed(deployed)
+    auditor: LocalAccount = Account.create()
+    deployed.ledger.grant_role(deployed.operator, "AUDITOR_ROLE", auditor.address)
+    report = verify(deployed.settings.effective_rpc_url, AuditApi(deployed.api, auditor), workers=1)
+    assert not report.ok
+    flagged = {(d.check, d.job) for d in report.discrepancies}
+    assert ("inactive_node", served.headers["Sluice-Job-Id"]) in flagged
+    assert {d.check for d in report.discrepancies} <= {"inactive_node"}
+    assert {u["reason"] for u in report.unreceipted} == {"no_receipt", "receipt_refused:over_max_tokens",
+                                                          "receipt_refused:over_max_cost"}
+    assert all(u["batch_id"] == "0x" + batch.hex() for u in report.unreceipted)
+    cli = subprocess.run([sys.executable, "-c", "from ledger.cli.app import main; main()", "audit", "verify",
+                          "--rpc", deployed.settings.effective_rpc_url, "--api", deployed.api, "--json"],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "SLUICE_AUDITOR_KEY": "0x" + bytes(auditor.key).hex()})
+    assert cli.returncode == 1 and "inactive_node" in cli.stdout
 
 
 # --------------------------------------------------------------------------- development keys
