@@ -194,3 +194,36 @@ class PromptTokenBound(BaseModel):
     prompt_tokens: int = Field(ge=0, description="vLLM's usage.prompt_tokens for this body will not exceed this")
     exact: bool = Field(description="counted with the model's tokenizer (true) or bounded by its context (false)")
     reason: str | None = Field(default=None, description="why the count is not exact, when it is not")
+
+
+# Chat fields the chat template renders into the prompt in ways a text-only count (or the body's size) does not
+# bound: tool schemas, documents, a request's own template, multimodal processing, prompt embeddings.
+UNCOUNTED_CHAT_FIELDS = ("tools", "functions", "documents", "chat_template", "mm_processor_kwargs", "prompt_embeds",
+                         "reasoning_effort")  # fmt: skip
+
+
+def uncounted_reason(body: dict[str, Any], *, chat: bool) -> str | None:
+    """Why `body`'s prompt tokens are not bounded by its text (None: text only, so its size and /tokenize bound it).
+
+    Images and other non-text parts, tool schemas, assistant tool calls, request-supplied chat templates and
+    prompt embeddings become prompt tokens that are not bytes of the body. Shapes it does not know are left
+    to the validation of whoever reads the body.
+    """
+    if not chat:
+        return "`prompt_embeds` carry no tokens to count" if body.get("prompt_embeds") is not None else None
+    for field in UNCOUNTED_CHAT_FIELDS:
+        if body.get(field) is not None:
+            return f"`{field}` is rendered into the prompt by the chat template"
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    return f"a message part of type {kind!r} is not text"
+        if message.get("tool_calls") is not None:
+            return "assistant `tool_calls` are rendered into the prompt by the chat template"
+    return None

@@ -16,6 +16,7 @@ from redemption.auth import read_body, verify_headers
 from redemption.metering import HeldCall
 from redemption.models import ChatCompletionRequest, CompletionRequest
 from redemption.pricing import plan_cost
+from redemption.prompts import prompt_bound
 from redemption.state import ServiceState
 
 # vLLM's defaults when a request gives no max_tokens: the rest of the context for chat, 16 for completions.
@@ -71,8 +72,11 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
     region = request.headers.get("sluice-region")
     if not state.registry.serves(parsed.model):
         raise errors.NoCapacity(f"no node serves model {parsed.model!r} right now; nothing was charged", "model")
+    bound = await prompt_bound(state.dispatcher.client, state.registry, path, payload, body, tier, region,
+                               min_bytes=settings.prompt_count_min_bytes,
+                               timeout=settings.prompt_count_timeout_seconds)  # fmt: skip
     plan = plan_cost(body, parsed.requested_max_tokens(), DEFAULT_MAX_TOKENS[path], call.max_cost,
-                     rate.input_rate, rate.output_rate)
+                     rate.input_rate, rate.output_rate, prompt_bound=bound)
     figures = await state.chain_figures(call.payer, call.spender)
     job_id = job_id_for(call.spender, call.digest)
     outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.window, figures)

@@ -24,6 +24,10 @@ class ServiceSettings(Settings):
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
     run_indexer: bool = Field(True, description="index every contract event into chain_events from this process")
     auditor_cache_seconds: float = Field(5.0, ge=0, description="how long an AUDITOR_ROLE check is reused")
+    prompt_count_min_bytes: int = Field(
+        2048, ge=0, description="bodies this large have their prompt counted by a node instead of bounded by size")
+    prompt_count_timeout_seconds: float = Field(
+        1.0, gt=0, description="how long admission waits for a node's prompt count before falling back")
     registry_poll_seconds: float = Field(0.5, gt=0, description="how often NodeRegistry's logs are read")
     header_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive this fast (408)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="a request's body must arrive this fast (408)")

@@ -30,9 +30,13 @@ def prompt_token_bound(body: bytes) -> int:
 
 
 def plan_cost(body: bytes, requested_max_tokens: int | None, default_max_tokens: int, max_cost: int,
-              input_rate: int, output_rate: int) -> CostPlan:
-    """Clamp `max_tokens` so the worst case fits `max_cost`; 402 max_cost_too_low when not even one fits."""
-    prompt_bound = prompt_token_bound(body)
+              input_rate: int, output_rate: int, *, prompt_bound: int | None = None) -> CostPlan:
+    """Clamp `max_tokens` so the worst case fits `max_cost`; 402 max_cost_too_low when not even one fits.
+
+    `prompt_bound` is the prompt-token bound when a node counted it (`redemption.prompts`), else the body's size.
+    """
+    if prompt_bound is None:
+        prompt_bound = prompt_token_bound(body)
     wanted = default_max_tokens if requested_max_tokens is None else requested_max_tokens
     budget = max_cost * RATE_DENOMINATOR - prompt_bound * input_rate
     fit = wanted if output_rate == 0 else budget // output_rate

@@ -15,11 +15,8 @@ from typing import Any
 
 from inference_node.agent.bounds import Endpoint, is_int
 from inference_node.agent.errors import InvalidRequestBody, NodeNotReady
-from inference_node.protocol import PromptTokenBound
+from inference_node.protocol import PromptTokenBound, uncounted_reason
 
-# Chat fields that change the rendered prompt in ways a text-only /tokenize does not reproduce.
-UNCOUNTED_CHAT_FIELDS = ("tools", "functions", "documents", "chat_template", "mm_processor_kwargs", "prompt_embeds",
-                         "reasoning_effort")  # fmt: skip
 # The chat fields /tokenize takes as generation does; vLLM's defaults apply when they are absent.
 _CHAT_RENDER_FIELDS = ("add_generation_prompt", "continue_final_message", "add_special_tokens", "chat_template_kwargs")
 
@@ -27,10 +24,7 @@ Tokenize = Callable[[dict[str, Any]], Awaitable[int]]  # one /tokenize request -
 ContextLength = Callable[[str], Awaitable[int | None]]
 
 
-def _uncounted_chat_reason(body: dict[str, Any]) -> str | None:
-    for field in UNCOUNTED_CHAT_FIELDS:
-        if body.get(field) is not None:
-            return f"`{field}` is rendered into the prompt by the chat template"
+def _check_chat(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestBody("`messages` must be a non-empty array", param="messages")
@@ -38,22 +32,15 @@ def _uncounted_chat_reason(body: dict[str, Any]) -> str | None:
         if not isinstance(message, dict):
             raise InvalidRequestBody("each message must be an object", param="messages")
         content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    return f"a message part of type {kind!r} is not text"
-        elif content is not None and not isinstance(content, str):
+        if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestBody("message `content` must be a string or an array of parts", param="messages")
-        if message.get("tool_calls") is not None:
-            return "assistant `tool_calls` are rendered into the prompt by the chat template"
-    return None
 
 
 def _completion_prompts(body: dict[str, Any]) -> tuple[list[str], int] | str:
     """(text prompts to count, tokens already given as ids), or why the prompt cannot be counted."""
-    if body.get("prompt_embeds") is not None:
-        return "`prompt_embeds` carry no tokens to count"
+    reason = uncounted_reason(body, chat=False)
+    if reason is not None:
+        return reason
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         return [prompt], 0
@@ -81,7 +68,8 @@ async def prompt_token_bound(body: dict[str, Any], endpoint: Endpoint, tokenize:
     if not isinstance(model, str):
         raise InvalidRequestBody("`model` must be a string", param="model")
     if endpoint.is_chat:
-        reason = _uncounted_chat_reason(body)
+        _check_chat(body)
+        reason = uncounted_reason(body, chat=True)
         if reason is None:
             chat: dict[str, Any] = {"model": model, "messages": body["messages"]}
             chat.update({field: body[field] for field in _CHAT_RENDER_FIELDS if body.get(field) is not None})
