@@ -13,12 +13,12 @@ from ledger.chain.sender import TxResult
 
 
 def deposit(ledger: Ledger, operator: LocalAccount, account: LocalAccount, amount: int) -> TxResult:
-    """Mint `amount` base units to `account`'s wallet and deposit them into its escrow (a permit deposit).
+    """Mint `amount` base units to `account`'s wallet and deposit them into its escrow (approve + deposit).
 
     `account` must be allowlisted already.
     """
     ledger.mint(operator, account.address, amount)
-    return ledger.deposit(account, amount)
+    return ledger.deposit(account, amount, permit=False)  # no permit deadline: tests move the chain clock
 
 
 def set_budget(ledger: Ledger, payer: LocalAccount, spender: str, amount: int) -> TxResult:
@@ -28,6 +28,20 @@ def set_budget(ledger: Ledger, payer: LocalAccount, spender: str, amount: int) -
 
 def request_withdrawal(ledger: Ledger, payer: LocalAccount, amount: int) -> TxResult:
     return ledger.request_withdrawal(payer, amount)
+
+
+def request_everything(ledger: Ledger, payer: LocalAccount) -> int:
+    """Ask to withdraw the whole escrow as it stands; a settlement landing in between is raced again."""
+    from ledger.errors import WithdrawalRefused
+
+    for _ in range(10):
+        amount = escrow_of(ledger, payer.address)
+        try:
+            request_withdrawal(ledger, payer, amount)
+        except WithdrawalRefused:  # a batch burned some of it since the read
+            continue
+        return amount
+    raise AssertionError("the escrow kept shrinking under ten withdrawal requests")
 
 
 def withdraw(ledger: Ledger, payer: LocalAccount) -> TxResult:
