@@ -202,6 +202,11 @@ class Ledger:
         except ContractLogicError as exc:
             raise revert_from(exc) from None
 
+    def _permit_deadline(self) -> int:
+        """An hour from now by the later of this clock and the chain's (a dev chain's time may run ahead)."""
+        chain_now = int(self.w3.eth.get_block("latest")["timestamp"])
+        return max(int(time.time()), chain_now) + 3600
+
     def _transact(self, account: LocalAccount, fn: ContractFunction) -> TxResult:
         tx = {"to": fn.address, "data": fn._encode_transaction_data()}
         return self.sender(account).transact(tx)  # type: ignore[arg-type]
@@ -379,7 +384,7 @@ class Ledger:
         limit = cost if max_cost is None else max_cost
         sale = self.sale.functions
         if permit:
-            deadline = int(time.time()) + 3600
+            deadline = self._permit_deadline()
             v, r, s = self.sign_permit(self.payment_token, signer, self.sale.address, limit, deadline)
             buy_permit = sale.buyToEscrowWithPermit if into_escrow else sale.buyWithPermit
             return self._transact(signer, buy_permit(amount, limit, deadline, v, r, s))
@@ -390,7 +395,7 @@ class Ledger:
     def deposit(self, signer: LocalAccount, amount: int, *, permit: bool = True) -> TxResult:
         """Move `amount` of the signer's tokens into its escrow (one permit transaction, else approve + deposit)."""
         if permit:
-            deadline = int(time.time()) + 3600
+            deadline = self._permit_deadline()
             v, r, s = self.sign_permit(self.token, signer, self.settlement.address, amount, deadline)
             return self.deposit_with_permit(signer, amount, deadline, v, r, s)
         self.approve(signer, self.settlement.address, amount)
