@@ -9,6 +9,7 @@ processes on free ports. Tests talk to them over HTTP with signed calls.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,6 +71,20 @@ class Deployed:
     @property
     def operator(self) -> LocalAccount:
         return embedded_account(0)
+
+    @functools.cached_property
+    def auditor(self) -> LocalAccount:
+        """A key holding AUDITOR_ROLE, for the signed account reads the tests look at."""
+        key: LocalAccount = Account.create()
+        self.ledger.grant_role(self.operator, "AUDITOR_ROLE", key.address)
+        return key
+
+    def budget(self, payer: str, spender: str | None = None) -> httpx.Response:
+        """`/v1/budget` read by the auditor key (account reads are signed)."""
+        from redemption.sdk import reader_auth
+
+        params = {"payer": payer, **({"spender": spender} if spender else {})}
+        return httpx.get(self.api + "/v1/budget", params=params, timeout=10, auth=reader_auth(self.auditor))
 
     def sim_url(self, node: str) -> str:
         svc = next(s for s in self.node_svcs if s.name.endswith(f"vllm-sim-{node}"))
