@@ -3,7 +3,8 @@
 The service runs in-process on the deployment's database and chain with short limits (headers within
 1 s, body within 2 s, 20 connections): half-open requests are answered 408 `request_timeout` and closed
 within the configured time, the connection past the limit is answered 503 `too_many_connections`, and
-the service keeps answering everyone else.
+the service keeps answering everyone else. Its /metrics are on an operator-only listener here
+(SLUICE_METRICS_PORT), not on the API.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from redemption.server import guarded_protocol
 from tests.support.stack import Deployed
 
 HEADER_TIMEOUT, BODY_TIMEOUT, MAX_CONNECTIONS = 1.0, 2.0, 20
+METRICS_PORT = free_port()
 SLACK = 1.5  # scheduling on a shared 2-core machine
 
 
@@ -34,7 +36,7 @@ def guarded(deployed: Deployed) -> Iterator[tuple[str, int]]:
     settings = ServiceSettings(home=deployed.settings.home, rpc_url=deployed.settings.effective_rpc_url,
                                database_url=deployed.db_url, api_port=port, run_mirror=False, run_indexer=False,
                                header_timeout_seconds=HEADER_TIMEOUT, body_timeout_seconds=BODY_TIMEOUT,
-                               max_connections=MAX_CONNECTIONS)
+                               max_connections=MAX_CONNECTIONS, metrics_port=METRICS_PORT)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                            http=guarded_protocol(settings)))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -108,3 +110,11 @@ def test_a_slow_but_steady_client_within_the_limits_is_served(guarded: tuple[str
     sock.settimeout(10)
     assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
     sock.close()
+
+
+def test_metrics_move_to_the_operator_only_listener(guarded: tuple[str, int]) -> None:
+    host, port = guarded
+    public = httpx.get(f"http://{host}:{port}/metrics", timeout=5)
+    assert public.status_code == 404 and public.json()["error"]["code"] == "not_found"
+    operator = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5)
+    assert operator.status_code == 200 and "sluice_unreceipted_calls" in operator.text
