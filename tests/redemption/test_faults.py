@@ -108,8 +108,7 @@ def money(deployed: Deployed, payer: Payer) -> tuple[Any, ...]:
         "SELECT (SELECT count(*) FROM usage_records WHERE payer = %s), (SELECT count(*) FROM holds WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_payer WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_pair WHERE payer = %s)", p, p, p, p)[0]
-    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": payer.address,
-                                                            "spender": payer.developer.address}, timeout=10).json()
+    budget = deployed.budget(payer.address, payer.developer.address).json()
     return (*figures, budget["escrow_available"], budget["budget_available"])
 
 

@@ -617,7 +617,8 @@ def test_run_follows_new_blocks_and_outlives_failures(
                    "the mirror following a deposit")
         mirror._get_logs = flaky  # type: ignore[method-assign]
         ledger.issue(funded.operator, target.address, ONE_TOKEN, "two", into_escrow=True)
-        wait_until(lambda: mirrored_escrow(mirror_db, target.address) == 2 * ONE_TOKEN, 15.0, "recovery after failures")
+        wait_until(lambda: mirrored_escrow(mirror_db, target.address) == 2 * ONE_TOKEN, 15.0,
+                   "recovery after failures")
     finally:
         stop.set()
         thread.join(timeout=15)
