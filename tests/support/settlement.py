@@ -58,7 +58,7 @@ RESERVE_SQL = (
     "SELECT reserve_hold(%s, %s, %s::numeric, %s, %s, %s, %s::numeric, %s, %s, %s,"
     " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s::numeric, %s, %s, %s)"
 )
-METER_SQL = "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s)"
+METER_SQL = "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s, %s)"
 
 
 def raw(address: str) -> bytes:
@@ -366,7 +366,7 @@ class World:
                                cost, b"\x00" * 32)
         receipt_signature = sign_digest(bytes(NODE.key), typed_digest(self.domains.receipt, receipt.struct_hash()))
         metered = self._call(METER_SQL, (
-            job_id, raw(NODE.address), prompt, completion, cost, receipt_signature, datetime.now(UTC),
+            job_id, raw(NODE.address), prompt, completion, cost, receipt_signature, datetime.now(UTC), None,
         ))
         assert metered is True
         record = Metered(job_id, pair.payer.address, pair.spender.address, cost)
