@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.paths import StatePaths, broker_url, postgres_url
 from ledger.window import (
     EMBEDDED_SETTLEMENT_BOUND,
     HOLD_LIFETIME,
@@ -113,15 +114,11 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         """DATABASE_URL, else the embedded PostgreSQL under the state dir."""
-        from ledger.paths import StatePaths, postgres_url
-
         return self.database_url or postgres_url(StatePaths(self.state_dir))
 
     @property
     def effective_broker_url(self) -> str:
         """BROKER_URL (Redis or RabbitMQ), else the embedded Redis under the state dir."""
-        from ledger.paths import StatePaths, broker_url
-
         return self.broker_url or broker_url(StatePaths(self.state_dir))
 
     # secrets read by the CLI and node processes

@@ -58,6 +58,43 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+# The node side and account data (Invariant 8; DESIGN.md "signed the same way")
+class InvalidReceipt(ApiError):
+    code = "invalid_receipt"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+
+
+class ReceiptNotAccepted(ApiError):
+    """A receipt that meters nothing: late, second, or for a job no open hold of this node has. One answer for
+    all of them, so a node learns nothing about other nodes' jobs."""
+
+    status = 409
+    code = "receipt_not_accepted"
+
+
+class ReceiptRefused(ApiError):
+    status = 422
+    code = "receipt_refused"
+
+
+class NodeRefused(ApiError):
+    """A node NodeRegistry does not list as active, or one speaking for an endpoint not its own."""
+
+    status = 403
+    type = "permission_error"
+    code = "node_not_registered"
+
+
+class NotAccountHolder(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "not_account_holder"
+
+
 # 401: the signature
 class AuthError(ApiError):
     status = 401

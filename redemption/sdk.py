@@ -16,7 +16,8 @@ chunk has been read); `auth.total_cost` adds them up.
 Refusals carry the OpenAI error envelope with a stable `code`; `error_from_response` turns
 one into a typed `SluiceError` (`InsufficientEscrow`, `NoBudget`, `NotAllowlisted`, …), and
 `SluiceAuth(..., raise_errors=True)` raises it from the auth flow itself. `fetch_discovery`
-reads the discovery document; `fetch_budget` makes the signed budget lookup.
+reads the discovery document; `fetch_budget` makes the signed budget lookup; `reader_auth(key)` signs any
+account-data or audit read: `httpx.get(base + "/v1/usage", params={"payer": address}, auth=reader_auth(key))`.
 
 This module imports only the protocol core (`ledger.protocol`), httpx and the standard
 library: none of the server's dependencies (tests/redemption/test_light_client.py checks it).
@@ -341,9 +342,15 @@ class Budget:
                    None if budget is None else int(budget))
 
 
+def reader_auth(key: Key, *, domains: Domains | None = None) -> SluiceAuth:
+    """Signs account-data and audit reads (`/v1/usage`, `/v1/budget`, `/audit/...`): empty body, Sluice-Max-Cost 0,
+    Sluice-Payer the key's own address."""
+    return SluiceAuth(key, max_cost=0, domains=domains)
+
+
 def _budget_request(key: Key, payer: str | None) -> tuple[SluiceAuth, dict[str, str]]:
-    auth = SluiceAuth(key, payer=payer, max_cost=0)
-    return auth, {"payer": auth.payer, "spender": auth.address}
+    auth = reader_auth(key)  # a signed read names the reader itself as Sluice-Payer
+    return auth, {"payer": to_checksum_address(payer) if payer else auth.address, "spender": auth.address}
 
 
 def fetch_budget(base_url: str, key: Key, *, payer: str | None = None,

@@ -15,11 +15,14 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.chain.client import Ledger
 from ledger.chain.connection import connect
 from ledger.chain.deployment import Deployment, load_deployment
+from ledger.chain.registry_events import RegistryLog
+from ledger.chain.rpc import JsonRpc
 from ledger.chain.views import read_direct
 from ledger.domain import ChainFigures
 from ledger.followers.indexer import ChainIndexer
 from ledger.followers.mirror import ChainMirror
-from ledger.keys import embedded_account
+from ledger.keys import KeyUnavailable
+from ledger.keys import dispatch_key as ticket_key
 from ledger.protocol.eip712 import Domains
 from redemption.audit.auth import AuditorRoles
 from redemption.config import ServiceSettings
@@ -33,7 +36,6 @@ from redemption.store import ModelRate, Store
 # A mirror that has not completed a sync for this long is treated as lagging (never longer than the
 # window's mirror lag allowance).
 MIRROR_STALE_SECONDS = 5.0
-DISPATCH_KEY_INDEX = 2  # embedded deployments sign dispatch tickets with dev key #2
 
 
 @dataclass
@@ -75,6 +77,18 @@ class ServiceState:
         return await asyncio.to_thread(read_direct, self.ledger, payer, spender)
 
 
+def resolve_dispatch_key(settings: ServiceSettings) -> bytes:
+    """SLUICE_DISPATCH_KEY (never a well-known key off the embedded chain); KeyUnavailable otherwise."""
+    configured = settings.dispatch_key
+    try:
+        given = None if configured is None else bytes.fromhex(configured.get_secret_value().removeprefix("0x"))
+    except ValueError:
+        raise KeyUnavailable("SLUICE_DISPATCH_KEY is not a 0x-hex private key") from None
+    if given is not None and len(given) != 32:
+        raise KeyUnavailable("SLUICE_DISPATCH_KEY is not a 32-byte private key")
+    return ticket_key(given, settings)
+
+
 def build_state(
     settings: ServiceSettings, pool: AsyncConnectionPool[Any], client: aiohttp.ClientSession
 ) -> ServiceState:
@@ -87,12 +101,12 @@ def build_state(
     erc20 = ledger.token.functions
     token = TokenInfo(name=erc20.name().call(), symbol=erc20.symbol().call(), decimals=int(erc20.decimals().call()))
     domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
-    if settings.dispatch_key is not None:
-        dispatch_key = bytes.fromhex(settings.dispatch_key.get_secret_value().removeprefix("0x"))
-    else:
-        dispatch_key = bytes(embedded_account(DISPATCH_KEY_INDEX).key)
+    dispatch_key = resolve_dispatch_key(settings)
     metrics = ServiceMetrics()
-    registry = NodeRegistry(settings.node_stale_seconds)
+    chain_nodes = RegistryLog(JsonRpc(settings.effective_rpc_url, timeout=10), deployment.contracts["node_registry"],
+                              deployment.deploy_block)
+    chain_nodes.sync()  # before the first heartbeat: only the chain's nodes are ever admitted
+    registry = NodeRegistry(settings.node_stale_seconds, chain_nodes)
     store = Store(pool)
     meter = Meter(store=store, domains=domains, metrics=metrics)
     dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,

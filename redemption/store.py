@@ -45,15 +45,9 @@ class OpenHold:
     model: str
     request_digest: bytes
     max_cost: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRegistration:
-    """How a node stands in the `nodes` table, and whether registration is closed to unknown keys."""
-
-    retired: bool | None  # None: the node is not in the table
-    registered_by: str | None
-    closed: bool  # an operator registered some node, so only operator-registered nodes may join
+    node: str | None  # the node the job was dispatched to (0x lower-case); None before dispatch
+    max_tokens: int | None
+    prompt_bound: int | None
 
 
 # Per spender of one payer: calls, model tokens, and compute-token cost in base units, all of it
@@ -78,7 +72,7 @@ class Store:
         )
         self._meter = StatementBatcher(
             pool, "meter_hold",
-            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz"),
+            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
             sort_key=(0, 1), first_arg=2,
         )
 
@@ -101,23 +95,56 @@ class Store:
 
     async def meter_hold(self, job_id: bytes, payer: str, spender: str, node: str, prompt_tokens: int,
                          completion_tokens: int, cost: int | None, receipt_signature: bytes,
-                         first_token_at: datetime | None) -> bool:
-        """Record the usage (cost not None) or just release the hold (cost None). False if already closed."""
+                         first_token_at: datetime | None, unreceipted: str | None = None) -> bool:
+        """Record the usage (cost not None) or just release the hold (cost None). False if already closed.
+
+        `unreceipted` names why a call is charged fail-closed, from what was relayed (no receipt signature).
+        """
         result = await self._meter.call(
             addr(payer), addr(spender), job_id, addr(node), prompt_tokens, completion_tokens, cost,
-            receipt_signature, first_token_at,
+            receipt_signature, first_token_at, unreceipted,
         )
         return bool(result)
 
     async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
         return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
 
+    async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
+        """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
+        receipt, within them, meters it."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE holds SET node = %s, max_tokens = %s, prompt_bound = %s WHERE job_id = %s",
+                (addr(node), max_tokens, prompt_bound, job_id),
+            )
+
+    async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
+        """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this
+        (fail-closed) when it expires with no acceptable receipt."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE holds SET relayed_prompt = %s, relayed_completion = %s, relayed_cost = %s WHERE job_id = %s",
+                (prompt_tokens, completion_tokens, cost, job_id),
+            )
+
+    async def refuse_receipt(self, job_id: bytes, reason: str) -> None:
+        """Note on the hold why its node's receipt was refused: its fail-closed charge at expiry names it."""
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE holds SET receipt_refusal = %s WHERE job_id = %s",
+                               ("receipt_refused:" + reason, job_id))
+
+    async def metered_cost(self, job_id: bytes) -> int:
+        """What a job's usage record charged (0 when it has none: released)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT cost FROM usage_records WHERE job_id = %s", (job_id,))
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
     async def release_expired_holds(self) -> int:
         """Release expired holds whose call ended (or whose replica died: twice the lifetime past expiry)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM (SELECT meter_hold(job_id, '\\x'::bytea, 0, 0, NULL, '\\x'::bytea, NULL)"
-                " FROM holds WHERE expires_at < now()"
+                "SELECT count(*) FROM (SELECT expire_hold(job_id) FROM holds WHERE expires_at < now()"
                 " AND (NOT relaying OR expires_at < now() - make_interval(secs => 2 * lifetime_seconds))) released"
             )
             row = await cur.fetchone()
@@ -203,27 +230,17 @@ class Store:
             for r in rows
         ]
 
-    async def node_registration(self, node: str) -> NodeRegistration:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT n.retired, n.registered_by,"
-                " EXISTS (SELECT 1 FROM nodes WHERE registered_by = 'operator')"
-                " FROM (SELECT 1) AS one LEFT JOIN nodes n ON n.node = %s",
-                (addr(node),),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return NodeRegistration(retired=row[0], registered_by=row[1], closed=bool(row[2]))
-
     async def open_hold(self, job_id: bytes) -> OpenHold | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT payer, spender, model, request_digest, max_cost FROM holds WHERE job_id = %s", (job_id,)
+                "SELECT payer, spender, model, request_digest, max_cost, node, max_tokens, prompt_bound FROM holds"
+                " WHERE job_id = %s", (job_id,)
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]))
+        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]),
+                        None if row[5] is None else "0x" + bytes(row[5]).hex(), row[6], row[7])
 
     async def consume_nonce(self, signer: str, nonce: int, deadline: int) -> bool:
         """Record a (signer, nonce) of a call that takes no hold; False when it was already used."""

@@ -495,12 +495,15 @@ def _service_url() -> str:
     return str(api) if api else f"http://127.0.0.1:{settings.api_port}"
 
 
-def _usage_from_api(api: str, payer: str) -> list[dict[str, Any]]:
+def _usage_from_api(api: str, payer: str, reader: Any) -> list[dict[str, Any]]:
+    """The service's signed usage read: `reader` (the wallet's key) must be the payer or an auditor."""
     import httpx
+
+    from redemption.sdk import reader_auth
 
     url = api.rstrip("/") + "/v1/usage"
     try:
-        response = httpx.get(url, params={"payer": payer}, timeout=15)
+        response = httpx.get(url, params={"payer": payer}, timeout=15, auth=reader_auth(reader))
     except httpx.HTTPError as exc:
         raise Refused(f"the service at {api} does not answer ({exc.__class__.__name__})",
                       "start it with `sluice up --detach`, pass --api URL, or set DATABASE_URL to read the "
@@ -556,7 +559,7 @@ def usage(
     if api is None and database:
         source, rows = "database", _usage_from_database(database, payer)
     else:
-        source, rows = "api", _usage_from_api(api or _service_url(), payer)
+        source, rows = "api", _usage_from_api(api or _service_url(), payer, unlock(keystore))
     if as_json:
         print_json({"payer": payer, "source": source, "spenders": rows})
         return

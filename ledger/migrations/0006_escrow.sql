@@ -81,14 +81,15 @@ BEGIN
             INTO granted, available FROM mirror_budgets b WHERE payer = p_payer AND spender = p_spender;
         p_budget := coalesce(p_budget, available, 0);
     END IF;
+    -- A key the payer never gave a budget, or cut to zero (a budget spent down by usage is a 402). Checked
+    -- before the nonce is recorded: a signature from a key not authorized for the payer inserts nothing.
+    IF p_spender <> p_payer AND p_budget = 0 AND coalesce(granted, 0) = 0 THEN
+        RETURN 'no_budget';
+    END IF;
     INSERT INTO call_nonces (signer, nonce, deadline) VALUES (p_signer, p_nonce, p_deadline)
         ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN 'nonce_replayed';
-    END IF;
-    -- A key the payer never gave a budget, or cut to zero (a budget spent down by usage is a 402).
-    IF p_spender <> p_payer AND p_budget = 0 AND coalesce(granted, 0) = 0 THEN
-        RETURN 'no_budget';
     END IF;
     IF p_paused THEN
         RETURN 'paused';

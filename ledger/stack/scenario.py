@@ -26,6 +26,7 @@ from eth_account.signers.local import LocalAccount
 from ledger.chain.client import Ledger
 from ledger.polling import poll_until
 from ledger.units import ONE_TOKEN, format_amount, format_tokens
+from redemption.sdk import reader_auth
 
 Say = Callable[[str], None]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -41,8 +42,10 @@ class Outcome:
     verify_discrepancies: int
 
 
-def _budget(api: str, payer: str, spender: str) -> int:
-    data = httpx.get(api + "/v1/budget", params={"payer": payer, "spender": spender}, timeout=10).json()
+def _budget(api: str, payer: LocalAccount, spender: str) -> int:
+    """The payer's own signed read of what `spender` may still spend from its escrow."""
+    data = httpx.get(api + "/v1/budget", params={"payer": payer.address, "spender": spender}, timeout=10,
+                     auth=reader_auth(payer)).json()
     return int(data["budget_available"] if data["budget_available"] is not None else data["escrow_available"])
 
 
@@ -88,7 +91,7 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
         tx = ledger._transact(enterprise, ledger.settlement.functions.setBudget(dev.address, budgets[dev.address]))
         say(f"[enterprise] gives {name} a budget of {format_tokens(budgets[dev.address])} tokens   tx {tx.tx_hash}")
 
-    poll_until(lambda: _budget(api, enterprise.address, bob.address) == budgets[bob.address], 30,
+    poll_until(lambda: _budget(api, enterprise, bob.address) == budgets[bob.address], 30,
                "the service's chain mirror seeing the budgets")
 
     say("\n[alice] signed calls with the openai package")
@@ -106,7 +109,7 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
     final = chunks[-1]
     streamed_cost = int((final.model_extra or {})["sluice"]["cost"])
     say(f"  stream: {len(chunks) - 1} chunks, final usage chunk reports cost {format_tokens(streamed_cost)} tokens")
-    say(f"  alice's remaining budget: {format_tokens(_budget(api, enterprise.address, alice.address))} tokens")
+    say(f"  alice's remaining budget: {format_tokens(_budget(api, enterprise, alice.address))} tokens")
     served = 2
 
     say("\n[bob] calls until his budget of 0.01 tokens runs out")
@@ -124,7 +127,7 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
             refused += 1
             break
         say(f"  call {i + 1}: cost {format_tokens(bob_client.sluice_auth.last_cost)}, remaining "
-            f"{format_tokens(_budget(api, enterprise.address, bob.address))}")
+            f"{format_tokens(_budget(api, enterprise, bob.address))}")
 
     say("\n[alice] starts 5 streams; while they run the enterprise asks to withdraw its whole escrow")
     escrow_before = _escrow(ledger, enterprise.address)[0]
@@ -148,7 +151,7 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
         _escrow_now, pending, unlocks_at = _escrow(ledger, enterprise.address)
         say(f"[enterprise] requests a withdrawal of {format_tokens(pending)} tokens (all of it); it unlocks at "
             f"unix {unlocks_at}   tx {tx.tx_hash}")
-        poll_until(lambda: _budget(api, enterprise.address, enterprise.address) <= 0, 30,
+        poll_until(lambda: _budget(api, enterprise, enterprise.address) <= 0, 30,
                    "the service's chain mirror seeing the withdrawal request")
         try:
             client.chat.completions.create(model=MODEL, max_tokens=8,
@@ -168,7 +171,7 @@ def run_story(ledger: Ledger, api: str, operator: LocalAccount, say: Say = print
 
     def usage_rows() -> list[dict[str, Any]]:
         spenders: list[dict[str, Any]] = httpx.get(api + "/v1/usage", params={"payer": enterprise.address},
-                                                   timeout=10).json()["spenders"]
+                                                   timeout=10, auth=reader_auth(enterprise)).json()["spenders"]
         return spenders
 
     poll_until(lambda: all(int(s["unsettled"]) == 0 for s in usage_rows()), 120, "every call settled on chain")

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -33,6 +34,9 @@ from ledger.chain.sender import TxResult
 from ledger.errors import ContractRevert
 from ledger.units import ONE_TOKEN
 from tests.support.ledger import advance_time
+
+# property tests: hypothesis drives whole contract histories
+pytestmark = pytest.mark.slow
 
 if TYPE_CHECKING:
     from tests.support.ledger import Actors

@@ -87,7 +87,7 @@ def money(deployed: Deployed, payer: str, spender: str) -> dict[str, Any]:
         "SELECT (SELECT count(*) FROM usage_records WHERE payer = %s), (SELECT count(*) FROM holds WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_payer WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_pair WHERE payer = %s)", p, p, p, p)[0]
-    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": payer, "spender": spender}, timeout=10)
+    budget = deployed.budget(payer, spender)
     assert budget.status_code == 200, budget.text
     return {"usage_records": usage, "holds": holds, "reserved_payer": reserved, "reserved_pair": pairs,
             "budget": budget.json()}

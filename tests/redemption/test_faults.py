@@ -34,6 +34,9 @@ from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.apps import EMBEDDED_NODES
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
+# fault tests: nodes die, stall and lie under a running service
+pytestmark = pytest.mark.slow
+
 CHAT = "/v1/chat/completions"
 NODE_TIMEOUT = 3.0  # SLUICE_NODE_TIMEOUT_SECONDS in the deployment
 EDGE, REGIONAL = (next(n for n in EMBEDDED_NODES if n.tier == tier) for tier in ("edge", "regional"))
@@ -105,8 +108,7 @@ def money(deployed: Deployed, payer: Payer) -> tuple[Any, ...]:
         "SELECT (SELECT count(*) FROM usage_records WHERE payer = %s), (SELECT count(*) FROM holds WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_payer WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_pair WHERE payer = %s)", p, p, p, p)[0]
-    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": payer.address,
-                                                            "spender": payer.developer.address}, timeout=10).json()
+    budget = deployed.budget(payer.address, payer.developer.address).json()
     return (*figures, budget["escrow_available"], budget["budget_available"])
 
 

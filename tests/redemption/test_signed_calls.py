@@ -13,7 +13,7 @@ from eth_utils.address import to_checksum_address
 
 from ledger.domain import usage_cost
 from ledger.protocol.keccak import keccak256 as keccak
-from redemption.sdk import SluiceAuth, async_openai_client, openai_client
+from redemption.sdk import SluiceAuth, async_openai_client, openai_client, reader_auth
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
 
@@ -100,8 +100,8 @@ def test_non_streamed_chat_is_charged_from_usage(deployed: Deployed) -> None:
     assert rows == [(bytes.fromhex(enterprise.address[2:]), bytes.fromhex(developer.address[2:]), SMALL_MODEL,
                      usage.prompt_tokens, usage.completion_tokens, expected, 10**16, "metered")]
     assert deployed.sql("SELECT count(*) FROM settlement_outbox WHERE job_id = %s", job) == [(1,)]
-    budget = httpx.get(deployed.api + "/v1/budget",
-                       params={"payer": enterprise.address, "spender": developer.address}).json()
+    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": enterprise.address, "spender": developer.address},
+                       auth=reader_auth(developer)).json()
     assert int(budget["budget_available"]) == 10**17 - expected
     assert int(budget["escrow_available"]) == 10 * 10**18 - expected
 

@@ -9,6 +9,7 @@ processes on free ports. Tests talk to them over HTTP with signed calls.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from ledger.db import migrate
 from ledger.keys import embedded_account
 from ledger.paths import StatePaths
 from ledger.polling import poll_until
-from ledger.stack.apps import EMBEDDED_NODES, api_service, node_services
+from ledger.stack.apps import EMBEDDED_NODES, EmbeddedNode, api_service, node_services, register_embedded_nodes
 from ledger.stack.probes import free_port, free_port_run
 from ledger.stack.services import NODE_PREFIX, Service, anvil_binary, anvil_service, redis_service
 from ledger.stack.supervisor import Stack
@@ -72,6 +73,20 @@ class Deployed:
     @property
     def operator(self) -> LocalAccount:
         return embedded_account(0)
+
+    @functools.cached_property
+    def auditor(self) -> LocalAccount:
+        """A key holding AUDITOR_ROLE, for the signed account reads the tests look at."""
+        key: LocalAccount = Account.create()
+        self.ledger.grant_role(self.operator, "AUDITOR_ROLE", key.address)
+        return key
+
+    def budget(self, payer: str, spender: str | None = None) -> httpx.Response:
+        """`/v1/budget` read by the auditor key (account reads are signed)."""
+        from redemption.sdk import reader_auth
+
+        params = {"payer": payer, **({"spender": spender} if spender else {})}
+        return httpx.get(self.api + "/v1/budget", params=params, timeout=10, auth=reader_auth(self.auditor))
 
     def sim_url(self, node: str) -> str:
         svc = next(s for s in self.node_svcs if s.name.endswith(f"vllm-sim-{node}"))
@@ -163,7 +178,8 @@ def settlement_env(settings: Settings, broker_url: str) -> dict[str, str]:
 @contextmanager
 def deployment(postgres_url: str, home: Path, *, models: str | None = None,
                nodes: NodeServices = node_services, service_env: dict[str, str] | None = None,
-               settlement: bool = False) -> Iterator[Deployed]:
+               settlement: bool = False,
+               registered: tuple[EmbeddedNode, ...] = EMBEDDED_NODES) -> Iterator[Deployed]:
     """A whole deployment, stopped and its database dropped on exit.
 
     `models` is the rate card (default: Settings'), `nodes` builds the node services from the settings and
@@ -189,6 +205,7 @@ def deployment(postgres_url: str, home: Path, *, models: str | None = None,
         deployment = deploy_all(settings, w3, embedded_account(0), embedded_account(1))
         save_deployment(settings.state_dir, deployment)
         record = deployment.to_json()
+        register_embedded_nodes(settings, record, registered)  # as `sluice up` does: only these nodes serve
         api = api_service(settings, record)
         assert api.launch is not None and api.launch.env is not None
         env = {**api.launch.env, **SERVICE_ENV, **(service_env or {})}

@@ -1,15 +1,16 @@
-"""Discovery, the model list with rates, and budgets: public, unsigned reads."""
+"""Discovery and the model list with rates (public reads), and budgets (a signed read: payer, spender or auditor)."""
 
 from __future__ import annotations
 
 import time
 
 from eth_utils.address import is_hex_address, to_checksum_address
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from ledger.protocol.eip712 import DOMAIN_VERSION, REDEMPTION_DOMAIN_NAME, REDEMPTION_PRIMARY_TYPE, REDEMPTION_TYPES
 from redemption import errors
 from redemption.api.deps import State
+from redemption.audit.auth import verify_reader
 from redemption.models import (
     Budget,
     Contracts,
@@ -68,13 +69,16 @@ async def list_models(state: State) -> ModelList:
 
 
 @router.get("/v1/budget")
-async def budget(state: State, payer: str = Query(...), spender: str | None = Query(None)) -> Budget:
+async def budget(request: Request, state: State, payer: str = Query(..., max_length=42),
+                 spender: str | None = Query(None, max_length=42)) -> Budget:
     """What a payer's escrow (and a spender's budget from it) can still cover, less holds and unsettled usage."""
     for name, value in (("payer", payer), ("spender", spender)):
-        if value is not None and not is_hex_address(value):
+        if value is not None and (not is_hex_address(value) or not value.startswith("0x")):
             raise errors.InvalidRequest(f"{name} must be a 0x address", name)
     payer = to_checksum_address(payer)
     spender = to_checksum_address(spender) if spender else payer
+    await verify_reader(request, roles=state.auditors, store=state.store, separator=state.domains.redemption,
+                        max_deadline_seconds=state.settings.max_deadline_seconds, holders=(payer, spender))
     escrow, budget = await state.store.available(payer, spender)
     return Budget(payer=payer, spender=spender, escrow_available=str(escrow),
                   budget_available=None if budget is None else str(budget))

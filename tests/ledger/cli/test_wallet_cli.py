@@ -27,6 +27,7 @@ from ledger.cli.common import PASSWORD_ENV
 from ledger.polling import poll_until
 from ledger.stack.probes import free_port
 from ledger.units import ONE_TOKEN
+from redemption.sdk import reader_auth
 from tests.support.cli import PASSWORD, cli, ok, refused
 
 if TYPE_CHECKING:
@@ -398,14 +399,19 @@ def test_usage_per_developer_key_from_the_database(home: Path, fresh_db: str, ac
 
 
 def test_usage_per_developer_key_from_the_service(home: Path, fresh_db: str, service: str, actors: Actors) -> None:
+    keep(home, actors.enterprise)
     payer, first, second = actors.enterprise.address, actors.developer.address, actors.other.address
     seed_usage(fresh_db, payer, first, second)
     shown = ok("wallet", "usage", payer, "--api", service)
     assert (shown["payer"], shown["source"]) == (payer, "api")
     assert without_times(shown["spenders"]) == expected_usage(first, second)
 
-    raw = httpx.get(f"{service}/v1/usage", params={"payer": payer.lower()}).json()
-    assert raw["spenders"][0]["metered"] == str(22 * ONE_TOKEN)  # decimal strings on the wire
+    raw = httpx.get(f"{service}/v1/usage", params={"payer": payer.lower()}, auth=reader_auth(actors.enterprise))
+    assert raw.json()["spenders"][0]["metered"] == str(22 * ONE_TOKEN)  # decimal strings on the wire
+    nosy = httpx.get(f"{service}/v1/usage", params={"payer": payer}, auth=reader_auth(actors.developer))
+    assert nosy.status_code == 403 and nosy.json()["error"]["code"] == "not_account_holder"
+    unsigned = httpx.get(f"{service}/v1/usage", params={"payer": payer})
+    assert unsigned.status_code == 401 and unsigned.json()["error"]["code"] == "missing_signature"
     bad = httpx.get(f"{service}/v1/usage", params={"payer": "0x12"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
     assert "does not answer" in refused("wallet", "usage", payer, "--api", f"http://127.0.0.1:{free_port()}")

@@ -5,7 +5,6 @@ mirrored block. Each test gets a database of its own (the `ledger` fixture rewin
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -28,6 +27,7 @@ from ledger.db import migrate
 from ledger.domain import Tier, model_id
 from ledger.followers.mirror import ChainMirror, MirrorChainMismatch, mirror_status
 from ledger.units import ONE_TOKEN, BaseUnits
+from tests.support.polling import wait_until
 
 if TYPE_CHECKING:
     from tests.support.ledger import Actors
@@ -222,15 +222,6 @@ def holders(ledger: Ledger, actors: Actors, count: int) -> list[LocalAccount]:
         ledger.set_allowlisted(actors.operator, account.address, True)
         ledger.issue(actors.operator, account.address, 100 * ONE_TOKEN, "test", into_escrow=True)
     return accounts
-
-
-def poll(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -622,10 +613,12 @@ def test_run_follows_new_blocks_and_outlives_failures(
         target = Account.create()
         ledger.set_allowlisted(funded.operator, target.address, True)
         ledger.issue(funded.operator, target.address, ONE_TOKEN, "one", into_escrow=True)
-        poll(lambda: mirrored_escrow(mirror_db, target.address) == ONE_TOKEN, "the mirror following a deposit")
+        wait_until(lambda: mirrored_escrow(mirror_db, target.address) == ONE_TOKEN, 15.0,
+                   "the mirror following a deposit")
         mirror._get_logs = flaky  # type: ignore[method-assign]
         ledger.issue(funded.operator, target.address, ONE_TOKEN, "two", into_escrow=True)
-        poll(lambda: mirrored_escrow(mirror_db, target.address) == 2 * ONE_TOKEN, "recovery after failures")
+        wait_until(lambda: mirrored_escrow(mirror_db, target.address) == 2 * ONE_TOKEN, 15.0,
+                   "recovery after failures")
     finally:
         stop.set()
         thread.join(timeout=15)
@@ -659,7 +652,7 @@ def test_two_mirrors_on_one_database_never_interleave(
                 status = mirror_status(conn)
             return status is not None and status.block >= head
 
-        poll(caught_up, "two mirrors catching up")
+        wait_until(caught_up, 15.0, "two mirrors catching up")
     finally:
         stop.set()
         for thread in threads:
