@@ -27,7 +27,7 @@ class _DeferredSuite:
     """Stands for py_ecc.bls.G2ProofOfPossession: the first attribute asked for imports the real suite."""
 
     def __getattr__(self, name: str) -> Any:
-        from py_ecc.bls import G2ProofOfPossession
+        from py_ecc.bls.ciphersuites import G2ProofOfPossession
 
         return getattr(G2ProofOfPossession, name)
 
