@@ -23,6 +23,7 @@ from redemption.api.error_handlers import install_error_handlers
 from redemption.api.routes import audit, catalog, completions, internal, ops, usage
 from redemption.background import refresh_catalog, start_housekeeping, start_indexer, start_mirror, wait_for_mirror
 from redemption.config import ServiceSettings
+from redemption.metrics import CallCounter, ServiceMetrics
 from redemption.state import build_state
 
 
@@ -70,4 +71,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     for resource in (catalog, completions, internal, audit, usage, ops):
         app.include_router(resource.router)
     install_error_handlers(app)
+    app.add_middleware(CallCounter, metrics=lambda: _metrics_of(app))
     return app
+
+
+def _metrics_of(app: FastAPI) -> ServiceMetrics | None:
+    """The running service's metrics (None before the lifespan built its state)."""
+    state = getattr(app.state, "sluice", None)
+    return None if state is None else state.metrics

@@ -114,6 +114,13 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def count_open_holds(self) -> int:
+        """Holds taken and not metered or released yet (`sluice_open_holds`, read at scrape time)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM holds")
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def release_settled(self) -> int:
         """Drop the reservations of usage whose burn the mirror has seen (ledger.settlement defines it)."""
         async with self.pool.connection() as conn:

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from ledger.cli.common import PASSWORD_ENV, JsonOpt, explained, keystore_password, open_ledger
+from ledger.cli.common import PASSWORD_ENV, JsonOpt, ask_password, explained, open_ledger
 from ledger.cli.output import console, err_console, fail, print_json
 
 app = typer.Typer(help="Auditors: the on-chain history, and verifying every burn against signed receipts.",
@@ -50,10 +50,7 @@ def _auditor(value: str | None) -> Any:
                                "grants the key the role with `sluice admin roles grant auditor ADDRESS`")
     path = Path(value).expanduser()
     if path.is_file():
-        password = keystore_password()
-        if password is None:
-            password = typer.prompt(f"password for {path}", hide_input=True)
-        return load_keystore(path, password)
+        return load_keystore(path, ask_password(f"Password for {path}"))
     try:
         return Account.from_key(value)
     except (ValueError, TypeError):

@@ -22,4 +22,5 @@ async def health(state: State) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(state: State) -> Response:
+    state.metrics.open_holds.set(await state.store.count_open_holds())
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
