@@ -43,7 +43,8 @@ def run_worker(*, beat: bool, concurrency: int, pool: str, loglevel: str) -> Non
         f"--loglevel={loglevel}",
         f"--pool={pool}",
         f"--concurrency={concurrency}",
-        f"--hostname=sluice-{os.getpid()}@%h",
+        # `sluice status` tells the beat's worker by this name (ledger.stack.operations.BEAT_MARK).
+        f"--hostname=sluice-{'beat-' if beat else ''}{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -44,3 +44,10 @@ def test_help_imports_no_chain_library() -> None:
              "print(sorted(m for m in ('web3', 'eth_account', 'psycopg', 'httpx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_paused_selector_is_keccak_of_the_signature() -> None:
+    from ledger.protocol.keccak import keccak256
+    from ledger.stack.operations import PAUSED_SELECTOR
+
+    assert "0x" + keccak256(b"paused()")[:4].hex() == PAUSED_SELECTOR
