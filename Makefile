@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   start the embedded stack and walk the whole token lifecycle
 #   make test   run every test (unit, contract, integration, property, fault)
+#   make test-fast  the same without the slow tests, in parallel (pytest-xdist)
 # Both set up what they need first: a virtualenv in .venv and node_modules.
 #   make test-vllm  the real-vLLM tier (pytest -m vllm): installs a CPU vLLM into its own cached
 #                   virtualenv first (scripts/vllm/setup.sh), then runs the agent and the whole story on it
@@ -9,7 +10,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-vllm vllm-setup lint compile clean
+.PHONY: setup demo test test-fast test-vllm vllm-setup lint compile clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -31,6 +32,11 @@ demo: setup
 test: setup
 	./scripts/run-tests.sh
 
+# The edit-test loop: everything but the slow (fault, property, recompile) tests, on two xdist workers,
+# each with its own Anvil, PostgreSQL and Redis on free ports under its own basetemp subdirectory.
+test-fast: setup
+	./scripts/run-tests.sh -m 'not slow and not vllm' -n 2 --dist loadfile $(PYTEST_ARGS)
+
 # vLLM's own virtualenv and the tiny model, under ~/.cache/sluice (SLUICE_VLLM_HOME); a no-op once done.
 vllm-setup:
 	./scripts/vllm/setup.sh
@@ -43,6 +49,7 @@ test-vllm: setup vllm-setup
 lint: setup
 	$(BIN)/ruff check ledger redemption inference_node scripts tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 compile: setup
 	$(BIN)/python scripts/compile_contracts.py

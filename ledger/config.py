@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.paths import StatePaths, broker_url, postgres_url
+
 # Anvil's well-known development mnemonic: keys for the embedded chain only.
 EMBEDDED_MNEMONIC = "test test test test test test test test test test test junk"
 
@@ -65,15 +67,11 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         """DATABASE_URL, else the embedded PostgreSQL under the state dir."""
-        from ledger.paths import StatePaths, postgres_url
-
         return self.database_url or postgres_url(StatePaths(self.state_dir))
 
     @property
     def effective_broker_url(self) -> str:
         """BROKER_URL (Redis or RabbitMQ), else the embedded Redis under the state dir."""
-        from ledger.paths import StatePaths, broker_url
-
         return self.broker_url or broker_url(StatePaths(self.state_dir))
 
     # secrets read by the CLI and node processes

@@ -10,13 +10,15 @@ BaseUnits = NewType("BaseUnits", int)
 
 DECIMALS = 18
 ONE_TOKEN = BaseUnits(10**DECIMALS)
+MAX_UINT256 = 2**256 - 1
 
 
 def parse_amount(text: str, decimals: int = DECIMALS) -> int:
     """Parse a decimal amount of whole tokens ("12.5") into base units, exactly.
 
-    Raises ValueError with a readable message for negative numbers, non-numbers and
-    more fractional digits than the token has.
+    Integer arithmetic on the digits, never a rounding Decimal context: every digit counts.
+    Raises ValueError with a readable message for negative numbers, non-numbers (NaN, infinity),
+    more fractional digits than the token has, and amounts above a uint256.
     """
     try:
         value = Decimal(text.strip().replace("_", ""))
@@ -24,10 +26,25 @@ def parse_amount(text: str, decimals: int = DECIMALS) -> int:
         raise ValueError(f"{text!r} is not a number of tokens (examples: 100, 12.5)") from None
     if not value.is_finite() or value < 0:
         raise ValueError(f"{text!r} must be a non-negative number of tokens")
-    scaled = value.scaleb(decimals)
-    if scaled != scaled.to_integral_value():
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    mantissa = int("".join(map(str, digits)) or "0")
+    shift = exponent + decimals
+    if mantissa and shift > 78:  # 10**78 > 2**256: refuse before building a huge integer
+        raise ValueError(f"{text!r} is too large (at most {format_amount(MAX_UINT256, decimals)} tokens)")
+    if mantissa == 0:
+        units = 0
+    elif shift >= 0:
+        units = mantissa * 10**shift
+    elif -shift > len(digits):  # a nonzero digit below the last decimal place
         raise ValueError(f"{text!r} has more than {decimals} decimal places")
-    return int(scaled)
+    else:
+        units, rest = divmod(mantissa, 10**-shift)
+        if rest:
+            raise ValueError(f"{text!r} has more than {decimals} decimal places")
+    if units > MAX_UINT256:
+        raise ValueError(f"{text!r} is too large (at most {format_amount(MAX_UINT256, decimals)} tokens)")
+    return units
 
 
 def parse_tokens(text: str) -> BaseUnits:

@@ -2,8 +2,11 @@
 
 Compiler settings come from hardhat.config.json (the one place they live). The npm
 `solc` package is driven through py-solc-x by `scripts/solc-shim.js`. Artifacts hold
-the ABI, bytecode, compiler version and settings; they are committed, and
-`tests/ledger/test_artifacts.py` fails when they are stale against the sources.
+the ABI, bytecode, compiler version and settings; they are committed with
+`build-inputs.json` beside them: a hash of what they were built from (the sources, the
+compiler settings, the solc and OpenZeppelin versions pinned in package-lock.json) and of
+each artifact. `tests/ledger/chain/test_artifacts.py` compares that hash with the tree on
+every run and recompiles only in its slow test.
 
     python scripts/compile_contracts.py          # write ledger/artifacts/*.json
     python scripts/compile_contracts.py --check  # exit 1 if the artifacts are stale
@@ -12,6 +15,7 @@ the ABI, bytecode, compiler version and settings; they are committed, and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -81,6 +85,33 @@ def render(artifact: dict[str, Any]) -> str:
     return json.dumps(artifact, indent=2, sort_keys=True) + "\n"
 
 
+BUILD_INPUTS = "build-inputs.json"
+# The npm packages whose code the compiler reads: solc itself and the imported OpenZeppelin sources.
+COMPILER_PACKAGES = ("solc", "@openzeppelin/contracts")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_inputs(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the artifacts are built from, each part hashed, and one hash over them all."""
+    config = load_config() if config is None else config
+    sources_dir = ROOT / config["paths"]["sources"]
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    parts = {
+        "sources": {f"contracts/{p.name}": _sha256(p.read_text()) for p in sorted(sources_dir.glob("*.sol"))},
+        "solidity": config["solidity"],
+        "packages": {name: lock["packages"][f"node_modules/{name}"]["version"] for name in COMPILER_PACKAGES},
+    }
+    return {"inputs_sha256": _sha256(json.dumps(parts, sort_keys=True)), **parts}
+
+
+def build_record(artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The content of build-inputs.json: the build inputs and the hash of each artifact file they gave."""
+    return {**build_inputs(), "artifacts": {f"{n}.json": _sha256(render(a)) for n, a in sorted(artifacts.items())}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report whether the artifacts are stale")
@@ -98,6 +129,7 @@ def main() -> int:
         (out_dir / f"{name}.json").write_text(render(artifact))
         size = (len(artifact["deployedBytecode"]) - 2) // 2
         print(f"{name:16} {size:6} bytes deployed  {'updated' if name in stale else 'unchanged'}")
+    (out_dir / BUILD_INPUTS).write_text(json.dumps(build_record(artifacts), indent=2, sort_keys=True) + "\n")
     return 0
 
 

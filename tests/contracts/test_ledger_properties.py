@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -27,6 +28,9 @@ from ledger.chain.client import Ledger, SettlementItem
 from ledger.chain.deploy import DEFAULT_SALE_TIERS
 from ledger.errors import ContractRevert
 from ledger.units import ONE_TOKEN
+
+# property tests: hypothesis drives whole contract histories
+pytestmark = pytest.mark.slow
 
 if TYPE_CHECKING:
     from tests.support.ledger import Actors

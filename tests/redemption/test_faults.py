@@ -34,6 +34,9 @@ from ledger.protocol.secp256k1 import sign_digest
 from ledger.stack.apps import EMBEDDED_NODES
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
+# fault tests: nodes die, stall and lie under a running service
+pytestmark = pytest.mark.slow
+
 CHAT = "/v1/chat/completions"
 NODE_TIMEOUT = 3.0  # SLUICE_NODE_TIMEOUT_SECONDS in the deployment
 EDGE, REGIONAL = (next(n for n in EMBEDDED_NODES if n.tier == tier) for tier in ("edge", "regional"))

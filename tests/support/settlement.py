@@ -46,6 +46,7 @@ from ledger.stack.probes import free_port
 from ledger.stack.services import Service, anvil_binary, anvil_service, redis_service
 from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
+from tests.support.polling import wait_until
 
 CHAIN_ID = 31337
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -57,21 +58,6 @@ RESERVE_SQL = (
     " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s, %s)"
 )
 METER_SQL = "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s)"
-
-
-def poll(check: Callable[[], bool], timeout: float, what: str, every: Callable[[], object] | None = None) -> None:
-    """Wait until `check()` holds, with back-off; `every` runs on each round (e.g. mine a block)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        if every is not None:
-            every()
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
 
 
 def raw(address: str) -> bytes:
@@ -167,7 +153,7 @@ class WorkerProcess:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             return " ready." in self.log.read_text(errors="replace")
 
-        poll(ready, timeout, "worker start-up")
+        wait_until(ready, timeout, "worker start-up")
         return self
 
     def tail(self, lines: int = 60) -> str:
@@ -413,7 +399,7 @@ class World:
                 and not self.batches("failed")
 
         try:
-            poll(done, timeout, "settlement of every metered record", every)
+            wait_until(done, timeout, "settlement of every metered record", every=every)
         except AssertionError:
             for worker in self.workers:
                 print(f"--- {worker.log.name}\n{worker.tail()}")

@@ -37,6 +37,7 @@ from inference_node.sim.api_server import build_simulator_server
 from inference_node.sim.config import SimulatorConfig
 from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
 from ledger.protocol.secp256k1 import recover_digest, sign_digest
+from tests.support import polling
 
 MODEL = "sim-model"
 
@@ -92,16 +93,6 @@ INPUT_RATE = 1_000_003
 
 
 OUTPUT_RATE = 2_999_999
-
-
-def wait_until(condition: Callable[[], Any], deadline_seconds: float = 5.0) -> Any:
-    """Poll `condition` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + deadline_seconds
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.01)
-    return result
 
 
 def metric(base_url: str, name: str, **labels: str) -> float:
@@ -273,3 +264,8 @@ def receipt_of(frame: str) -> SignedReceipt:
 
 def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": CHAT_MESSAGES, "stream": stream, **extra}
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+    """`tests.support.polling.wait_until` on a steady 10 ms beat: engine states here last under a second."""
+    return polling.wait_until(check, timeout, what, max_delay=0.01)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference_node.sim.api_server import build_simulator_server
 from inference_node.sim.config import SimulatorConfig
 from inference_node.sim.tokenizer import WordTokenizer
+from tests.support import polling
 
 MODEL = "sim-model"
 
@@ -71,15 +71,13 @@ class RunningSimulator:
 
     def start(self, deadline_seconds: float = 10.0) -> None:
         self._thread.start()
-        deadline = time.monotonic() + deadline_seconds
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.01)
-        raise RuntimeError(f"simulator on port {self.port} did not become healthy")
+        wait_until(self._healthy, deadline_seconds, f"the simulator on port {self.port} answering /health")
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -120,9 +118,6 @@ class MetricSamples:
         return sum(float(sample.value) for sample in self._samples if sample.name == name)
 
 
-def wait_until(condition: Callable[[], bool], deadline_seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.01)
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+    """`tests.support.polling.wait_until` on a steady 10 ms beat: engine states here last under a second."""
+    return polling.wait_until(check, timeout, what, max_delay=0.01)

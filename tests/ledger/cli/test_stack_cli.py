@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +15,9 @@ import pytest
 
 from ledger.db import applied_migrations
 from ledger.stack.probes import chain_id_at, free_port, free_port_run
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.02)
 
 
 def _sluice_env(home: Path, port: int, api_port: int = 0, node_base_port: int = 0) -> dict[str, str]:
@@ -46,6 +37,7 @@ def _sluice(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ledger.chain.deploy") is None, reason="deployer not built yet")
+@pytest.mark.slow  # end to end: a detached stack up, its status, down (about 30 s)
 def test_up_detach_status_down(tmp_path: Path) -> None:
     home, port, api_port, node_port = tmp_path / "home", free_port(), free_port(), free_port_run(4)
     env = _sluice_env(home, port, api_port, node_port)
@@ -124,7 +116,8 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: (home / "stack.json").exists() or foreground.poll() is not None, 60, "foreground stack ready")
+        wait_until(lambda: (home / "stack.json").exists() or foreground.poll() is not None, 60,
+                   "foreground stack ready")
         assert foreground.poll() is None, foreground.communicate()[1]
         assert json.loads((home / "stack.json").read_text()) == record
         foreground.send_signal(signal.SIGINT)

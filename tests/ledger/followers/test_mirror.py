@@ -28,6 +28,7 @@ from ledger.db import migrate
 from ledger.domain import Tier, model_id
 from ledger.followers.mirror import ChainMirror, MirrorChainMismatch, mirror_status
 from ledger.units import ONE_TOKEN, BaseUnits
+from tests.support.polling import wait_until
 
 if TYPE_CHECKING:
     from tests.support.ledger import Actors
@@ -205,15 +206,6 @@ def holders(ledger: Ledger, actors: Actors, count: int) -> list[LocalAccount]:
         ledger.set_allowlisted(actors.operator, account.address, True)
         ledger.mint(actors.operator, account.address, 100 * ONE_TOKEN)
     return accounts
-
-
-def poll(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -510,10 +502,12 @@ def test_run_follows_new_blocks_and_outlives_failures(
         target = Account.create()
         ledger.set_allowlisted(funded.operator, target.address, True)
         ledger.mint(funded.operator, target.address, ONE_TOKEN)
-        poll(lambda: mirror_rows_or_none(mirror_db, target.address) == ONE_TOKEN, "the mirror following a mint")
+        wait_until(lambda: mirror_rows_or_none(mirror_db, target.address) == ONE_TOKEN, 15.0,
+                   "the mirror following a mint")
         mirror._get_logs = flaky  # type: ignore[method-assign]
         ledger.mint(funded.operator, target.address, ONE_TOKEN)
-        poll(lambda: mirror_rows_or_none(mirror_db, target.address) == 2 * ONE_TOKEN, "recovery after failures")
+        wait_until(lambda: mirror_rows_or_none(mirror_db, target.address) == 2 * ONE_TOKEN, 15.0,
+                   "recovery after failures")
     finally:
         stop.set()
         thread.join(timeout=15)
@@ -547,7 +541,7 @@ def test_two_mirrors_on_one_database_never_interleave(
                 status = mirror_status(conn)
             return status is not None and status.block >= head
 
-        poll(caught_up, "two mirrors catching up")
+        wait_until(caught_up, 15.0, "two mirrors catching up")
     finally:
         stop.set()
         for thread in threads:

@@ -25,11 +25,11 @@ from ledger.keys import embedded_account
 from ledger.settlement.celery_app import CUT_TASK, SUBMIT_TASK
 from ledger.settlement.store import Database, release_settled
 from ledger.units import ONE_TOKEN
+from tests.support.polling import wait_until
 from tests.support.settlement import (
     World,
     block_producer,
     migrated_template,
-    poll,
     settlement_world,
 )
 
@@ -62,7 +62,7 @@ def test_worker_killed_while_a_batch_is_submitted_then_restarted(world: World) -
     world.meter_many(40)
     # Anvil mines only on transactions: the settlement is mined, but its confirmation block never comes.
     worker = world.start_worker("--beat", "--concurrency", "1", confirmations=1, settlement_wait=60)
-    poll(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
+    wait_until(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
     (batch_id,) = world.batches("submitted")
     worker.kill9()
     assert world.ledger.is_settled(batch_id), "burned on chain"
@@ -81,12 +81,12 @@ def test_chain_endpoint_stopped_for_10s_in_the_middle_of_a_batch(world: World) -
     world.meter_many(30)
     with block_producer(world.chain.url, 0.3):
         world.start_worker("--beat", "--concurrency", "1", confirmations=1, settlement_max_open=3)
-        poll(lambda: bool(world.batches("submitted")), 60, "a batch submitted")
+        wait_until(lambda: bool(world.batches("submitted")), 60, "a batch submitted")
         world.chain.stop()  # a clean stop: Anvil writes its state, as a node restart would keep its blocks
         down_until = time.monotonic() + 10
         # Calls keep being metered against the mirror while the chain is away.
-        poll(lambda: time.monotonic() >= down_until, 15, "10 s of chain outage",
-             every=lambda: world.meter(pairs[len(world.metered) % len(pairs)]))
+        wait_until(lambda: time.monotonic() >= down_until, 15, "10 s of chain outage",
+                   every=lambda: world.meter(pairs[len(world.metered) % len(pairs)]))
         assert world.scalar("SELECT count(*) FROM settlement_attempts WHERE action = 'failed'"
                             " AND error LIKE 'ChainUnavailable%%'") > 0
         assert len(world.batches()) <= 3, "no new batches while three are open"
@@ -105,8 +105,8 @@ def test_the_same_task_delivered_twice(world: World) -> None:
     with world.celery() as app:
         for _ in range(2):
             app.send_task(CUT_TASK)
-        poll(lambda: world.scalar("SELECT count(*) FROM settlement_outbox") == 0 and bool(world.batches()),
-             20, "the outbox cut")
+        wait_until(lambda: world.scalar("SELECT count(*) FROM settlement_outbox") == 0 and bool(world.batches()),
+                   20, "the outbox cut")
         # Every cut already enqueued one submit per batch; a redelivering broker sends each twice more.
         for batch_id in world.batches():
             for _ in range(2):
@@ -118,7 +118,7 @@ def test_the_same_task_delivered_twice(world: World) -> None:
             app.send_task(CUT_TASK)
         world.meter_many(9)
         app.send_task(CUT_TASK)
-        poll(lambda: world.unsettled() == 0, 30, "the later calls settled")
+        wait_until(lambda: world.unsettled() == 0, 30, "the later calls settled")
         world.wait_all_settled(30)
     for batch_id in world.batches():
         assert sent_attempts(world, batch_id) == 1, "a batch was sent twice"
@@ -139,13 +139,13 @@ def test_postgres_restarted_while_batches_are_in_flight(own_postgres_world: Worl
     world.meter_many(40)
     with block_producer(world.chain.url, 0.3):
         world.start_worker("--beat", "--concurrency", "2", confirmations=3, batch_max=15)
-        poll(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
+        wait_until(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
         in_flight = world.query("SELECT tx_hash FROM settlement_batches WHERE status = 'submitted'")
         world.postgres.stop()
         # While the database is away the transactions get their confirmations; nobody can record them.
         mined = [world.w3.eth.wait_for_transaction_receipt(HexBytes(h), 20) for (h,) in in_flight]
         last = max(int(r["blockNumber"]) for r in mined)
-        poll(lambda: world.w3.eth.block_number >= last + 4, 20, "confirmations while the database is down")
+        wait_until(lambda: world.w3.eth.block_number >= last + 4, 20, "confirmations while the database is down")
         world.postgres.start()
         for i in range(20):
             world.meter(pairs[i % len(pairs)])
@@ -206,9 +206,9 @@ def test_payer_that_moved_its_tokens_away_ends_in_debt_then_tops_up_and_is_clear
     assert world.hold(short, 10**15)[1] == "suspended"  # 403 suspended at the API
     assert world.hold(fine, 10**15)[1] == "ok"  # everyone else settled in full and keeps working
     conn = Database(world.db_url).conn()
-    poll(lambda: int(world.scalar("SELECT reserved FROM reserved_payer WHERE payer = %s",
-                                  bytes.fromhex(short.payer.address[2:]))) == 0,
-         10, "the short payer's reservation released", every=lambda: release_settled(conn))
+    wait_until(lambda: int(world.scalar("SELECT reserved FROM reserved_payer WHERE payer = %s",
+                                        bytes.fromhex(short.payer.address[2:]))) == 0,
+               10, "the short payer's reservation released", every=lambda: release_settled(conn))
 
     listed = sluice(world, "admin", "debts", "--json")
     assert listed.returncode == 0, listed.stderr

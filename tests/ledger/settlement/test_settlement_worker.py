@@ -22,7 +22,8 @@ from ledger.settlement.settings import SettlementSettings
 from ledger.settlement.settler import Settler
 from ledger.settlement.store import Database, cut_batch, load_batch, release_settled
 from ledger.units import BaseUnits
-from tests.support.settlement import World, migrated_template, poll, raw, settlement_world
+from tests.support.polling import wait_until
+from tests.support.settlement import World, migrated_template, raw, settlement_world
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_worker_with_beat_settles_every_metered_call(world: World) -> None:
     assert release_settled(conn) == 0
     assert reserved(world) == (total, other)
     world.sync_mirror()
-    poll(lambda: reserved(world) == (0, 0), 10, "reservations released behind the mirror",
-         every=lambda: release_settled(conn))
+    wait_until(lambda: reserved(world) == (0, 0), 10, "reservations released behind the mirror",
+               every=lambda: release_settled(conn))
     assert world.scalar("SELECT count(*) FROM usage_records WHERE status <> 'released'") == 0
     assert release_settled(conn) == 0  # idempotent
 

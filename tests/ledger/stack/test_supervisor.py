@@ -20,16 +20,9 @@ from ledger.stack.probes import free_port
 from ledger.stack.processes import Launch
 from ledger.stack.services import Service, default_services, redis_client_url, redis_service
 from ledger.stack.supervisor import Stack
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.02)
 
 
 def _process_service(tmp_path: Path, argv: tuple[str, ...], healthy: Callable[[], bool], timeout: float) -> Service:
@@ -83,7 +76,7 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
-    wait_for(lambda: not _alive(child), 10, "redis-server exits when its parent is SIGKILLed")
+    wait_until(lambda: not _alive(child), 10, "redis-server exits when its parent is SIGKILLed")
 
 
 def _alive(pid: int) -> bool:
