@@ -71,7 +71,7 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
             return bool(report["processes"]["workers"])
 
         report: dict[str, Any] = {}
-        wait_for(status_with_worker, 60, "the worker answering `sluice status`")
+        wait_until(status_with_worker, 60, "the worker answering `sluice status`", max_delay=0.5)
         assert report["running"] is True
         assert {name: s["up"] for name, s in report["services"].items()} == {
             "chain": True, "database": True, "broker": True, "api": True, "node-1": True, "node-2": True,
