@@ -7,12 +7,16 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {ComputeToken} from "./ComputeToken.sol";
+import {Settlement} from "./Settlement.sol";
 
 /// @title TokenSale
-/// @notice Sells compute tokens for a payment ERC-20 at volume tiers, and lets the operator
-/// issue tokens against an invoice or bundle.
+/// @notice Sells compute tokens for a payment ERC-20 at volume tiers, to the buyer's wallet or
+/// straight into its Settlement escrow, and lets the operator issue tokens against an invoice or
+/// bundle (to a wallet or into escrow).
 /// @dev Prices are payment-token base units per whole compute token (1e18 base units);
-/// a purchase of `amount` base units costs ceil(amount * price / 1e18).
+/// a purchase of `amount` base units costs ceil(amount * price / 1e18). Purchases and issuance
+/// into escrow mint into Settlement and credit the account there in the same transaction
+/// (this contract holds MINTER_ROLE on the token and DEPOSITOR_ROLE on Settlement).
 contract TokenSale is AccessControl {
     using SafeERC20 for IERC20;
 
@@ -47,12 +51,21 @@ contract TokenSale is AccessControl {
 
     ComputeToken public immutable token;
     IERC20 public immutable paymentToken;
+    Settlement public immutable settlement;
     address public treasury;
     Tier[] private _tiers;
 
-    constructor(ComputeToken token_, IERC20 paymentToken_, address treasury_, address admin, Tier[] memory tiers_) {
+    constructor(
+        ComputeToken token_,
+        IERC20 paymentToken_,
+        Settlement settlement_,
+        address treasury_,
+        address admin,
+        Tier[] memory tiers_
+    ) {
         token = token_;
         paymentToken = paymentToken_;
+        settlement = settlement_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(ISSUER_ROLE, admin);
         _setTreasury(treasury_);
@@ -62,7 +75,7 @@ contract TokenSale is AccessControl {
     /// @notice Buys `amount` base units, paying at most `maxCost` payment units from an allowance.
     /// @dev The buyer must be allowlisted on the token and have approved this contract.
     function buy(uint256 amount, uint256 maxCost) external returns (uint256 cost) {
-        return _buy(amount, maxCost);
+        return _buy(amount, maxCost, false);
     }
 
     /// @notice Buys `amount` base units, approving the payment with an EIP-2612 permit first.
@@ -72,9 +85,26 @@ contract TokenSale is AccessControl {
         external
         returns (uint256 cost)
     {
-        try IERC20Permit(address(paymentToken)).permit(msg.sender, address(this), maxCost, deadline, v, r, s) {}
-        catch {}
-        return _buy(amount, maxCost);
+        _permit(maxCost, deadline, v, r, s);
+        return _buy(amount, maxCost, false);
+    }
+
+    /// @notice Buys `amount` base units straight into the buyer's Settlement escrow, paying at
+    /// most `maxCost` payment units from an allowance.
+    /// @dev The buyer must be allowlisted on the token and have approved this contract.
+    function buyToEscrow(uint256 amount, uint256 maxCost) external returns (uint256 cost) {
+        return _buy(amount, maxCost, true);
+    }
+
+    /// @notice Buys `amount` base units straight into the buyer's escrow, approving the payment
+    /// with an EIP-2612 permit first.
+    /// @dev A permit already used is ignored when its allowance is in place, as in `buyWithPermit`.
+    function buyToEscrowWithPermit(uint256 amount, uint256 maxCost, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
+        external
+        returns (uint256 cost)
+    {
+        _permit(maxCost, deadline, v, r, s);
+        return _buy(amount, maxCost, true);
     }
 
     /// @notice Mints `amount` base units to `to` against the invoice or bundle reference `ref`.
@@ -83,6 +113,14 @@ contract TokenSale is AccessControl {
         if (amount == 0) revert TokenSaleZeroAmount();
         token.mint(to, amount);
         emit Issued(to, amount, ref);
+    }
+
+    /// @notice Mints `amount` base units into `account`'s Settlement escrow against the reference `ref`.
+    /// @dev Only ISSUER_ROLE; `account` must be allowlisted.
+    function issueToEscrow(address account, uint256 amount, bytes32 ref) external onlyRole(ISSUER_ROLE) {
+        if (amount == 0) revert TokenSaleZeroAmount();
+        _mintToEscrow(account, amount);
+        emit Issued(account, amount, ref);
     }
 
     /// @notice Replaces the volume tiers.
@@ -108,7 +146,17 @@ contract TokenSale is AccessControl {
         return _tiers;
     }
 
-    function _buy(uint256 amount, uint256 maxCost) private returns (uint256 cost) {
+    function _permit(uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s) private {
+        try IERC20Permit(address(paymentToken)).permit(msg.sender, address(this), value, deadline, v, r, s) {}
+        catch {}
+    }
+
+    function _mintToEscrow(address account, uint256 amount) private {
+        token.mint(address(settlement), amount);
+        settlement.creditMinted(account, amount);
+    }
+
+    function _buy(uint256 amount, uint256 maxCost, bool toEscrow) private returns (uint256 cost) {
         if (amount == 0) revert TokenSaleZeroAmount();
         uint256 tier;
         (cost, tier) = quote(amount);
@@ -116,7 +164,8 @@ contract TokenSale is AccessControl {
         uint256 available = Math.min(paymentToken.balanceOf(msg.sender), paymentToken.allowance(msg.sender, address(this)));
         if (available < cost) revert TokenSalePaymentShort(msg.sender, cost, available);
         paymentToken.safeTransferFrom(msg.sender, treasury, cost);
-        token.mint(msg.sender, amount);
+        if (toEscrow) _mintToEscrow(msg.sender, amount);
+        else token.mint(msg.sender, amount);
         emit Purchased(msg.sender, amount, cost, tier);
     }
 

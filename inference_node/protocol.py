@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -155,19 +155,25 @@ class SignedReceipt:
             raise ProtocolError(f"malformed receipt JSON: {exc}") from None
 
 
+# The signature field's value while a heartbeat is built, before it is signed (the signing text omits it).
+UNSIGNED = "0x" + "00" * 65
+
+
 class NodeHeartbeat(BaseModel):
     """What an agent tells the service every few seconds (and on start, to register)."""
 
-    node: str = Field(description="the node's receipt-signing address")
-    url: str = Field(description="base URL of the agent, e.g. http://10.0.0.5:9100")
-    models: list[str]
+    node: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="the node's receipt-signing address")
+    url: str = Field(min_length=1, max_length=2048,
+                     description="base URL of the agent, e.g. http://10.0.0.5:9100 (its NodeRegistry endpoint)")
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=64)
     tier: TierName
-    region: str
-    capacity: int = Field(ge=1, description="concurrent sequences the node serves (vLLM max_num_seqs)")
-    running: int = Field(ge=0, description="vllm:num_requests_running")
-    waiting: int = Field(ge=0, description="vllm:num_requests_waiting")
-    timestamp: int = Field(description="unix seconds; stale heartbeats are refused")
-    signature: str = Field(description="EIP-191 signature by `node` over `signing_text()`")
+    region: str = Field(max_length=128)
+    capacity: int = Field(ge=1, le=1_000_000, description="concurrent sequences the node serves (vLLM max_num_seqs)")
+    running: int = Field(ge=0, le=1_000_000_000, description="vllm:num_requests_running")
+    waiting: int = Field(ge=0, le=1_000_000_000, description="vllm:num_requests_waiting")
+    timestamp: int = Field(ge=0, le=2**40, description="unix seconds; stale heartbeats are refused")
+    signature: str = Field(pattern=r"^0x[0-9a-fA-F]{130}$",
+                           description="EIP-191 signature (65 bytes, 0x-hex) by `node` over `signing_text()`")
 
     def signing_text(self) -> str:
         fields = self.model_dump(exclude={"signature"})

@@ -13,6 +13,14 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.paths import StatePaths, broker_url, postgres_url
+from ledger.window import (
+    EMBEDDED_SETTLEMENT_BOUND,
+    HOLD_LIFETIME,
+    MIRROR_LAG_ALLOWANCE,
+    PRODUCTION_SETTLEMENT_BOUND,
+    RECEIPT_ALLOWANCE,
+    Window,
+)
 
 # Anvil's well-known development mnemonic: keys for the embedded chain only.
 EMBEDDED_MNEMONIC = "test test test test test test test test test test test junk"
@@ -46,15 +54,55 @@ class Settings(BaseSettings):
     )
     confirmations: int = Field(0, ge=0, description="blocks to wait after a transaction's receipt")
     tx_timeout: float = Field(120.0, gt=0, description="seconds to wait for a transaction receipt")
+    unlock_period: int | None = Field(
+        None, ge=60, le=30 * 24 * 60 * 60,
+        description="seconds Settlement makes withdrawals and budget cuts wait, set at deploy "
+        "(default: 900 on the embedded chain, 86400 elsewhere)",
+    )
     models: str = Field(
         "meta-llama/Llama-3.1-8B-Instruct:20:60:edge,Qwen/Qwen2.5-72B-Instruct:120:360:regional",
         description="initial rate card: name:input_tokens_per_1M:output_tokens_per_1M:tier, comma separated",
     )
 
+    hold_lifetime_seconds: int = Field(
+        HOLD_LIFETIME, ge=5, description="longest a call may run: it is cut then and charged for what was served"
+    )
+    receipt_allowance_seconds: int = Field(
+        RECEIPT_ALLOWANCE, ge=1, description="how long after the cut a node's receipt may still arrive"
+    )
+    settlement_bound_seconds: int | None = Field(
+        None, ge=1, description="oldest unsettled usage allowed before new calls are refused "
+        f"(default {EMBEDDED_SETTLEMENT_BOUND} s on the embedded chain, {PRODUCTION_SETTLEMENT_BOUND} s otherwise)",
+    )
+    mirror_lag_allowance_seconds: int = Field(
+        MIRROR_LAG_ALLOWANCE, ge=1, description="how stale the chain mirror may be before calls read the chain"
+    )
+
+    @property
+    def effective_settlement_bound(self) -> int:
+        if self.settlement_bound_seconds is not None:
+            return self.settlement_bound_seconds
+        return EMBEDDED_SETTLEMENT_BOUND if self.embedded_chain else PRODUCTION_SETTLEMENT_BOUND
+
+    @property
+    def window(self) -> Window:
+        """The service's side of Invariant 7, checked against the chain's unlockPeriod at start-up."""
+        return Window(self.hold_lifetime_seconds, self.receipt_allowance_seconds, self.effective_settlement_bound,
+                      self.mirror_lag_allowance_seconds)
+
     @property
     def embedded_chain(self) -> bool:
         """True when no external RPC endpoint is configured."""
         return self.rpc_url is None
+
+    @property
+    def effective_unlock_period(self) -> int:
+        """The unlock period a deployment gets: configured, else the embedded or production default."""
+        from ledger.domain import EMBEDDED_UNLOCK_PERIOD, PRODUCTION_UNLOCK_PERIOD
+
+        if self.unlock_period is not None:
+            return self.unlock_period
+        return EMBEDDED_UNLOCK_PERIOD if self.embedded_chain else PRODUCTION_UNLOCK_PERIOD
 
     @property
     def effective_rpc_url(self) -> str:

@@ -42,6 +42,14 @@ def tier_label(index: int) -> str:
     return TIER_NAMES[index] if 0 <= index < len(TIER_NAMES) else "unknown"
 
 
+EMBEDDED_UNLOCK_PERIOD = 15 * 60
+"""Seconds a withdrawal or budget cut waits on the embedded chain (keeps the demo quick)."""
+PRODUCTION_UNLOCK_PERIOD = 24 * 60 * 60
+"""Seconds a withdrawal or budget cut waits on any other chain, unless configured."""
+MIN_UNLOCK_PERIOD = 60
+MAX_UNLOCK_PERIOD = 30 * 24 * 60 * 60
+"""Settlement.setUnlockPeriod's bounds (MIN_UNLOCK_PERIOD, MAX_UNLOCK_PERIOD on chain)."""
+
 RATE_DENOMINATOR = 1_000_000
 """RateCard rates are base units per 1,000,000 model tokens."""
 
@@ -56,12 +64,21 @@ def model_id(name: str) -> bytes:
     return keccak256(name.encode())
 
 
+def effective_budget(remaining: int, scheduled: int, effective_at: int) -> int:
+    """What admission may still count on of a budget: a pending cut (effective_at > 0) counts at once."""
+    return min(remaining, scheduled) if effective_at > 0 else remaining
+
+
 @dataclass(frozen=True, slots=True)
 class ChainFigures:
-    """What the hold check needs about one (payer, spender), read from the chain at `block`."""
+    """What the hold check needs about one (payer, spender), read from the chain at `block`.
 
-    balance: BaseUnits
-    allowance: BaseUnits
+    `budget` is the effective budget (`effective_budget`), None when the spender is the payer.
+    """
+
+    escrow: BaseUnits
+    pending: BaseUnits
+    budget: BaseUnits | None
     allowlisted: bool
     paused: bool
     block: int

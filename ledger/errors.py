@@ -94,11 +94,31 @@ class PermitRejected(ContractRevert):
 
 
 class BatchAlreadySettled(ContractRevert):
-    """SettlementBatchAlreadySettled: the batch id is already on chain."""
+    """SettlementBatchAlreadySettled: the receipts root (its batch id) is already settled on chain."""
 
 
 class InvalidBatch(ContractRevert):
     """SettlementInvalidBatch."""
+
+
+class WithdrawalLocked(ContractRevert):
+    """SettlementWithdrawalLocked: the withdrawal's unlock time has not come."""
+
+
+class WithdrawalRefused(ContractRevert):
+    """SettlementWithdrawalAboveEscrow / SettlementNoWithdrawalPending."""
+
+
+class BudgetRefused(ContractRevert):
+    """SettlementBudgetTooLarge / SettlementInvalidSpender."""
+
+
+class EscrowTransferRefused(ContractRevert):
+    """ComputeTokenDirectEscrowTransfer: tokens enter escrow only through Settlement's deposit paths."""
+
+
+class NodeRegistryRefused(ContractRevert):
+    """A NodeRegistry error: already registered, retired for good, not active, bad tier or endpoint."""
 
 
 class PaymentShort(ContractRevert):
@@ -124,6 +144,19 @@ ERROR_CLASSES: dict[str, type[ContractRevert]] = {
     "ERC2612InvalidSigner": PermitRejected,
     "SettlementBatchAlreadySettled": BatchAlreadySettled,
     "SettlementInvalidBatch": InvalidBatch,
+    "SettlementNotAllowlisted": NotAllowlisted,
+    "SettlementWithdrawalLocked": WithdrawalLocked,
+    "SettlementWithdrawalAboveEscrow": WithdrawalRefused,
+    "SettlementNoWithdrawalPending": WithdrawalRefused,
+    "SettlementBudgetTooLarge": BudgetRefused,
+    "SettlementInvalidSpender": BudgetRefused,
+    "ComputeTokenDirectEscrowTransfer": EscrowTransferRefused,
+    "NodeRegistryAlreadyRegistered": NodeRegistryRefused,
+    "NodeRegistryNodeRetired": NodeRegistryRefused,
+    "NodeRegistryNotActive": NodeRegistryRefused,
+    "NodeRegistryInvalidNode": NodeRegistryRefused,
+    "NodeRegistryInvalidTier": NodeRegistryRefused,
+    "NodeRegistryInvalidEndpoint": NodeRegistryRefused,
     "TokenSalePaymentShort": PaymentShort,
     "TokenSaleCostAboveMax": CostAboveMax,
     "RateCardUnknownModel": UnknownModel,

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.db import migrate
@@ -51,9 +52,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await wait_for_mirror(state, 30.0)
         await refresh_catalog(state)
         state.tasks = start_housekeeping(state)
+        metrics_server = None
+        if settings.metrics_port is not None:  # operator-only: /metrics leaves the public API
+            metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host,
+                                                  registry=state.metrics.registry)
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
             state.stop.set()
             for task in state.tasks:
                 task.cancel()

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ledger.protocol.eip712 import Redemption, typed_digest
 from ledger.protocol.keccak import keccak256 as keccak
@@ -56,11 +56,15 @@ async def read_body(request: Request, limit: int) -> bytes:
                                   "request")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit; send a smaller request")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit; send a smaller request")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The connection closed mid-body (a 408 from the server's body timeout, or the client left).
+        raise errors.RequestTimeout("the request body did not arrive; send the whole request promptly") from None
     return b"".join(chunks)
 
 

@@ -36,6 +36,14 @@ async def refresh_catalog(state: ServiceState) -> None:
                                  n["running"], n["waiting"], age=n["age"], retired=n["retired"])
     lag = state.mirror_lag()
     state.metrics.mirror_lag.set(-1 if lag is None else lag)
+    state.metrics.open_holds.set(await state.store.count_open_holds())
+
+
+async def follow_node_registry(state: ServiceState) -> None:
+    """Catch up with NodeRegistry's logs; a retired or moved node is dropped from routing at once."""
+    chain = state.registry.chain
+    if chain is not None:
+        state.registry.apply_chain(await asyncio.to_thread(chain.sync))
 
 
 def start_mirror(state: ServiceState) -> threading.Thread:
@@ -67,6 +75,8 @@ def start_housekeeping(state: ServiceState) -> list[asyncio.Task[None]]:
     settings = state.settings
     return [
         asyncio.create_task(every(1.0, state.stop, lambda: refresh_catalog(state), "catalog refresh")),
+        asyncio.create_task(every(settings.registry_poll_seconds, state.stop, lambda: follow_node_registry(state),
+                                  "node registry")),
         asyncio.create_task(every(5.0, state.stop, state.store.release_expired_holds, "hold expiry")),
         asyncio.create_task(every(1.0, state.stop, state.store.release_settled, "settled release")),
         asyncio.create_task(every(

@@ -79,10 +79,9 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
                      rate.input_rate, rate.output_rate, prompt_bound=bound)
     figures = await state.chain_figures(call.payer, call.spender)
     job_id = job_id_for(call.spender, call.digest)
-    outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.hold_ttl_seconds,
-                                             figures)
+    outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.window, figures)
     if outcome != "ok":
-        raise errors.HOLD_REFUSALS[outcome](errors.HOLD_MESSAGES[outcome])
+        raise errors.hold_refusal(outcome)
     held = HeldCall(job_id, call, path, payload, rate, plan, parsed.stream, tier, region, received)
     if parsed.stream:
         return await state.dispatcher.stream(held)

@@ -15,10 +15,10 @@ class ServiceSettings(Settings):
     max_deadline_seconds: int = Field(300, ge=1, description="how far ahead a signed call's deadline may be")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
     mirror_max_lag_blocks: int = Field(2, ge=0, description="read the chain directly when the mirror is further behind")
-    hold_ttl_seconds: int = Field(900, ge=10, description="a hold with no metering after this long is released")
     ticket_ttl_seconds: int = Field(120, ge=5, description="lifetime of a dispatch ticket")
     node_stale_seconds: float = Field(10.0, gt=0, description="a node silent this long is not routed to")
-    dispatch_key: SecretStr | None = Field(None, description="key signing dispatch tickets (default: embedded key #2)")
+    dispatch_key: SecretStr | None = Field(None,
+                                        description="key signing dispatch tickets (required off the embedded chain)")
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections of the service")
     node_timeout_seconds: float = Field(30.0, gt=0, description="wait this long for a node's first byte")
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
@@ -28,6 +28,13 @@ class ServiceSettings(Settings):
         2048, ge=0, description="bodies this large have their prompt counted by a node instead of bounded by size")
     prompt_count_timeout_seconds: float = Field(
         1.0, gt=0, description="how long admission waits for a node's prompt count before falling back")
+    registry_poll_seconds: float = Field(0.5, gt=0, description="how often NodeRegistry's logs are read")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive this fast (408)")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="a request's body must arrive this fast (408)")
+    max_connections: int = Field(1024, ge=1, description="open connections beyond this get 503 too_many_connections")
+    metrics_host: str = Field("127.0.0.1", description="address of the operator-only /metrics listener")
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="serve /metrics only on this port (not on the API's)")
     dispatch_attempts: int = Field(3, ge=1, description="nodes tried before answering 503 no_capacity")
 
 

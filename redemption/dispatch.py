@@ -31,7 +31,7 @@ from inference_node.protocol import (
 from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
 from ledger.protocol.secp256k1 import sign_digest
 from redemption import errors
-from redemption.metering import HeldCall, Meter
+from redemption.metering import HeldCall, Meter, Relayed
 from redemption.metrics import ServiceMetrics
 from redemption.routing import NodeRegistry, NodeState
 
@@ -60,7 +60,7 @@ def node_refusal(content: bytes, path: str) -> errors.ApiError:
 class Dispatcher:
     def __init__(self, *, client: aiohttp.ClientSession, registry: NodeRegistry, meter: Meter, domains: Domains,
                  dispatch_key: bytes, ticket_ttl: int, first_byte_timeout: float, attempts: int,
-                 metrics: ServiceMetrics) -> None:
+                 metrics: ServiceMetrics, hold_lifetime: float) -> None:
         self.client = client
         self.registry = registry
         self.meter = meter
@@ -70,6 +70,9 @@ class Dispatcher:
         self.first_byte_timeout = first_byte_timeout
         self.attempts = attempts
         self.metrics = metrics
+        # A call is cut this long after it arrived, so its hold never expires while it runs (Invariant 7).
+        self.hold_lifetime = hold_lifetime
+        self._ending: set[asyncio.Task[None]] = set()
 
     def ticket_for(self, held: HeldCall, node: str) -> str:
         ticket = DispatchTicket(
@@ -102,6 +105,8 @@ class Dispatcher:
             if attempt:
                 self.metrics.dispatch_retries.inc()
             headers = {"content-type": "application/json", TICKET_HEADER: self.ticket_for(held, node.node)}
+            # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
+            await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens, held.plan.prompt_bound)
             started = time.perf_counter()
             node.in_flight += 1
             try:
@@ -130,12 +135,28 @@ class Dispatcher:
             "model",
         )
 
+    def _remaining(self, held: HeldCall) -> float:
+        return max(held.received + self.hold_lifetime - time.perf_counter(), 0.0)
+
     async def complete(self, held: HeldCall) -> Response:
         node, response, started = await self._open(held)
         try:
             try:
-                content = await response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                async with asyncio.timeout(self._remaining(held)) as cut:
+                    content = await response.read()
+            except TimeoutError:
+                if not cut.expired():
+                    raise
+                # Cut at the hold lifetime: closing the connection makes the node post its receipt.
+                response.close()
+                # A task, not an await: this runs while the client's disconnect cancels the relay.
+                ended = asyncio.get_running_loop().create_task(self.meter.ended(held))
+                self._ending.add(ended)
+                ended.add_done_callback(self._ending.discard)
+                raise errors.DurationExceeded(
+                    f"the call ran past the {self.hold_lifetime:.0f} s limit of one call and was stopped; you will be "
+                    "charged only for the tokens the node generated; ask for fewer tokens or stream") from None
+            except aiohttp.ClientError as exc:
                 # Dropped before the answer arrived: no receipt, so nothing can be charged.
                 await self.meter.release(held)
                 raise errors.UpstreamError(f"the node dropped the call before answering ({exc!r}); nothing was "
@@ -154,7 +175,7 @@ class Dispatcher:
                 signed = SignedReceipt.decode(header)
             except ProtocolError:
                 self.metrics.bad_receipts.labels("malformed").inc()
-        cost = await self.meter.charge(held, node.node, signed, datetime.now(UTC))
+        cost = await self.meter.charge(held, node.node, signed, datetime.now(UTC), relayed_answer(content))
         self.metrics.overhead.observe(max(time.perf_counter() - held.received - node_time, 0.0))
         return Response(content, media_type="application/json",
                         headers={"Sluice-Job-Id": "0x" + held.job_id.hex(), "Sluice-Cost": str(cost)})
@@ -184,61 +205,85 @@ class Dispatcher:
         event = ""
         finished = False
         dropped = False
+        cut_off = False
         charged: int | None = None
+        seen = StreamTally()
         try:
             try:
-                async for raw in response.content:
-                    line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                        continue
-                    if not line.startswith("data:"):
-                        if not line:
-                            event = ""
-                        continue
-                    data = line[5:].strip()
-                    if event == RECEIPT_EVENT:
-                        signed: SignedReceipt | None
+                async with asyncio.timeout(self._remaining(held)) as cut:
+                    async for raw in response.content:
+                        line = raw.decode().rstrip("\r\n")
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                            continue
+                        if not line.startswith("data:"):
+                            if not line:
+                                event = ""
+                            continue
+                        data = line[5:].strip()
+                        if event == RECEIPT_EVENT:
+                            signed: SignedReceipt | None
+                            try:
+                                signed = SignedReceipt.decode(data)
+                            except ProtocolError:
+                                self.metrics.bad_receipts.labels("malformed").inc()
+                                signed = None
+                            charged = await self.meter.charge(held, node.node, signed, first_token_at,
+                                                              seen.relayed())
+                            finished = True
+                            if usage_chunk is not None:
+                                usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
+                                yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                                usage_chunk = None
+                            continue
+                        if data == "[DONE]":
+                            if not finished:  # no receipt came: charged from what was relayed (fail closed)
+                                charged = await self.meter.charge(held, node.node, None, first_token_at,
+                                                                  seen.relayed())
+                                finished = True
+                            if usage_chunk is not None:
+                                usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
+                                yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+                                usage_chunk = None
+                            break
                         try:
-                            signed = SignedReceipt.decode(data)
-                        except ProtocolError:
-                            self.metrics.bad_receipts.labels("malformed").inc()
-                            signed = None
-                        charged = await self.meter.charge(held, node.node, signed, first_token_at)
-                        finished = True
-                        if usage_chunk is not None:
-                            usage_chunk["sluice"] = {"job_id": "0x" + held.job_id.hex(), "cost": str(charged)}
-                            yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
-                            usage_chunk = None
-                        continue
-                    if data == "[DONE]":
-                        if usage_chunk is not None:  # no receipt came: the usage goes out uncharged
-                            yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
-                            usage_chunk = None
-                        break
-                    chunk = orjson.loads(data)
-                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
-                        # The node's own words name its internals; the client gets the service's envelope last.
-                        log.warning("node %s broke job 0x%s mid-stream: %s", node.node, held.job_id.hex(),
-                                    chunk["error"])
-                        dropped = True
-                        continue
-                    if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
-                        usage_chunk = chunk
-                        continue
-                    if first_token_at is None:
-                        first_token_at = datetime.now(UTC)
-                    if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
-                        chunk.pop("usage")
-                        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                            chunk = orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            log.warning("node %s sent a chunk that is not JSON for job 0x%s", node.node,
+                                        held.job_id.hex())
+                            dropped = True
+                            break
+                        seen.add(chunk)
+                        if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+                            # The node's own words name its internals; the client gets the service's envelope last.
+                            log.warning("node %s broke job 0x%s mid-stream: %s", node.node, held.job_id.hex(),
+                                        chunk["error"])
+                            dropped = True
+                            continue
+                        if isinstance(chunk, dict) and chunk.get("usage") and not chunk.get("choices"):
+                            usage_chunk = chunk
+                            continue
+                        if first_token_at is None:
+                            first_token_at = datetime.now(UTC)
+                        if not wants_continuous and isinstance(chunk, dict) and "usage" in chunk:
+                            chunk.pop("usage")
+                            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                        else:
+                            yield b"data: " + data.encode() + b"\n\n"
                     else:
-                        yield b"data: " + data.encode() + b"\n\n"
+                        dropped = True  # the node's stream ended without [DONE]
+            except TimeoutError as exc:
+                if cut.expired():
+                    cut_off = True
                 else:
-                    dropped = True  # the node's stream ended without [DONE]
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                    log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
+                    dropped = True
+            except aiohttp.ClientError as exc:
                 log.warning("node %s dropped job 0x%s mid-stream: %r", node.node, held.job_id.hex(), exc)
                 dropped = True
-            if dropped:
+            if cut_off:
+                yield b"data: " + orjson.dumps(duration_error(self.hold_lifetime).body()) + b"\n\n"
+            elif dropped:
                 yield b"data: " + orjson.dumps(dropped_error(charged).body()) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
@@ -246,9 +291,73 @@ class Dispatcher:
             if finished:
                 response.release()
             else:
-                # Client gone or node dropped: closing the connection tells the node to stop generating; it
-                # signs what it generated and posts the receipt to /internal/receipts.
+                # Client gone, node dropped or call cut: closing the connection tells the node to stop
+                # generating; it signs what it generated and posts the receipt to /internal/receipts.
                 response.close()
+                # A task, not an await: this runs while the client's disconnect cancels the relay. Until the
+                # receipt comes, the hold keeps what was relayed, charged at its expiry if none is acceptable.
+                ended = asyncio.get_running_loop().create_task(self.meter.ended(held, seen.relayed()))
+                self._ending.add(ended)
+                ended.add_done_callback(self._ending.discard)
+
+
+class StreamTally:
+    """What passed through a relayed stream: the node's latest usage figures, and the content chunks counted."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self.chunks = 0
+
+    def add(self, chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            return
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            self.chunks += sum(1 for c in choices if isinstance(c, dict) and _chunk_text(c))
+
+    def relayed(self) -> Relayed:
+        return relayed_usage(self.usage, self.chunks)
+
+
+def _chunk_text(choice: dict[str, Any]) -> bool:
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+    return bool(choice.get("text"))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def relayed_usage(usage: dict[str, Any] | None, counted: int) -> Relayed:
+    """The node's own usage figures when it gave them, never fewer completion tokens than were counted."""
+    prompt = completion = None
+    if usage is not None:
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    return Relayed(prompt, max(completion or 0, counted))
+
+
+def relayed_answer(content: bytes) -> Relayed:
+    """What a non-streamed answer relayed: its usage, else one token per non-empty choice."""
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return Relayed(None, 1 if content.strip() else 0)
+    if not isinstance(answer, dict):
+        return Relayed(None, 1 if content.strip() else 0)
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
+    choices = answer.get("choices")
+    counted = 0
+    for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else choice.get("text")
+            counted += 1 if text else 0
+    return relayed_usage(usage, counted)
 
 
 def dropped_error(charged: int | None) -> errors.UpstreamError:
@@ -259,3 +368,10 @@ def dropped_error(charged: int | None) -> errors.UpstreamError:
         bill = f"you were charged {charged} base units, only for the tokens it generated"
     return errors.UpstreamError(f"the node dropped the stream; {bill}; send the call again for the rest",
                                 code="upstream_dropped")
+
+
+def duration_error(limit: float) -> errors.DurationExceeded:
+    """The last event of a stream cut at the hold lifetime: what it is charged, and what to do."""
+    return errors.DurationExceeded(
+        f"the stream ran past the {limit:.0f} s limit of one call and was stopped; you will be charged only for "
+        "the tokens it generated; send the call again for the rest")

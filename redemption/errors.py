@@ -58,6 +58,43 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+# The node side and account data (Invariant 8; DESIGN.md "signed the same way")
+class InvalidReceipt(ApiError):
+    code = "invalid_receipt"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+
+
+class ReceiptNotAccepted(ApiError):
+    """A receipt that meters nothing: late, second, or for a job no open hold of this node has. One answer for
+    all of them, so a node learns nothing about other nodes' jobs."""
+
+    status = 409
+    code = "receipt_not_accepted"
+
+
+class ReceiptRefused(ApiError):
+    status = 422
+    code = "receipt_refused"
+
+
+class NodeRefused(ApiError):
+    """A node NodeRegistry does not list as active, or one speaking for an endpoint not its own."""
+
+    status = 403
+    type = "permission_error"
+    code = "node_not_registered"
+
+
+class NotAccountHolder(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "not_account_holder"
+
+
 # 401: the signature
 class AuthError(ApiError):
     status = 401
@@ -89,15 +126,15 @@ class NonceReplayed(AuthError):
 class PaymentRequired(ApiError):
     status = 402
     type = "insufficient_quota"
-    code = "insufficient_balance"
+    code = "insufficient_escrow"
 
 
-class InsufficientBalance(PaymentRequired):
-    code = "insufficient_balance"
+class InsufficientEscrow(PaymentRequired):
+    code = "insufficient_escrow"
 
 
-class InsufficientAllowance(PaymentRequired):
-    code = "insufficient_allowance"
+class InsufficientBudget(PaymentRequired):
+    code = "insufficient_budget"
 
 
 class MaxCostTooLow(PaymentRequired):
@@ -123,6 +160,10 @@ class Suspended(Forbidden):
     code = "suspended"
 
 
+class NoBudget(Forbidden):
+    code = "no_budget"
+
+
 class NotAuditor(Forbidden):
     code = "not_auditor"
 
@@ -146,6 +187,16 @@ class DatabaseUnavailable(Unavailable):
     code = "database_unavailable"
 
 
+class SettlementOverdue(Unavailable):
+    code = "settlement_overdue"
+
+
+class DurationExceeded(ApiError):
+    status = 504
+    type = "server_error"
+    code = "duration_exceeded"
+
+
 class UpstreamError(ApiError):
     status = 502
     type = "server_error"
@@ -154,29 +205,46 @@ class UpstreamError(ApiError):
 
 HOLD_REFUSALS: dict[str, type[ApiError]] = {
     "nonce_replayed": NonceReplayed,
-    "unknown_signer": InvalidSignature,
+    "no_budget": NoBudget,
     "paused": TokenPaused,
     "not_allowlisted": NotAllowlisted,
     "suspended": Suspended,
-    "insufficient_balance": InsufficientBalance,
-    "insufficient_allowance": InsufficientAllowance,
+    "settlement_overdue": SettlementOverdue,
+    "insufficient_escrow": InsufficientEscrow,
+    "insufficient_budget": InsufficientBudget,
 }
 
 HOLD_MESSAGES: dict[str, str] = {
-    "unknown_signer": (
-        "the signature recovers to a key that is neither Sluice-Payer nor approved by it: check the signing key, "
-        "the body, and the chain id and verifying contract from /.well-known/sluice.json"
+    "no_budget": (
+        "Sluice-Payer gave the signing key no budget (or cut it to zero): ask the payer for one "
+        "(`sluice wallet budget set SPENDER AMOUNT`), or check that Sluice-Payer, the signing key, the body and "
+        "the chain id and verifying contract from /.well-known/sluice.json are the ones you meant"
     ),
     "nonce_replayed": "this (signer, nonce) was already used; sign the call again with a fresh nonce",
     "paused": "the compute token is paused by the operator; try again later",
     "not_allowlisted": "the payer is not allowlisted; ask the operator to allowlist it",
     "suspended": "the account is suspended for unpaid usage; the payer must top up and ask the operator to clear it",
-    "insufficient_balance": (
-        "the payer's balance, less open holds and unsettled usage, does not cover this call's worst-case cost; "
-        "top up the payer's balance, or lower max_tokens or Sluice-Max-Cost"
+    "settlement_overdue": (
+        "settlement is behind: usage older than the settlement bound is not burned yet, so no new call is "
+        "admitted until it is; nothing was charged, retry shortly"
     ),
-    "insufficient_allowance": (
-        "the payer's allowance to this key, less open holds and unsettled usage, does not cover this call's "
-        "worst-case cost; ask the payer to approve a larger budget, or lower max_tokens or Sluice-Max-Cost"
+    "insufficient_escrow": (
+        "this call needs a hold of {needed} base units but the payer's escrow, less its pending withdrawal, open "
+        "holds and unsettled usage, has {available}; deposit more (`sluice wallet deposit` or `sluice wallet buy`), "
+        "or lower max_tokens or Sluice-Max-Cost"
+    ),
+    "insufficient_budget": (
+        "this call needs a hold of {needed} base units but this key's budget from the payer, less pending cuts, "
+        "open holds and unsettled usage, has {available}; ask the payer to raise it "
+        "(`sluice wallet budget set SPENDER AMOUNT`), or lower max_tokens or Sluice-Max-Cost"
     ),
 }
+
+
+def hold_refusal(outcome: str) -> ApiError:
+    """The error for a `reserve_hold` refusal ('code' or 'code needed available')."""
+    code, *figures = outcome.split()
+    message = HOLD_MESSAGES[code]
+    if figures:
+        message = message.format(needed=figures[0], available=figures[1])
+    return HOLD_REFUSALS[code](message)

@@ -27,6 +27,8 @@ class ServiceMetrics:
                                         registry=self.registry)
         self.bad_receipts = Counter("sluice_bad_receipts", "Node receipts refused", ["reason"],
                                     registry=self.registry)
+        self.unreceipted = Counter("sluice_unreceipted_calls", "Calls charged fail-closed from relayed usage, "
+                                   "without an acceptable node receipt", ["reason"], registry=self.registry)
         self.overhead = Histogram("sluice_gateway_overhead_seconds", "Time spent in the service outside the node",
                                   buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
                                   registry=self.registry)

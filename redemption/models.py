@@ -53,6 +53,7 @@ class Contracts(BaseModel):
     rate_card: str
     settlement: str
     payment_token: str
+    node_registry: str
 
 
 class Discovery(BaseModel):
@@ -61,6 +62,7 @@ class Discovery(BaseModel):
     contracts: Contracts
     eip712_domain: Eip712Domain
     max_deadline_seconds: int
+    unlock_period_seconds: int = Field(description="how long escrow and budget cuts wait on chain before they apply")
 
 
 class ModelRates(BaseModel):
@@ -86,8 +88,10 @@ class ModelList(BaseModel):
 class Budget(BaseModel):
     payer: str
     spender: str
-    balance_available: str
-    allowance_available: str | None
+    escrow_available: str = Field(description="escrow less pending withdrawal, open holds and unsettled usage")
+    budget_available: str | None = Field(
+        description="the spender's effective budget (a pending cut counts at once) less its open holds and "
+        "unsettled usage; null when the spender is the payer")
 
 
 class SpenderUsage(BaseModel):

@@ -1,15 +1,23 @@
-"""The node registry and the choice of a node for each call.
+"""The nodes a call may go to, and the choice of a node for each call.
 
-Nodes register and heartbeat (inference_node.protocol.NodeHeartbeat); the
-registry keeps them in memory, mirrored in PostgreSQL for other replicas. A call
-goes to a live node serving its model, within an optional tier/region constraint,
+Only keys active in NodeRegistry on chain (`ledger.chain.registry_events`), at their registered
+endpoint, count (Invariant 8): their heartbeats (inference_node.protocol.NodeHeartbeat) are kept in
+memory, mirrored in PostgreSQL for other replicas, and a node is dropped the moment the chain retires
+or moves it. A call goes to a live node serving its model, within an optional tier/region constraint,
 with the lowest load score: queue depth over capacity plus a latency average.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from ledger.chain.registry_events import RegisteredNode, RegistryLog
+
+
+def same_endpoint(url: str, endpoint: str) -> bool:
+    return url.rstrip("/") == endpoint.rstrip("/")
 
 
 @dataclass
@@ -37,12 +45,35 @@ class NodeRegistry:
     LATENCY_WEIGHT = 0.2  # EWMA weight of the newest time-to-first-byte sample
     FAILURE_COOLDOWN = 5.0
 
-    def __init__(self, stale_seconds: float) -> None:
+    def __init__(self, stale_seconds: float, chain: RegistryLog | None = None) -> None:
         self.stale_seconds = stale_seconds
+        self.chain = chain  # None only in unit tests of the routing itself
         self.nodes: dict[str, NodeState] = {}
+
+    def registered(self, node: str) -> RegisteredNode | None:
+        return None if self.chain is None else self.chain.record(node)
+
+    def apply_chain(self, changed: Iterable[RegisteredNode]) -> None:
+        """Drop at once every node the chain retired or moved to another endpoint."""
+        for record in changed:
+            state = self.nodes.get(record.node)
+            if state is not None and (not record.active or not same_endpoint(state.url, record.endpoint)):
+                del self.nodes[record.node]
+
+    def _eligible(self, node: str, url: str) -> RegisteredNode | None:
+        record = self.registered(node)
+        if record is None or not record.active or not same_endpoint(url, record.endpoint):
+            return None
+        return record
 
     def heartbeat(self, node: str, url: str, models: list[str], tier: str, region: str, capacity: int,
                   running: int, waiting: int, age: float = 0.0, retired: bool = False) -> None:
+        if self.chain is not None:
+            record = self._eligible(node, url)
+            if record is None:  # not (or no longer) an active registered node at this endpoint
+                self.nodes.pop(node, None)
+                return
+            url, tier, region = record.endpoint, record.tier, record.region  # the chain's word, not the node's
         state = self.nodes.get(node)
         seen = time.monotonic() - age
         if state is None:
@@ -53,6 +84,15 @@ class NodeRegistry:
         state.capacity, state.running, state.waiting, state.retired = capacity, running, waiting, retired
         state.last_seen = max(state.last_seen, seen)
 
+    def standing(self, node: str) -> str | None:
+        """'active', 'retired', or None for a node NodeRegistry does not know."""
+        if self.chain is not None:
+            return self.chain.standing(node)
+        state = next((n for n in self.nodes.values() if n.node.lower() == node.lower()), None)
+        if state is None:
+            return None
+        return "retired" if state.retired else "active"
+
     def candidates(self, model: str, tier: str | None = None, region: str | None = None,
                    exclude: frozenset[str] = frozenset()) -> list[NodeState]:
         """Live nodes able to serve, best first."""
@@ -60,6 +100,7 @@ class NodeRegistry:
         live = [
             n for n in self.nodes.values()
             if model in n.models and not n.retired and n.node not in exclude
+            and (self.chain is None or self._eligible(n.node, n.url) is not None)
             and now - n.last_seen <= self.stale_seconds and n.failed_until <= now
             and (tier is None or n.tier == tier) and (region is None or n.region == region)
         ]

@@ -10,7 +10,8 @@ The same `SluiceAuth` works with `httpx.AsyncClient` (and so `AsyncOpenAI`): its
 auth flow first fetches `/.well-known/sluice.json` once for the EIP-712 domain,
 then signs every request body with a fresh 128-bit nonce and a short deadline.
 After each non-streamed call `auth.last_cost` / `auth.last_job_id` hold what the
-service charged; `auth.total_cost` adds them up.
+service charged; `auth.total_cost` adds them up. `reader_auth(key)` signs the account-data reads:
+`httpx.get(base + "/v1/usage", params={"payer": address}, auth=reader_auth(key))`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ class SluiceAuth(httpx.Auth):
                 self.last_cost = int(cost)
                 self.last_job_id = response.headers.get("Sluice-Job-Id")
                 self.total_cost += int(cost)
+
+
+def reader_auth(key: LocalAccount | str | bytes, *, domains: Domains | None = None) -> SluiceAuth:
+    """Signs account-data and audit reads (`/v1/usage`, `/v1/budget`, `/audit/...`): empty body, Sluice-Max-Cost 0,
+    Sluice-Payer the key's own address."""
+    return SluiceAuth(key, max_cost=0, domains=domains)
 
 
 def openai_client(base_url: str, key: LocalAccount | str, *, payer: str | None = None, max_cost: MaxCost = 10**18,

@@ -15,11 +15,14 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.chain.client import Ledger
 from ledger.chain.connection import connect
 from ledger.chain.deployment import Deployment, load_deployment
+from ledger.chain.registry_events import RegistryLog
+from ledger.chain.rpc import JsonRpc
 from ledger.chain.views import read_direct
 from ledger.domain import ChainFigures
 from ledger.followers.indexer import ChainIndexer
 from ledger.followers.mirror import ChainMirror
-from ledger.keys import embedded_account
+from ledger.keys import KeyUnavailable
+from ledger.keys import dispatch_key as ticket_key
 from ledger.protocol.eip712 import Domains
 from redemption.audit.auth import AuditorRoles
 from redemption.config import ServiceSettings
@@ -29,9 +32,9 @@ from redemption.metrics import ServiceMetrics
 from redemption.routing import NodeRegistry
 from redemption.store import ModelRate, Store
 
-# A mirror that has not completed a sync for this long is treated as lagging.
+# A mirror that has not completed a sync for this long is treated as lagging (never longer than the
+# window's mirror lag allowance).
 MIRROR_STALE_SECONDS = 5.0
-DISPATCH_KEY_INDEX = 2  # embedded deployments sign dispatch tickets with dev key #2
 
 
 @dataclass
@@ -50,6 +53,7 @@ class ServiceState:
     mirror: ChainMirror | None = None
     indexer: ChainIndexer | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
+    unlock_period: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -57,7 +61,8 @@ class ServiceState:
         """Blocks the mirror trails the head by at its last sync; None when unknown or that sync is stale."""
         if self.mirror is None or self.mirror.last_status is None:
             return None
-        if time.monotonic() - self.mirror.last_synced > MIRROR_STALE_SECONDS:
+        stale = min(MIRROR_STALE_SECONDS, self.settings.mirror_lag_allowance_seconds)
+        if time.monotonic() - self.mirror.last_synced > stale:
             return None
         lag: int = self.mirror.last_status.lag
         return lag
@@ -70,26 +75,42 @@ class ServiceState:
         return await asyncio.to_thread(read_direct, self.ledger, payer, spender)
 
 
+def resolve_dispatch_key(settings: ServiceSettings) -> bytes:
+    """SLUICE_DISPATCH_KEY (never a well-known key off the embedded chain); KeyUnavailable otherwise."""
+    configured = settings.dispatch_key
+    try:
+        given = None if configured is None else bytes.fromhex(configured.get_secret_value().removeprefix("0x"))
+    except ValueError:
+        raise KeyUnavailable("SLUICE_DISPATCH_KEY is not a 0x-hex private key") from None
+    if given is not None and len(given) != 32:
+        raise KeyUnavailable("SLUICE_DISPATCH_KEY is not a 32-byte private key")
+    return ticket_key(given, settings)
+
+
 def build_state(
     settings: ServiceSettings, pool: AsyncConnectionPool[Any], client: aiohttp.ClientSession
 ) -> ServiceState:
     w3 = connect(settings.effective_rpc_url)
     deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
     ledger = Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)
+    # Invariant 7: refuse to start when what the service admits could outlast the chain's unlock period.
+    unlock_period = int(ledger.settlement.functions.unlockPeriod().call())
+    settings.window.check(unlock_period)
     domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
-    if settings.dispatch_key is not None:
-        dispatch_key = bytes.fromhex(settings.dispatch_key.get_secret_value().removeprefix("0x"))
-    else:
-        dispatch_key = bytes(embedded_account(DISPATCH_KEY_INDEX).key)
+    dispatch_key = resolve_dispatch_key(settings)
     metrics = ServiceMetrics()
-    registry = NodeRegistry(settings.node_stale_seconds)
+    chain_nodes = RegistryLog(JsonRpc(settings.effective_rpc_url, timeout=10), deployment.contracts["node_registry"],
+                              deployment.deploy_block)
+    chain_nodes.sync()  # before the first heartbeat: only the chain's nodes are ever admitted
+    registry = NodeRegistry(settings.node_stale_seconds, chain_nodes)
     store = Store(pool)
     meter = Meter(store=store, domains=domains, metrics=metrics)
     dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,
                             ticket_ttl=settings.ticket_ttl_seconds, first_byte_timeout=settings.node_timeout_seconds,
-                            attempts=settings.dispatch_attempts, metrics=metrics)
+                            attempts=settings.dispatch_attempts, metrics=metrics,
+                            hold_lifetime=settings.hold_lifetime_seconds)
     return ServiceState(
         settings=settings, deployment=deployment, ledger=ledger, domains=domains, store=store, registry=registry,
         meter=meter, dispatcher=dispatcher, auditors=AuditorRoles(ledger, settings.auditor_cache_seconds),
-        metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address,
+        metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address, unlock_period=unlock_period,
     )

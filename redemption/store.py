@@ -17,6 +17,7 @@ from eth_utils.address import to_checksum_address
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.domain import ChainFigures, tier_label
+from ledger.window import Window
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
 from redemption.models import SpenderUsage
@@ -44,15 +45,9 @@ class OpenHold:
     model: str
     request_digest: bytes
     max_cost: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRegistration:
-    """How a node stands in the `nodes` table, and whether registration is closed to unknown keys."""
-
-    retired: bool | None  # None: the node is not in the table
-    registered_by: str | None
-    closed: bool  # an operator registered some node, so only operator-registered nodes may join
+    node: str | None  # the node the job was dispatched to (0x lower-case); None before dispatch
+    max_tokens: int | None
+    prompt_bound: int | None
 
 
 # Per spender of one payer: calls, model tokens, and compute-token cost in base units, all of it
@@ -71,55 +66,111 @@ class Store:
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
             pool, "reserve_hold",
-            ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "numeric",
-             "bytea", "bytea", "bytea", "numeric", "numeric", "boolean", "boolean"),
+            ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
+             "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer"),
             sort_key=(4, 5),
         )
         self._meter = StatementBatcher(
             pool, "meter_hold",
-            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz"),
+            ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
             sort_key=(0, 1), first_arg=2,
         )
 
-    async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, ttl_seconds: int,
+    async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, window: Window,
                            figures: ChainFigures | None) -> str:
-        """Consume the nonce and take the hold in one atomic call; 'ok' or the refusal code."""
+        """Consume the nonce and take the hold H = `amount` in one atomic call; 'ok' or the refusal.
+
+        The hold lives the call's lifetime plus the receipt allowance: the call is cut at its lifetime.
+        """
         result = await self._reserve.call(
             job_id, addr(call.spender), call.nonce, call.deadline, addr(call.payer), addr(call.spender),
-            amount, model, ttl_seconds, call.max_cost, call.body_hash, call.signature, call.digest,
-            None if figures is None else figures.balance, None if figures is None else figures.allowance,
+            amount, model, window.hold_lifetime, window.hold_lifetime + window.receipt_allowance, call.max_cost,
+            call.body_hash, call.signature, call.digest,
+            None if figures is None else figures.escrow, None if figures is None else figures.pending,
+            None if figures is None else figures.budget,
             None if figures is None else figures.allowlisted, None if figures is None else figures.paused,
+            window.settlement_bound,
         )
         return str(result)
 
     async def meter_hold(self, job_id: bytes, payer: str, spender: str, node: str, prompt_tokens: int,
                          completion_tokens: int, cost: int | None, receipt_signature: bytes,
-                         first_token_at: datetime | None) -> bool:
-        """Record the usage (cost not None) or just release the hold (cost None). False if already closed."""
+                         first_token_at: datetime | None, unreceipted: str | None = None) -> bool:
+        """Record the usage (cost not None) or just release the hold (cost None). False if already closed.
+
+        `unreceipted` names why a call is charged fail-closed, from what was relayed (no receipt signature).
+        """
         result = await self._meter.call(
             addr(payer), addr(spender), job_id, addr(node), prompt_tokens, completion_tokens, cost,
-            receipt_signature, first_token_at,
+            receipt_signature, first_token_at, unreceipted,
         )
         return bool(result)
 
     async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
         return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
 
+    async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
+        """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
+        receipt, within them, meters it."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE holds SET node = %s, max_tokens = %s, prompt_bound = %s WHERE job_id = %s",
+                (addr(node), max_tokens, prompt_bound, job_id),
+            )
+
+    async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
+        """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this
+        (fail-closed) when it expires with no acceptable receipt."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE holds SET relayed_prompt = %s, relayed_completion = %s, relayed_cost = %s WHERE job_id = %s",
+                (prompt_tokens, completion_tokens, cost, job_id),
+            )
+
+    async def refuse_receipt(self, job_id: bytes, reason: str) -> None:
+        """Note on the hold why its node's receipt was refused: its fail-closed charge at expiry names it."""
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE holds SET receipt_refusal = %s WHERE job_id = %s",
+                               ("receipt_refused:" + reason, job_id))
+
+    async def metered_cost(self, job_id: bytes) -> int:
+        """What a job's usage record charged (0 when it has none: released)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT cost FROM usage_records WHERE job_id = %s", (job_id,))
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
     async def release_expired_holds(self) -> int:
+        """Release expired holds whose call ended (or whose replica died: twice the lifetime past expiry)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM (SELECT meter_hold(job_id, '\\x'::bytea, 0, 0, NULL, '\\x'::bytea, NULL)"
-                " FROM holds WHERE expires_at < now()) released"
+                "SELECT count(*) FROM (SELECT expire_hold(job_id) FROM holds WHERE expires_at < now()"
+                " AND (NOT relaying OR expires_at < now() - make_interval(secs => 2 * lifetime_seconds))) released"
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def count_open_holds(self) -> int:
-        """Holds taken and not metered or released yet (`sluice_open_holds`, read at scrape time)."""
+        """Holds taken and not metered or released yet (`sluice_open_holds`, kept current by the catalog refresh)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT count(*) FROM holds")
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def call_ended(self, job_id: bytes) -> None:
+        """The service stopped relaying a call it did not meter: its hold may expire from now on."""
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE holds SET relaying = false WHERE job_id = %s", (job_id,))
+
+    async def oldest_unsettled_age(self) -> float | None:
+        """Seconds since the oldest usage not yet burned was metered; None when all of it is settled."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT extract(epoch FROM now() - min(finished_at)) FROM usage_records"
+                " WHERE status IN ('metered', 'batched')"
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     async def release_settled(self) -> int:
         """Drop the reservations of usage whose burn the mirror has seen (ledger.settlement defines it)."""
@@ -143,12 +194,17 @@ class Store:
         return {r[0]: ModelRate(r[0], bytes(r[1]), int(r[2]), int(r[3]), tier_label(r[4])) for r in rows}
 
     async def available(self, payer: str, spender: str) -> tuple[int, int | None]:
-        """(balance available, allowance available or None when spender == payer), from the mirror."""
+        """(escrow available, budget available or None when spender == payer), from the mirror.
+
+        Escrow available = escrow - pending withdrawal - reserved; budget available = effective
+        budget (a pending cut counts at once) - reserved for the pair.
+        """
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT coalesce((SELECT balance FROM mirror_balances WHERE account = %(p)s), 0)"
+                "SELECT coalesce((SELECT escrow - pending FROM mirror_escrow WHERE account = %(p)s), 0)"
                 " - coalesce((SELECT reserved FROM reserved_payer WHERE payer = %(p)s), 0),"
-                " coalesce((SELECT amount FROM mirror_allowances WHERE owner = %(p)s AND spender = %(s)s), 0)"
+                " coalesce((SELECT effective_budget(remaining, scheduled, effective_at) FROM mirror_budgets"
+                " WHERE payer = %(p)s AND spender = %(s)s), 0)"
                 " - coalesce((SELECT reserved FROM reserved_pair WHERE payer = %(p)s AND spender = %(s)s), 0)",
                 {"p": addr(payer), "s": addr(spender)},
             )
@@ -181,27 +237,17 @@ class Store:
             for r in rows
         ]
 
-    async def node_registration(self, node: str) -> NodeRegistration:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT n.retired, n.registered_by,"
-                " EXISTS (SELECT 1 FROM nodes WHERE registered_by = 'operator')"
-                " FROM (SELECT 1) AS one LEFT JOIN nodes n ON n.node = %s",
-                (addr(node),),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return NodeRegistration(retired=row[0], registered_by=row[1], closed=bool(row[2]))
-
     async def open_hold(self, job_id: bytes) -> OpenHold | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT payer, spender, model, request_digest, max_cost FROM holds WHERE job_id = %s", (job_id,)
+                "SELECT payer, spender, model, request_digest, max_cost, node, max_tokens, prompt_bound FROM holds"
+                " WHERE job_id = %s", (job_id,)
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]))
+        return OpenHold("0x" + bytes(row[0]).hex(), "0x" + bytes(row[1]).hex(), row[2], bytes(row[3]), int(row[4]),
+                        None if row[5] is None else "0x" + bytes(row[5]).hex(), row[6], row[7])
 
     async def consume_nonce(self, signer: str, nonce: int, deadline: int) -> bool:
         """Record a (signer, nonce) of a call that takes no hold; False when it was already used."""

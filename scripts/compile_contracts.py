@@ -27,7 +27,7 @@ import solcx.wrapper
 ROOT = Path(__file__).resolve().parent.parent
 SHIM = ROOT / "scripts" / "solc-shim.js"
 # Contracts that get an artifact; other sources (libraries, interfaces) are compiled in.
-DEPLOYABLE = ("ComputeToken", "RateCard", "TokenSale", "Settlement", "TestStablecoin")
+DEPLOYABLE = ("ComputeToken", "RateCard", "TokenSale", "Settlement", "TestStablecoin", "NodeRegistry")
 
 
 def load_config() -> dict[str, Any]:

@@ -54,6 +54,7 @@ from inference_node.protocol import (
     RECEIPT_HEADER,
     RECEIPTS_PATH,
     TICKET_HEADER,
+    UNSIGNED,
     DispatchInfo,
     NodeHeartbeat,
     PromptTokenBound,
@@ -439,7 +440,7 @@ class NodeAgent:
         beat = NodeHeartbeat(
             node=self.address, url=public_url, models=await self.served_models(), tier=self.config.tier,
             region=self.config.region, capacity=self.config.capacity, running=running, waiting=waiting,
-            timestamp=int(time.time()), signature="",
+            timestamp=int(time.time()), signature=UNSIGNED,
         )  # fmt: skip
         signed = Account.sign_message(encode_defunct(text=beat.signing_text()), private_key=self._key)
         beat = beat.model_copy(update={"signature": "0x" + bytes(signed.signature).hex()})

@@ -42,7 +42,7 @@ class BatchContext:
     redeemed: dict[Pair, int]
     shortfalls: dict[Pair, tuple[int, int]]
     separators: tuple[bytes, bytes]  # the "Sluice" (requests) and "Sluice Node" (receipts) domains
-    nodes: frozenset[bytes]
+    nodes: dict[bytes, tuple[int, int | None]]  # NodeRegistry key -> (registered block, retired block or None)
     rates: dict[bytes, list[tuple[int, int, int]]]  # model id -> [(block, input rate, output rate)]
 
 
@@ -56,6 +56,7 @@ class BatchFindings:
     usage_by_pair: dict[Pair, list[int]] = field(default_factory=dict)  # pair -> [receipts, cost]
     debt_by_pair: dict[Pair, int] = field(default_factory=dict)
     signatures: int = 0
+    unreceipted: list[tuple[str, str]] = field(default_factory=list)  # (job id, why) charged without a receipt
 
 
 def unhex(value: str) -> bytes:
@@ -132,8 +133,13 @@ def _check_receipt(context: BatchContext, receipt: dict[str, Any], found: BatchF
         problem(("cost_not_at_published_rate", label, f"cost {cost} is not {prompt} prompt + {completion} "
                                                       f"completion tokens at any RateSet of {name!r}"))
     node = unhex(receipt["node"])
-    if node not in context.nodes:
-        problem(("unregistered_node", label, f"node {receipt['node']} is not a registered node key"))
+    standing = context.nodes.get(node)
+    if standing is None:
+        problem(("unregistered_node", label, f"node {receipt['node']} is not a NodeRegistry key"))
+    elif not (standing[0] <= batch.block and (standing[1] is None or batch.block < standing[1])):
+        problem(("inactive_node", label, f"node {receipt['node']} was not active in NodeRegistry when batch "
+                                         f"settled at block {batch.block} (registered at {standing[0]}, retired at "
+                                         f"{standing[1]})"))
     if unhex(request["payer"]) != payer:
         problem(("request_payer", label, "the signed payer is not the receipt's payer"))
     if cost > max_cost:
@@ -147,6 +153,11 @@ def _check_receipt(context: BatchContext, receipt: dict[str, Any], found: BatchF
     if signer != spender:
         who_signed = "nothing" if signer is None else to_checksum_address(signer)
         problem(("request_signature", label, f"the request signature recovers to {who_signed}, not the spender"))
+    if receipt.get("unreceipted"):
+        # Charged fail-closed from what the service relayed (Invariant 9): no node signature to check.
+        found.unreceipted.append((label, str(receipt["unreceipted"])))
+        found.signatures += 1
+        return
     node_digest = typed_digest(receipt_sep, receipt_hash(job, payer, spender, model, prompt, completion, cost, digest))
     node_signer = signer_of(node_digest, unhex(receipt["node_signature"]))
     if node_signer != node:

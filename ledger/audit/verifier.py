@@ -14,7 +14,8 @@ recomputed here:
 
 - supply (`ledger.audit.history`): minted - burned from every `Transfer` log of the token equals
   `totalSupply()` at the same block, and each settlement transaction burned exactly its
-  `BatchSettled.total`;
+  `BatchSettled.total`; a burn in any other transaction is a discrepancy (Settlement is the only
+  burner, so every burn is a settlement), and so is any `Shortfall` (admitted is paid: Invariant 7);
 - each batch (`ledger.audit.checks`): receipts count, Merkle root and proofs, sums against
   `Redeemed` / `Shortfall`, both signatures of every receipt, cost at the published rate;
 - across batches (here): a job settled once, a (spender, nonce) signing one job, debts cleared at
@@ -42,6 +43,7 @@ from eth_utils.address import to_checksum_address
 from ledger.audit.api import AuditApi
 from ledger.audit.checks import BatchContext, BatchFindings, check_batch, unhex, who
 from ledger.audit.history import ChainHistory, Pair, SettledBatch, read_chain
+from ledger.chain.registry_events import RegistryLog
 from ledger.chain.rpc import JsonRpc
 from ledger.errors import VerifyError
 from ledger.protocol.eip712 import DOMAIN_VERSION, REDEMPTION_DOMAIN_NAME, Domains
@@ -91,6 +93,8 @@ class VerifyReport:
     node_keys: int = 0
     pairs: dict[Pair, PairTotals] = field(default_factory=lambda: defaultdict(PairTotals))
     discrepancies: list[Discrepancy] = field(default_factory=list)
+    # Settled usage charged fail-closed, without a node receipt (Invariant 9): its own class, always reported.
+    unreceipted: list[dict[str, str]] = field(default_factory=list)
     seconds_chain: float = 0.0  # reading the logs (batches are fetched and checked meanwhile)
     seconds_receipts: float = 0.0  # from the last log read to the last batch checked
     seconds_total: float = 0.0
@@ -118,6 +122,7 @@ class VerifyReport:
                 for (p, s), t in sorted(self.pairs.items())
             ],
             "discrepancies": [d.to_json() for d in self.discrepancies],
+            "unreceipted": self.unreceipted,
             "seconds": {"reading_logs": round(self.seconds_chain, 3), "after_logs": round(self.seconds_receipts, 3),
                         "total": round(self.seconds_total, 3)},
             "receipts_per_second": round(self.receipts_per_second, 1),
@@ -149,7 +154,8 @@ class Verifier:
         token, settlement, rate_card, separators = self._deployment(chain_id)
         head = int(self.rpc.call("eth_blockNumber", []), 16)
         report = VerifyReport(chain_id, self.from_block, head)
-        nodes = frozenset(self.given_nodes if self.given_nodes is not None else self.api.node_keys())
+        nodes: dict[bytes, tuple[int, int | None]] = (
+            {key: (0, None) for key in self.given_nodes} if self.given_nodes is not None else self._registry(head))
         report.node_keys = len(nodes)
         history = ChainHistory(self.from_block, head)
         pool: ProcessPoolExecutor | None = None
@@ -222,6 +228,17 @@ class Verifier:
         separators = (domains.redemption, domains.receipt)
         return token, settlement, rate_card, separators
 
+    def _registry(self, head: int) -> dict[bytes, tuple[int, int | None]]:
+        """Every NodeRegistry key with its registration and retirement blocks, from the chain's own logs."""
+        address = self.api.discovery()["contracts"].get("node_registry")
+        if not address:
+            raise VerifyError("the API names no node_registry contract: receipt keys cannot be checked on chain")
+        if self.rpc.call("eth_getCode", [address, "latest"]) in ("0x", None):
+            raise VerifyError(f"no contract at the node_registry address {address} on this chain")
+        log = RegistryLog(self.rpc, address, 0)
+        log.sync()
+        return {unhex(r.node): (r.registered_block, r.retired_block) for r in log.nodes.values()}
+
     def _check_supply(self, history: ChainHistory, report: VerifyReport) -> None:
         if report.total_supply != history.minted - history.burned:
             report.discrepancies.append(Discrepancy(
@@ -237,9 +254,11 @@ class Verifier:
                     "burns_vs_batch_total",
                     f"transaction 0x{tx.hex()} burned {burned}, its BatchSettled totals {total}"))
         for tx, burned in history.burns_by_tx.items():
-            if tx not in settled_by_tx:  # holders' own burn/burnFrom: explained by their own transaction
+            if tx not in settled_by_tx:  # every burn is a settlement: Settlement is the only burner (Invariant 4)
                 report.direct_burns += 1
                 report.direct_burned += burned
+                report.discrepancies.append(Discrepancy(
+                    "burn_without_settlement", f"transaction 0x{tx.hex()} burned {burned} with no BatchSettled"))
         for batch_id in history.duplicate_batches:
             report.discrepancies.append(
                 Discrepancy("batch_settled_twice", "two BatchSettled logs", f"0x{batch_id.hex()}"))
@@ -257,6 +276,9 @@ class Verifier:
                 report.pairs[pair].redeemed += amount
             for pair, (owed, paid) in history.shortfalls.get(batch.batch_id, {}).items():
                 report.pairs[pair].shortfall_unpaid += owed - paid
+                # Invariant 7: admitted is paid, so any Shortfall is the operator's failure.
+                report.discrepancies.append(Discrepancy(
+                    "shortfall", f"{who(pair)}: owed {owed}, paid {paid}: admitted usage went unpaid", label))
             if found is None:
                 report.discrepancies.append(Discrepancy(
                     "batch_unknown_to_api", f"settled on chain in block {batch.block} with {batch.items} receipts, "
@@ -264,6 +286,8 @@ class Verifier:
                 continue
             report.discrepancies.extend(Discrepancy(check, detail, label, job) for check, job, detail in found.problems)
             report.signatures += found.signatures
+            report.unreceipted.extend({"batch_id": label, "job_id": job, "reason": why}
+                                      for job, why in found.unreceipted)
             report.receipts += len(found.usage)
             report.debt_receipts += len(found.debts)
             for pair, (count, cost) in found.usage_by_pair.items():

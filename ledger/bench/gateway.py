@@ -139,14 +139,17 @@ def run(calls_per_leg: int = 3000, report: Report = print, concurrency: int = CO
             ledger = Ledger(w3, deployment)
             payer = Account.create()
             ledger.set_allowlisted(operator, payer.address, True)
-            ledger.mint(operator, payer.address, 10**9 * ONE_TOKEN)
+            ledger.issue(operator, payer.address, 10**9 * ONE_TOKEN, "bench", into_escrow=True)
             api = services[0].url or ""
             sim, agent = services[1].url or "", services[2].url or ""
             import httpx
 
+            from redemption.sdk import reader_auth
+
             poll_until(lambda: httpx.get(api + "/health").json()["nodes"] >= 1, 30, "the node registering")
-            poll_until(lambda: httpx.get(api + "/v1/budget", params={"payer": payer.address}).json()[
-                "balance_available"] != "0", 30, "the mirror seeing the payer's balance")
+            poll_until(lambda: httpx.get(api + "/v1/budget", params={"payer": payer.address},
+                                                 auth=reader_auth(payer)).json()[
+                "escrow_available"] != "0", 30, "the mirror seeing the payer's escrow")
             domains = Domains(deployment.chain_id, deployment.contracts["settlement"])
             rate = ledger.rate(MODEL)
             report(f"signing {3 * calls_per_leg} calls and tickets ...")

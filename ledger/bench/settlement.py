@@ -42,6 +42,7 @@ from ledger.keys import embedded_account
 from ledger.protocol.eip712 import Domains, Redemption, UsageReceipt, typed_digest
 from ledger.protocol.secp256k1 import sign_digest
 from ledger.units import ONE_TOKEN
+from ledger.window import Window
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 NODE_KEY_INDEX = 10
@@ -63,26 +64,33 @@ class BenchConfig:
     timeout: float = 600.0
 
 
+# A window that never refuses the bench's calls (settlement runs after all metering).
+BENCH_WINDOW = Window(hold_lifetime=3600, receipt_allowance=30, settlement_bound=86_400, mirror_lag_allowance=30)
+
 # --------------------------------------------------------------------------- funding
 
 
 def fund_pairs(ledger: Ledger, operator: LocalAccount, pairs: int, tokens: int) -> list[tuple[bytes, bytes, bytes]]:
     """`pairs` funded pairs as raw (spender key, spender address, payer address).
 
-    Payer i pays for itself (pair 2i) and for developer i, whom it approved (pair 2i + 1).
+    Payer i, issued `tokens` straight into its escrow, pays for itself (pair 2i) and for developer i,
+    whom it gave a budget of `tokens` (pair 2i + 1).
     """
     payers = [Account.create() for _ in range((pairs + 1) // 2)]
     developers = [Account.create() for _ in payers]
-    token = ledger.token.functions
+    token, sale = ledger.token.functions, ledger.sale.functions
     txs: list[dict[str, Any]] = []
     for payer in payers:
-        for fn in (token.setAllowlisted(payer.address, True), token.mint(payer.address, tokens * ONE_TOKEN)):
-            txs.append({"to": ledger.token.address, "data": fn._encode_transaction_data()})
+        txs.append({"to": ledger.token.address,
+                    "data": token.setAllowlisted(payer.address, True)._encode_transaction_data()})
+        txs.append({"to": ledger.sale.address, "data": sale.issueToEscrow(
+            payer.address, tokens * ONE_TOKEN, b"bench".ljust(32, b"\x00"))._encode_transaction_data()})
     send_all(ledger.sender(operator), txs)
     approvals = []
+    settlement = ledger.settlement.functions
     for payer, developer in zip(payers, developers, strict=True):
-        tx = {"to": ledger.token.address,
-              "data": token.approve(developer.address, tokens * ONE_TOKEN)._encode_transaction_data()}
+        tx = {"to": ledger.settlement.address,
+              "data": settlement.setBudget(developer.address, tokens * ONE_TOKEN)._encode_transaction_data()}
         sender = ledger.sender(payer)
         approvals.append((sender, tx, *sender.send({**tx, "gas": 100_000})))  # type: ignore[typeddict-item]
     for sender, tx, tx_hash, nonce in approvals:
@@ -143,7 +151,7 @@ async def _meter_async(db_url: str, prepared: list[tuple[Any, ...]], in_flight: 
 
         async def lane() -> None:
             for job, call, max_cost, node, prompt, completion, cost, receipt_signature in calls:
-                outcome = await store.reserve_hold(job, call, max_cost, MODEL, 3600, None)
+                outcome = await store.reserve_hold(job, call, max_cost, MODEL, BENCH_WINDOW, None)
                 if outcome != "ok":
                     raise RuntimeError(f"hold refused: {outcome}")
                 await store.meter_hold(job, call.payer, call.spender, node, prompt, completion, cost,

@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, TypedDict, cast
 
-CONTRACT_NAMES = ("ComputeToken", "RateCard", "TokenSale", "Settlement", "TestStablecoin")
+CONTRACT_NAMES = ("ComputeToken", "RateCard", "TokenSale", "Settlement", "TestStablecoin", "NodeRegistry")
 
 
 class Artifact(TypedDict):

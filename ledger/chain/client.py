@@ -33,6 +33,7 @@ CONTRACT_ARTIFACTS = {
     "rate_card": "RateCard",
     "settlement": "Settlement",
     "payment_token": "TestStablecoin",
+    "node_registry": "NodeRegistry",
 }
 
 # Which contract holds each role.
@@ -43,6 +44,8 @@ ROLE_CONTRACT = {
     "PAUSER_ROLE": "token",
     "AUDITOR_ROLE": "token",
     "SETTLER_ROLE": "settlement",
+    "DEPOSITOR_ROLE": "settlement",
+    "REGISTRAR_ROLE": "node_registry",
     "ISSUER_ROLE": "sale",
     "RATE_SETTER_ROLE": "rate_card",
 }
@@ -94,8 +97,59 @@ class Shortfall:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A spender's budget from a payer's escrow, as Settlement.budgetOf reports it (a cut whose
+    time has come shows applied). `scheduled`/`effective_at` describe a pending cut (0, 0 if none)."""
+
+    remaining: BaseUnits
+    scheduled: BaseUnits
+    effective_at: int
+
+    @property
+    def cut_pending(self) -> bool:
+        return self.effective_at != 0
+
+    @property
+    def effective(self) -> BaseUnits:
+        """What admission may count on: a pending cut counts at once."""
+        return BaseUnits(min(self.remaining, self.scheduled)) if self.cut_pending else self.remaining
+
+
+@dataclass(frozen=True)
+class PendingWithdrawal:
+    amount: BaseUnits
+    unlocks_at: int  # unix seconds; 0 when none is pending
+
+
+NODE_STATUS = ("unknown", "active", "retired")
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node's NodeRegistry record; blocks are where it was (last) registered and retired (0 if not)."""
+
+    node: str
+    status: str  # one of NODE_STATUS
+    registered_block: int
+    retired_block: int
+    endpoint: str
+    tier: str
+    region: str
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+def batch_id_of(receipts_root: bytes) -> bytes:
+    """The batch id a receipts root settles under: keccak256(abi.encodePacked(receiptsRoot))."""
+    return keccak(receipts_root)
+
+
+@dataclass(frozen=True)
 class SettleResult:
     tx: TxResult
+    batch_id: bytes
     total: BaseUnits
     redeemed: list[Redemption]
     shortfalls: list[Shortfall]
@@ -115,6 +169,7 @@ class Ledger:
         self.rate_card = self._bind("rate_card")
         self.settlement = self._bind("settlement")
         self.payment_token = self._bind("payment_token")
+        self.node_registry = self._bind("node_registry")
         self._senders: dict[str, TxSender] = {}
         self._senders_lock = threading.Lock()
 
@@ -129,6 +184,7 @@ class Ledger:
             "rate_card": self.rate_card,
             "settlement": self.settlement,
             "payment_token": self.payment_token,
+            "node_registry": self.node_registry,
         }[key]
 
     def sender(self, account: LocalAccount) -> TxSender:
@@ -145,6 +201,11 @@ class Ledger:
             return fn.call()
         except ContractLogicError as exc:
             raise revert_from(exc) from None
+
+    def _permit_deadline(self) -> int:
+        """An hour from now by the later of this clock and the chain's (a dev chain's time may run ahead)."""
+        chain_now = int(self.w3.eth.get_block("latest")["timestamp"])
+        return max(int(time.time()), chain_now) + 3600
 
     def _transact(self, account: LocalAccount, fn: ContractFunction) -> TxResult:
         tx = {"to": fn.address, "data": fn._encode_transaction_data()}
@@ -167,8 +228,8 @@ class Ledger:
     def paused(self) -> bool:
         return bool(self._call(self.token.functions.paused()))
 
-    def has_role(self, role: str, account: str) -> bool:
-        contract = self.contract(ROLE_CONTRACT.get(role, "token"))
+    def has_role(self, role: str, account: str, *, on: str | None = None) -> bool:
+        contract = self.contract(on or ROLE_CONTRACT.get(role, "token"))
         return bool(self._call(contract.functions.hasRole(role_id(role), to_checksum_address(account))))
 
     def payment_balance(self, account: str) -> int:
@@ -205,6 +266,49 @@ class Ledger:
     def is_settled(self, batch_id: bytes) -> bool:
         return bool(self._call(self.settlement.functions.isSettled(batch_id)))
 
+    def receipts_root_of(self, batch_id: bytes) -> bytes:
+        return bytes(self._call(self.settlement.functions.receiptsRootOf(batch_id)))
+
+    def escrow_of(self, account: str) -> BaseUnits:
+        """`account`'s escrow in Settlement, pending withdrawal included."""
+        return BaseUnits(self._call(self.settlement.functions.escrowOf(to_checksum_address(account))))
+
+    def pending_withdrawal_of(self, account: str) -> PendingWithdrawal:
+        amount, unlocks_at = self._call(self.settlement.functions.pendingWithdrawalOf(to_checksum_address(account)))
+        return PendingWithdrawal(BaseUnits(amount), int(unlocks_at))
+
+    def budget_of(self, payer: str, spender: str) -> Budget:
+        fn = self.settlement.functions.budgetOf(to_checksum_address(payer), to_checksum_address(spender))
+        remaining, scheduled, effective_at = self._call(fn)
+        return Budget(BaseUnits(remaining), BaseUnits(scheduled), int(effective_at))
+
+    def unlock_period(self) -> int:
+        """Seconds a withdrawal request or budget cut waits before it takes effect."""
+        return int(self._call(self.settlement.functions.unlockPeriod()))
+
+    def total_escrowed(self) -> BaseUnits:
+        return BaseUnits(self._call(self.settlement.functions.totalEscrowed()))
+
+    def escrow_address(self) -> str:
+        """The token's escrow contract (the Settlement address once wired)."""
+        return str(self._call(self.token.functions.escrow()))
+
+    def settlement_paused(self) -> bool:
+        return bool(self._call(self.settlement.functions.paused()))
+
+    def is_node_active(self, node: str) -> bool:
+        return bool(self._call(self.node_registry.functions.isActive(to_checksum_address(node))))
+
+    def node_of(self, node: str) -> NodeRecord:
+        raw = self._call(self.node_registry.functions.nodeOf(to_checksum_address(node)))
+        status, registered, retired, endpoint, tier, region = raw
+        return NodeRecord(to_checksum_address(node), NODE_STATUS[int(status)], int(registered), int(retired),
+                          str(endpoint), str(tier), str(region))
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every node key ever registered, in registration order, with its record."""
+        return [self.node_of(a) for a in self._call(self.node_registry.functions.nodes())]
+
     # -- operator writes -------------------------------------------------------------------
     def set_allowlisted(self, signer: LocalAccount, account: str, allowed: bool) -> TxResult:
         return self._transact(signer, self.token.functions.setAllowlisted(to_checksum_address(account), allowed))
@@ -212,9 +316,36 @@ class Ledger:
     def mint(self, signer: LocalAccount, to: str, amount: int) -> TxResult:
         return self._transact(signer, self.token.functions.mint(to_checksum_address(to), amount))
 
-    def issue(self, signer: LocalAccount, to: str, amount: int, ref: str) -> TxResult:
-        fn = self.sale.functions.issue(to_checksum_address(to), amount, ref_bytes32(ref))
+    def issue(self, signer: LocalAccount, to: str, amount: int, ref: str, *, into_escrow: bool = False) -> TxResult:
+        """Issue `amount` against `ref` to `to`'s wallet, or straight into its escrow."""
+        issue = self.sale.functions.issueToEscrow if into_escrow else self.sale.functions.issue
+        return self._transact(signer, issue(to_checksum_address(to), amount, ref_bytes32(ref)))
+
+    def set_escrow(self, signer: LocalAccount, escrow: str) -> TxResult:
+        return self._transact(signer, self.token.functions.setEscrow(to_checksum_address(escrow)))
+
+    def set_unlock_period(self, signer: LocalAccount, seconds: int) -> TxResult:
+        return self._transact(signer, self.settlement.functions.setUnlockPeriod(seconds))
+
+    def credit_minted(self, signer: LocalAccount, account: str, amount: int) -> TxResult:
+        return self._transact(signer, self.settlement.functions.creditMinted(to_checksum_address(account), amount))
+
+    def pause_settlement(self, signer: LocalAccount) -> TxResult:
+        return self._transact(signer, self.settlement.functions.pause())
+
+    def unpause_settlement(self, signer: LocalAccount) -> TxResult:
+        return self._transact(signer, self.settlement.functions.unpause())
+
+    def register_node(self, signer: LocalAccount, node: str, endpoint: str, tier: str, region: str) -> TxResult:
+        fn = self.node_registry.functions.register(to_checksum_address(node), endpoint, tier, region)
         return self._transact(signer, fn)
+
+    def update_node(self, signer: LocalAccount, node: str, endpoint: str, tier: str, region: str) -> TxResult:
+        fn = self.node_registry.functions.update(to_checksum_address(node), endpoint, tier, region)
+        return self._transact(signer, fn)
+
+    def retire_node(self, signer: LocalAccount, node: str) -> TxResult:
+        return self._transact(signer, self.node_registry.functions.retire(to_checksum_address(node)))
 
     def set_rate(self, signer: LocalAccount, model: str, input_rate: int, output_rate: int, tier: Tier) -> TxResult:
         return self._transact(signer, self.rate_card.functions.setRate(model, input_rate, output_rate, int(tier)))
@@ -225,12 +356,13 @@ class Ledger:
     def unpause(self, signer: LocalAccount) -> TxResult:
         return self._transact(signer, self.token.functions.unpause())
 
-    def grant_role(self, signer: LocalAccount, role: str, account: str) -> TxResult:
-        contract = self.contract(ROLE_CONTRACT.get(role, "token"))
+    def grant_role(self, signer: LocalAccount, role: str, account: str, *, on: str | None = None) -> TxResult:
+        """Grant `role` on its contract (`on` names another: PAUSER_ROLE lives on token and settlement)."""
+        contract = self.contract(on or ROLE_CONTRACT.get(role, "token"))
         return self._transact(signer, contract.functions.grantRole(role_id(role), to_checksum_address(account)))
 
-    def revoke_role(self, signer: LocalAccount, role: str, account: str) -> TxResult:
-        contract = self.contract(ROLE_CONTRACT.get(role, "token"))
+    def revoke_role(self, signer: LocalAccount, role: str, account: str, *, on: str | None = None) -> TxResult:
+        contract = self.contract(on or ROLE_CONTRACT.get(role, "token"))
         return self._transact(signer, contract.functions.revokeRole(role_id(role), to_checksum_address(account)))
 
     def mint_payment(self, signer: LocalAccount, to: str, amount: int) -> TxResult:
@@ -244,22 +376,52 @@ class Ledger:
     def transfer(self, signer: LocalAccount, to: str, amount: int) -> TxResult:
         return self._transact(signer, self.token.functions.transfer(to_checksum_address(to), amount))
 
-    def burn(self, signer: LocalAccount, amount: int) -> TxResult:
-        return self._transact(signer, self.token.functions.burn(amount))
-
-    def burn_from(self, signer: LocalAccount, owner: str, amount: int) -> TxResult:
-        return self._transact(signer, self.token.functions.burnFrom(to_checksum_address(owner), amount))
-
-    def buy(self, signer: LocalAccount, amount: int, max_cost: int | None = None, *, permit: bool = True) -> TxResult:
-        """Buy `amount` base units with the payment token: a permit when it supports one, else approve."""
+    def buy(self, signer: LocalAccount, amount: int, max_cost: int | None = None, *, permit: bool = True,
+            into_escrow: bool = False) -> TxResult:
+        """Buy `amount` base units with the payment token (a permit, else approve), to the wallet or
+        straight into the buyer's escrow."""
         cost, _tier = self.quote_purchase(amount)
         limit = cost if max_cost is None else max_cost
+        sale = self.sale.functions
         if permit:
-            deadline = int(time.time()) + 3600
+            deadline = self._permit_deadline()
             v, r, s = self.sign_permit(self.payment_token, signer, self.sale.address, limit, deadline)
-            return self._transact(signer, self.sale.functions.buyWithPermit(amount, limit, deadline, v, r, s))
+            buy_permit = sale.buyToEscrowWithPermit if into_escrow else sale.buyWithPermit
+            return self._transact(signer, buy_permit(amount, limit, deadline, v, r, s))
         self._transact(signer, self.payment_token.functions.approve(self.sale.address, limit))
-        return self._transact(signer, self.sale.functions.buy(amount, limit))
+        return self._transact(signer, (sale.buyToEscrow if into_escrow else sale.buy)(amount, limit))
+
+    # -- escrow and budgets ----------------------------------------------------------------
+    def deposit(self, signer: LocalAccount, amount: int, *, permit: bool = True) -> TxResult:
+        """Move `amount` of the signer's tokens into its escrow (one permit transaction, else approve + deposit)."""
+        if permit:
+            deadline = self._permit_deadline()
+            v, r, s = self.sign_permit(self.token, signer, self.settlement.address, amount, deadline)
+            return self.deposit_with_permit(signer, amount, deadline, v, r, s)
+        self.approve(signer, self.settlement.address, amount)
+        return self._transact(signer, self.settlement.functions.deposit(amount))
+
+    def deposit_with_permit(self, signer: LocalAccount, amount: int, deadline: int,
+                            v: int, r: bytes, s: bytes) -> TxResult:
+        return self._transact(signer, self.settlement.functions.depositWithPermit(amount, deadline, v, r, s))
+
+    def deposit_for(self, signer: LocalAccount, account: str, amount: int, *, approve: bool = True) -> TxResult:
+        """Fund `account`'s escrow from the signer's wallet (approving Settlement first unless told not to)."""
+        if approve:
+            self.approve(signer, self.settlement.address, amount)
+        return self._transact(signer, self.settlement.functions.depositFor(to_checksum_address(account), amount))
+
+    def request_withdrawal(self, signer: LocalAccount, amount: int) -> TxResult:
+        """Ask to withdraw `amount` of the signer's escrow after the unlock period (0 cancels)."""
+        return self._transact(signer, self.settlement.functions.requestWithdrawal(amount))
+
+    def withdraw(self, signer: LocalAccount) -> TxResult:
+        """Complete the signer's unlocked withdrawal."""
+        return self._transact(signer, self.settlement.functions.withdraw())
+
+    def set_budget(self, signer: LocalAccount, spender: str, amount: int) -> TxResult:
+        """Set `spender`'s budget from the signer's escrow: a raise applies now, a cut after the unlock period."""
+        return self._transact(signer, self.settlement.functions.setBudget(to_checksum_address(spender), amount))
 
     def sign_permit(
         self, token: Contract, owner: LocalAccount, spender: str, value: int, deadline: int, nonce: int | None = None
@@ -284,15 +446,15 @@ class Ledger:
         return self._transact(signer, fn)
 
     # -- settlement ------------------------------------------------------------------------
-    def settle_fn(self, batch_id: bytes, root: bytes, receipt_count: int,
-                  items: Sequence[SettlementItem]) -> ContractFunction:
+    def settle_fn(self, root: bytes, receipt_count: int, items: Sequence[SettlementItem]) -> ContractFunction:
         rows = [(to_checksum_address(i.payer), to_checksum_address(i.spender), int(i.amount)) for i in items]
-        return self.settlement.functions.settle(batch_id, root, receipt_count, rows)
+        return self.settlement.functions.settle(root, receipt_count, rows)
 
-    def settle_batch(self, signer: LocalAccount, batch_id: bytes, root: bytes, receipt_count: int,
+    def settle_batch(self, signer: LocalAccount, root: bytes, receipt_count: int,
                      items: Sequence[SettlementItem]) -> SettleResult:
-        """Submit one batch and wait for it; returns what was burned and any shortfalls."""
-        tx = self._transact(signer, self.settle_fn(batch_id, root, receipt_count, items))
+        """Submit the batch of receipts under `root` and wait for it; returns what was burned and any
+        shortfalls. The batch id is `batch_id_of(root)`."""
+        tx = self._transact(signer, self.settle_fn(root, receipt_count, items))
         return self.settle_result(tx)
 
     def settle_result(self, tx: TxResult) -> SettleResult:
@@ -303,4 +465,5 @@ class Ledger:
                                 BaseUnits(e["args"]["paid"]))
                       for e in events.Shortfall().process_receipt(tx.receipt, errors=DISCARD)]
         settled = events.BatchSettled().process_receipt(tx.receipt, errors=DISCARD)
-        return SettleResult(tx, BaseUnits(settled[0]["args"]["total"]), redeemed, shortfalls)
+        args = settled[0]["args"]
+        return SettleResult(tx, bytes(args["batchId"]), BaseUnits(args["total"]), redeemed, shortfalls)

@@ -2,8 +2,11 @@
 
 `ensure_deployed` is idempotent: a recorded deployment whose code is still on
 the chain is reused; otherwise everything is deployed and recorded under the
-state dir. Roles: the sale and the operator may mint; only Settlement may
-redeem; the settler key holds SETTLER_ROLE.
+state dir. Roles: the sale and the operator may mint; Settlement is the token's
+escrow (`setEscrow`) and its only burner (REDEEMER_ROLE); the sale may credit
+what it mints into escrow (DEPOSITOR_ROLE); the settler key holds SETTLER_ROLE;
+the operator registers nodes in NodeRegistry. The unlock period is set at deploy
+(`Settings.effective_unlock_period`: 15 minutes embedded, 24 hours elsewhere).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def existing_deployment(settings: Settings, w3: Web3) -> Deployment | None:
         record = load_deployment(settings.state_dir, int(w3.eth.chain_id))
     except DeploymentMissing:
         return None
+    if not record.complete:  # recorded by an older release: its contracts lack the escrow
+        return None
     if all(len(w3.eth.get_code(Web3.to_checksum_address(a))) > 0 for a in record.contracts.values()):
         return record
     return None
@@ -81,24 +86,28 @@ def deploy_all(settings: Settings, w3: Web3, operator: LocalAccount, settler: Lo
     first_block = min(first_block, block)
     progress("deploying RateCard")
     rate_card, _ = deploy_contract(sender, "RateCard", operator.address)
+    progress(f"deploying Settlement (unlock period {settings.effective_unlock_period} s)")
+    settlement, _ = deploy_contract(sender, "Settlement", token, operator.address, settings.effective_unlock_period)
     progress("deploying TokenSale")
-    sale, _ = deploy_contract(sender, "TokenSale", token, payment_token, operator.address, operator.address,
-                              [list(t) for t in DEFAULT_SALE_TIERS])
-    progress("deploying Settlement")
-    settlement, _ = deploy_contract(sender, "Settlement", token, operator.address)
+    sale, _ = deploy_contract(sender, "TokenSale", token, payment_token, settlement, operator.address,
+                              operator.address, [list(t) for t in DEFAULT_SALE_TIERS])
+    progress("deploying NodeRegistry")
+    node_registry, _ = deploy_contract(sender, "NodeRegistry", operator.address)
     deployment = Deployment(
         chain_id=int(w3.eth.chain_id),
         rpc_url=settings.effective_rpc_url,
         deploy_block=first_block,
         contracts={"token": token, "sale": sale, "rate_card": rate_card, "settlement": settlement,
-                   "payment_token": payment_token},
+                   "payment_token": payment_token, "node_registry": node_registry},
     )
     ledger = Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)
     ledger._senders[operator.address] = sender
     progress("wiring roles")
+    ledger.set_escrow(operator, settlement)
     ledger.grant_role(operator, "MINTER_ROLE", sale)
     ledger.grant_role(operator, "MINTER_ROLE", operator.address)
     ledger.grant_role(operator, "REDEEMER_ROLE", settlement)
+    ledger.grant_role(operator, "DEPOSITOR_ROLE", sale)
     ledger.grant_role(operator, "SETTLER_ROLE", settler.address)
     for name, input_rate, output_rate, tier in parse_models(settings.models):
         progress(f"setting rate for {name}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from ledger.errors import DeploymentMissing
 
-CONTRACT_KEYS = ("token", "sale", "rate_card", "settlement", "payment_token")
+CONTRACT_KEYS = ("token", "sale", "rate_card", "settlement", "payment_token", "node_registry")
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,13 @@ class Deployment:
             "chain_id": self.chain_id,
             "rpc_url": self.rpc_url,
             "deploy_block": self.deploy_block,
-            "contracts": {k: self.contracts[k] for k in CONTRACT_KEYS},
+            "contracts": {k: self.contracts[k] for k in CONTRACT_KEYS if k in self.contracts},
         }
+
+    @property
+    def complete(self) -> bool:
+        """Whether the record names every contract this release deploys (older records do not)."""
+        return all(k in self.contracts for k in CONTRACT_KEYS)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:

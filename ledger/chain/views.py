@@ -21,7 +21,7 @@ from web3.contract import Contract
 
 from ledger.chain.client import Ledger
 from ledger.chain.rpc import RpcError, batch, call, result
-from ledger.domain import ChainFigures
+from ledger.domain import ChainFigures, effective_budget
 from ledger.units import BaseUnits
 
 _WORD_INPUTS = {"address": 20, "bytes32": 32}  # ABI type -> byte length of a one-word static argument
@@ -80,25 +80,29 @@ def _address(value: str | bytes) -> bytes:
 
 
 def read_direct(ledger: Ledger, payer: str | bytes, spender: str | bytes) -> ChainFigures:
-    """Balance, allowance, allowlist and pause for (payer, spender) straight from the chain, at one block.
+    """Escrow, pending withdrawal, budget, allowlist and pause for (payer, spender) from the chain, at one block.
 
-    Two round trips: the block number, then one batch of four eth_calls pinned to it.
+    Two round trips: the block number, then one batch of eth_calls pinned to it.
     """
     w3 = ledger.w3
-    token = ledger.token
+    settlement, token = ledger.settlement, ledger.token
     payer_hex = to_checksum_address(_address(payer))
     spender_hex = to_checksum_address(_address(spender))
     block = int(call(w3, "eth_blockNumber", []), 16)
     views = (
-        ContractView.of(token, "balanceOf"),
-        ContractView.of(token, "allowance"),
+        ContractView.of(settlement, "escrowOf"),
+        ContractView.of(settlement, "pendingWithdrawalOf"),
+        ContractView.of(settlement, "budgetOf"),
         ContractView.of(token, "isAllowlisted"),
         ContractView.of(token, "paused"),
     )
-    args: Iterable[list[Any]] = ([payer_hex], [payer_hex, spender_hex], [payer_hex], [])
+    args: Iterable[list[Any]] = ([payer_hex], [payer_hex], [payer_hex, spender_hex], [payer_hex], [])
     calls = [view.request(w3, a, block) for view, a in zip(views, args, strict=True)]
     answers = batch(w3, calls, len(calls))
-    balance, allowance, allowlisted, paused = (
+    escrow, pending, budget, allowlisted, paused = (
         view.decode(w3, result(answer, "eth_call")) for view, answer in zip(views, answers, strict=True)
     )
-    return ChainFigures(BaseUnits(int(balance)), BaseUnits(int(allowance)), bool(allowlisted), bool(paused), block)
+    remaining, scheduled, effective_at = budget
+    spendable = None if payer_hex == spender_hex else BaseUnits(effective_budget(remaining, scheduled, effective_at))
+    return ChainFigures(BaseUnits(int(escrow)), BaseUnits(int(pending[0])), spendable, bool(allowlisted),
+                        bool(paused), block)

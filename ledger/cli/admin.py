@@ -52,17 +52,86 @@ def issue(
     address: str,
     amount: str = typer.Argument(..., help="compute tokens to issue, e.g. 1000 or 12.5"),
     ref: str = typer.Option(..., "--ref", help="invoice or bundle reference (at most 32 bytes)"),
+    into_escrow: bool = typer.Option(False, "--into-escrow", help="credit the tokens straight to ADDRESS's escrow "
+                                     "account on Settlement, where they pay for signed calls"),
     keystore: Path | None = KeystoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Issue AMOUNT compute tokens to ADDRESS against an invoice or bundle reference."""
+    """Issue AMOUNT compute tokens to ADDRESS (its wallet, or with --into-escrow its escrow) against an invoice
+    or bundle reference."""
+    from ledger.chain.client import ref_bytes32
     from ledger.units import parse_tokens
 
     account, units = checksum_address(address), parse_tokens(amount)
     if units == 0:
         raise ValueError("the amount must be more than zero")
-    tx = open_ledger().issue(operator_key(keystore), account, units, ref)
-    report_tx("issued", tx.tx_hash, tx.block_number, as_json, to=account, amount=units, ref=ref)
+    ledger = open_ledger()
+    signer = operator_key(keystore)
+    if into_escrow:
+        tx = ledger._transact(signer, ledger.sale.functions.issueToEscrow(account, units, ref_bytes32(ref)))
+    else:
+        tx = ledger.issue(signer, account, units, ref)
+    report_tx("issued", tx.tx_hash, tx.block_number, as_json, to=account, amount=units, ref=ref,
+              into="escrow" if into_escrow else "wallet")
+
+
+@app.command("unlock-period")
+@explained
+def unlock_period(
+    seconds: int | None = typer.Argument(None, min=1, help="the new unlock period in seconds (omit to show it)"),
+    keystore: Path | None = KeystoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show or set how long escrow withdrawals and budget cuts wait before they take effect.
+
+    The redemption service refuses to start unless its hold lifetime, receipt allowance, settlement bound
+    and mirror lag allowance add up to less than this.
+    """
+    ledger = open_ledger()
+    current = int(ledger.settlement.functions.unlockPeriod().call())
+    if seconds is None:
+        if as_json:
+            print_json({"unlock_period": current})
+        else:
+            console.print(f"unlock period {current} s", highlight=False)
+        return
+    tx = ledger._transact(operator_key(keystore), ledger.settlement.functions.setUnlockPeriod(seconds))
+    report_tx("unlock_period_set", tx.tx_hash, tx.block_number, as_json, unlock_period=seconds, previous=current)
+
+
+@app.command("faucet")
+@explained
+def faucet(
+    address: str,
+    amount: str = typer.Argument(..., help="test stablecoin to mint, in its own units, e.g. 1000"),
+    keystore: Path | None = KeystoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Mint AMOUNT of the embedded chain's test stablecoin to ADDRESS, so it can buy compute tokens.
+
+    Refuses on any chain but the embedded one: a real payment token is never minted here.
+    """
+    from ledger.cli.common import Refused
+    from ledger.cli.wallet import payment_token
+    from ledger.config import get_settings
+
+    account = checksum_address(address)
+    settings = get_settings()
+    ledger = open_ledger()
+    if not settings.embedded_chain or settings.payment_token is not None:
+        raise Refused("the faucet runs only on the embedded chain, whose payment token is the test stablecoin",
+                      "on a production chain, buy the payment token the usual way")
+    pay = payment_token(ledger)
+    units = pay.parse(amount, "amount")
+    if units == 0:
+        raise Refused("the amount must be more than zero")
+    tx = ledger.mint_payment(operator_key(keystore), account, units)
+    if as_json:
+        print_json({"action": "funded", "to": account, "amount": units, "payment_token": pay.to_json(),
+                    "tx_hash": tx.tx_hash, "block": tx.block_number})
+        return
+    console.print(f"[green]funded[/] {account} with {pay.show(units)}\n  tx {tx.tx_hash} (block {tx.block_number})",
+                  highlight=False)
 
 
 @rates_app.command("set")

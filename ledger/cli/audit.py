@@ -2,7 +2,8 @@
 
 `index` backfills and follows the Sluice contracts' events into PostgreSQL (the redemption service
 runs the same indexer in a thread). `history` and `verify` talk to an audit API with signed calls
-from a key holding AUDITOR_ROLE (`--key`: a 0x private key or a keystore file; or SLUICE_AUDITOR_KEY).
+from a key holding AUDITOR_ROLE (`--key`: a keystore file; or SLUICE_AUDITOR_KEY, a private key in the
+environment). A raw key is never taken on the command line, where every local user's `ps` can read it.
 `verify` trusts only the chain it is pointed at: exit status 0 when every check holds, 1 when it
 found discrepancies (all printed), 2 when it could not run.
 """
@@ -23,8 +24,8 @@ app = typer.Typer(help="Auditors: the on-chain history, and verifying every burn
 KEY_ENV = "SLUICE_AUDITOR_KEY"
 # The key defaults to the settings' auditor_key (SLUICE_AUDITOR_KEY), read in `_auditor`.
 KeyOpt = typer.Option(None, "--key",
-                      help="auditor key holding AUDITOR_ROLE: a 0x private key or a keystore file "
-                           f"(password from ${PASSWORD_ENV} or a prompt) \\[env var: {KEY_ENV}]")
+                      help="keystore file of a key holding AUDITOR_ROLE (password from "
+                           f"${PASSWORD_ENV} or a prompt); or set {KEY_ENV} to the private key")
 ApiOpt = typer.Option(None, "--api", help="audit API base URL (default: the embedded stack's service)")
 
 
@@ -37,24 +38,37 @@ def _api_url(value: str | None) -> str:
 
 
 def _auditor(value: str | None) -> Any:
-    """The auditor's key: `--key`, else SLUICE_AUDITOR_KEY (both a 0x private key or a keystore file)."""
+    """The auditor's key: `--key` (a keystore file), else SLUICE_AUDITOR_KEY (a private key or a keystore file)."""
     from eth_account import Account
 
     from ledger.config import get_settings
     from ledger.keys import load_keystore
 
+    from_option = value is not None
+    if value is not None and looks_like_raw_key(value):
+        fail("--key takes a keystore file, not a raw private key: a key on the command line is visible to every "
+             "local user (ps, shell history)", f"set {KEY_ENV} to the private key instead, or pass a keystore file "
+             "(`sluice wallet create` makes one)", code=2)
     if value is None and (configured := get_settings().auditor_key) is not None:
         value = configured.get_secret_value()
     if not value:
-        fail("no auditor key", f"pass --key (a 0x private key or a keystore file) or set {KEY_ENV}; the operator "
+        fail("no auditor key", f"pass --key KEYSTORE or set {KEY_ENV}; the operator "
                                "grants the key the role with `sluice admin roles grant auditor ADDRESS`")
     path = Path(value).expanduser()
     if path.is_file():
         return load_keystore(path, ask_password(f"Password for {path}"))
+    if from_option:
+        fail(f"--key {value}: no such keystore file", f"pass a keystore file, or set {KEY_ENV} to the private key")
     try:
         return Account.from_key(value)
     except (ValueError, TypeError):
-        fail("--key is neither a keystore file nor a 0x private key")
+        fail(f"{KEY_ENV} is neither a keystore file nor a 0x private key")
+
+
+def looks_like_raw_key(value: str) -> bool:
+    """A 32-byte hex string (0x or not): a private key, never a keystore path."""
+    digits = value[2:] if value.lower().startswith("0x") else value
+    return len(digits) == 64 and all(c in "0123456789abcdefABCDEF" for c in digits)
 
 
 
@@ -155,6 +169,14 @@ def _describe(row: dict[str, Any]) -> str:
         if event == "RateSet":
             return f"{name}: in {format_tokens(int(args['inputRate']))}, out {format_tokens(int(args['outputRate']))}"
         return f"{name}" + (f" ({args['tierName']})" if "tierName" in args else "")
+    if event == "Deposited":
+        return f"into the escrow of {_short(args['account'])} from {_short(args['from'])}"
+    if event == "WithdrawalRequested":
+        return f"{_short(args['account'])} asks to withdraw, unlocks at {args['unlocksAt']}"
+    if event == "Withdrawn":
+        return f"out of the escrow of {_short(args['account'])}"
+    if event == "BudgetSet":
+        return f"{_short(args['payer'])} gives {_short(args['spender'])} a budget, effective at {args['effectiveAt']}"
     if event == "AllowlistUpdated":
         return f"{_short(args['account'])} {'allowed' if args['allowed'] else 'removed'}"
     if event == "Purchased":
@@ -169,7 +191,8 @@ def _amount(row: dict[str, Any]) -> str:
 
     args = row["args"]
     key = {"Transfer": "value", "Approval": "value", "Purchased": "amount", "Issued": "amount", "Redeemed": "amount",
-           "BatchSettled": "total"}.get(row["event"])
+           "BatchSettled": "total", "Deposited": "amount", "WithdrawalRequested": "amount", "Withdrawn": "amount",
+           "BudgetSet": "amount"}.get(row["event"])
     if key is None:
         return ""
     value = int(args[key])
@@ -188,7 +211,8 @@ HISTORY_COLUMNS = (Column("time (UTC)", wrap=True, min_width=10), Column("block"
 def history(
     account: list[str] = typer.Option([], "--account", help="events naming this address (repeatable)"),  # noqa: B008
     kind: list[str] = typer.Option([], "--kind", help="purchase, issue, mint, burn, transfer, approval, redemption, "  # noqa: B008
-                                   "shortfall, batch, rate_change, role_change, allowlist, pause, config"),
+                                   "shortfall, batch, rate_change, role_change, allowlist, pause, config, deposit, "
+                                   "withdrawal, budget"),
     from_block: int | None = typer.Option(None, "--from-block", min=0),
     to_block: int | None = typer.Option(None, "--to-block", min=0),
     since: str | None = typer.Option(None, "--since", help="unix seconds or ISO 8601"),
@@ -201,7 +225,8 @@ def history(
     api: str | None = ApiOpt,
     key: str | None = KeyOpt,
 ) -> None:
-    """The on-chain history from the audit API (purchases, transfers, burns, batches, rate and role changes).
+    """The on-chain history from the audit API (purchases, deposits, withdrawals, budgets, transfers, burns,
+    batches, rate and role changes).
 
     Newest first unless --oldest-first; one page of --limit rows unless --all.
     """
@@ -350,7 +375,7 @@ def _print_report(result: Any) -> None:
         ("minted", format_tokens(result.minted)),
         ("burned", format_tokens(result.burned)),
         ("totalSupply()", format_tokens(result.total_supply)),
-        ("direct burns (holders' own)", f"{result.direct_burns:,} ({format_tokens(result.direct_burned)})"),
+        ("burns outside settlement", f"{result.direct_burns:,} ({format_tokens(result.direct_burned)})"),
         ("seconds (reading logs / total)", f"{result.seconds_chain:.2f} / {result.seconds_total:.2f}"),
         ("receipts per second", f"{result.receipts_per_second:,.0f}"),
     ):
@@ -367,9 +392,19 @@ def _print_report(result: Any) -> None:
                           f"{t.receipts:,}", format_tokens(t.receipts_cost), format_tokens(t.redeemed),
                           format_tokens(t.shortfall_unpaid), format_tokens(t.debt_receipts_cost))
         console.print(pairs)
+    if result.unreceipted:
+        charged = Table(title=f"{len(result.unreceipted)} calls charged without a node receipt (fail-closed, from "
+                              "what the service relayed)", title_style="bold yellow")
+        for column in ("batch", "job", "reason"):
+            charged.add_column(column)
+        for u in result.unreceipted:
+            charged.add_row(_short(u["batch_id"], 8), _short(u["job_id"], 8), u["reason"])
+        console.print(charged)
     if result.ok:
-        console.print("[bold green]verified:[/] every burn is backed by signed requests and node receipts, "
-                      "and supply adds up")
+        backed = ("every burn is backed by signed requests and node receipts" if not result.unreceipted else
+                  f"every burn is backed by signed requests and node receipts, except {len(result.unreceipted)} "
+                  "unreceipted calls listed above")
+        console.print(f"[bold green]verified:[/] {backed}, and supply adds up")
         return
     problems = Table(title=f"{len(result.discrepancies)} discrepancies", title_style="bold red")
     for column in ("check", "batch", "job", "detail"):

@@ -24,7 +24,7 @@ def _write(path: Path | None, figures: dict[str, object]) -> None:
 @app.command("settlement-gas")
 @explained
 def settlement_gas(json_path: Path | None = JsonPath) -> None:
-    """Gas per settled item for batches of 1, 10, 100 and 500 items, beside one plain burn transaction per item.
+    """Gas per settled item of Settlement.settle for batches of 1, 10, 100 and 500 items, payer = spender and not.
 
     Runs on a throwaway embedded chain (its own state dir and a free port), so it never touches your stack.
     """

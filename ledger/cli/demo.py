@@ -19,10 +19,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the end-to-end scenario on the embedded stack (started here if none is running).
 
-        An operator allowlists an enterprise; the enterprise buys compute tokens with a permit and
-        approves two developer keys; the developers make signed calls with the `openai` package (one
-        runs out of budget and gets 402); the Celery workers settle the usage on chain; an auditor
-        verifies the whole history and prints it. Inference is simulated on the embedded stack.
+        An operator allowlists an enterprise; the enterprise buys compute tokens into its escrow with a
+        permit and gives two developer keys budgets; the developers make signed calls with the `openai`
+        package (one runs out of budget and gets 402); during a few streams the enterprise asks to
+        withdraw its whole escrow, which the admitted calls still draw on; the Celery workers settle the
+        usage on chain; an auditor verifies the whole history (no Shortfall) and prints it. Inference is
+        simulated on the embedded stack.
         """
         from ledger.chain.client import Ledger
         from ledger.chain.connection import connect
@@ -54,14 +56,15 @@ def register(app: typer.Typer) -> None:
             ledger = Ledger(w3, deployment, timeout=clients.tx_timeout, confirmations=clients.confirmations)
             console.print(f"[bold]Sluice[/] on chain {deployment.chain_id}; API {record['endpoints']['api']}; "
                           f"nodes {', '.join(record['endpoints'].get('nodes', []))}")
-            console.rule("buy → signed calls → settlement → audit")
+            console.rule("buy into escrow → budgets → calls → withdrawal request → settlement → audit")
             outcome = run_story(ledger, record["endpoints"]["api"], operator_account(clients),
                                 say=lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False))
             console.rule()
             if outcome.verify_discrepancies:
                 raise typer.Exit(1)
             console.print(f"[bold green]demo complete[/]: {outcome.calls_served} calls served, "
-                          f"{outcome.refused_402} refused with 402, every metered call settled and verified")
+                          f"{outcome.refused_402} refused with 402, the whole escrow asked back mid-calls, "
+                          "every metered call settled and verified, no Shortfall")
         finally:
             if started_here and not keep:
                 err_console.print("[dim]stopping the stack this demo started (state kept; --keep leaves it up)[/]")

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from ledger.chain.client import Ledger
     from ledger.chain.sender import TxResult
 
-app = typer.Typer(help="An enterprise's wallet: keystores, balances, buying compute tokens, developer budgets.",
-                  no_args_is_help=True)
+app = typer.Typer(help="An enterprise's wallet: keystores, balances, buying compute tokens into escrow, "
+                  "withdrawals, developer budgets.", no_args_is_help=True)
 
 PERMIT_TTL = 3600  # seconds a purchase permit stays valid
 
@@ -274,34 +274,6 @@ def _require_allowlisted(ledger: Ledger, account: str, role: str) -> None:
                       f"ask the operator to allowlist it: sluice admin allowlist add {account}")
 
 
-def _approved_spenders(ledger: Ledger, owner: str) -> list[str]:
-    """Every spender `owner` ever approved, from the token's Approval logs since the deployment."""
-    from eth_utils.address import to_checksum_address
-    from eth_utils.crypto import keccak
-    from web3.exceptions import Web3RPCError
-
-    topics = ["0x" + keccak(text="Approval(address,address,uint256)").hex(),
-              "0x" + "00" * 12 + owner[2:].lower()]
-    found: dict[str, None] = {}
-
-    def scan(start: int, end: int) -> None:
-        try:
-            logs = ledger.w3.eth.get_logs({"fromBlock": start, "toBlock": end, "address": ledger.token.address,
-                                           "topics": topics})
-        except Web3RPCError:
-            if start == end:
-                raise
-            middle = (start + end) // 2  # the node refused the range (too many blocks or logs): halve it
-            scan(start, middle)
-            scan(middle + 1, end)
-            return
-        for entry in logs:
-            found[str(to_checksum_address(bytes(entry["topics"][2])[-20:]))] = None
-
-    scan(ledger.deployment.deploy_block, ledger.w3.eth.block_number)
-    return list(found)
-
-
 def _tier_table(tiers: list[tuple[int, int]], applied: int | None, pay: PaymentToken) -> Any:
     from rich.table import Table
 
@@ -319,26 +291,40 @@ def balance(
     keystore: str | None = WalletOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Compute tokens, payment tokens, and the budgets (allowances) granted to developer keys."""
+    """Compute tokens in the wallet and in escrow, the pending withdrawal and its unlock time, payment tokens,
+    and the budgets given to developer keys."""
+    from ledger.cli.escrow import budget_of, budget_spenders, escrow_of, when
+
     owner = _owner(account, keystore)
     ledger = _ledger()
     pay = payment_token(ledger)
     tokens = ledger.balance_of(owner)
+    escrow = escrow_of(ledger, owner)
     payment = ledger.payment_balance(owner)
     allowlisted = ledger.is_allowlisted(owner)
-    budgets = [(s, a) for s in _approved_spenders(ledger, owner) if (a := ledger.allowance(owner, s)) > 0]
+    budgets = [(s, b) for s in budget_spenders(ledger, owner) if (b := budget_of(ledger, owner, s)).remaining > 0]
     if as_json:
-        print_json({"address": owner, "allowlisted": allowlisted, "compute_tokens": tokens,
+        print_json({"address": owner, "allowlisted": allowlisted, "compute_tokens": tokens, "escrow": escrow.escrow,
+                    "pending_withdrawal": escrow.pending, "unlocks_at": escrow.unlocks_at or None,
+                    "unlock_period": escrow.unlock_period,
                     "payment_token": {**pay.to_json(), "balance": payment},
-                    "allowances": [{"developer": s, "allowance": a} for s, a in budgets]})
+                    "budgets": [{"developer": s, "remaining": b.remaining, "effective": b.effective,
+                                 "effective_at": b.effective_at or None} for s, b in budgets]})
         return
     console.print(f"wallet {owner}" + ("" if allowlisted else "  [yellow](not allowlisted)[/]"), highlight=False)
-    console.print(f"  compute tokens  {format_tokens(tokens)}", highlight=False)
-    console.print(f"  {pay.symbol:<14}  {format_amount(payment, pay.decimals)}", highlight=False)
+    console.print(f"  compute tokens      {format_tokens(tokens)}", highlight=False)
+    console.print(f"  escrow              {format_tokens(escrow.escrow)}", highlight=False)
+    if escrow.pending:
+        console.print(f"  pending withdrawal  {format_tokens(escrow.pending)} (unlocks {when(escrow.unlocks_at)})",
+                      highlight=False)
+    else:
+        console.print("  pending withdrawal  none", highlight=False)
+    console.print(f"  {pay.symbol:<18}  {format_amount(payment, pay.decimals)}", highlight=False)
     if budgets:
-        console.print("  developer budgets (allowances):")
-        for spender, allowed in budgets:
-            console.print(f"    {spender}  {format_tokens(allowed)}", highlight=False)
+        console.print("  developer budgets:")
+        for spender, b in budgets:
+            cut = f"  (cut to {format_tokens(b.scheduled)} at {when(b.effective_at)})" if b.effective_at else ""
+            console.print(f"    {spender}  {format_tokens(b.remaining)}{cut}", highlight=False)
     else:
         console.print("  no developer budgets")
     if not allowlisted:
@@ -380,11 +366,14 @@ def buy(
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
     no_permit: bool = typer.Option(False, "--no-permit", help="approve the sale in a separate transaction even "
                                    "if the payment token takes EIP-2612 permits"),
+    to_wallet: bool = typer.Option(False, "--to-wallet", help="put the tokens in the wallet instead of its escrow "
+                                   "(they pay for calls only once deposited: `sluice wallet deposit`)"),
     keystore: str | None = WalletOpt,
     confirmations: int | None = ConfirmationsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Buy AMOUNT compute tokens with the payment token, at the sale's volume-tier price.
+    """Buy AMOUNT compute tokens with the payment token, at the sale's volume-tier price, straight into the
+    wallet's escrow account (where they pay for signed calls); --to-wallet puts them in the wallet instead.
 
     Pays with an EIP-2612 permit (one transaction) when the payment token supports it, else with
     approve + buy. Shows the quote and asks before buying unless --yes.
@@ -427,13 +416,15 @@ def buy(
         if method == "permit":
             deadline = int(ledger.w3.eth.get_block("latest")["timestamp"]) + PERMIT_TTL
             v, r, s = ledger.sign_permit(ledger.payment_token, signer, ledger.sale.address, limit, deadline)
-            result = send(ledger, signer, ledger.sale.functions.buyWithPermit(units, limit, deadline, v, r, s),
-                          "buying with a permit")
+            buy_with_permit = ledger.sale.functions.buyWithPermit if to_wallet else \
+                ledger.sale.functions.buyToEscrowWithPermit
+            result = send(ledger, signer, buy_with_permit(units, limit, deadline, v, r, s), "buying with a permit")
         else:
             if int(ledger.payment_token.functions.allowance(buyer, ledger.sale.address).call()) < limit:
                 approve_tx = send(ledger, signer, ledger.payment_token.functions.approve(ledger.sale.address, limit),
                                   f"approving the sale to take {pay.show(limit)}")
-            result = send(ledger, signer, ledger.sale.functions.buy(units, limit), "buying")
+            buy_fn = ledger.sale.functions.buy if to_wallet else ledger.sale.functions.buyToEscrow
+            result = send(ledger, signer, buy_fn(units, limit), "buying")
     except PaymentShort as exc:
         required, available = int(exc.args_by_name["required"]), int(exc.args_by_name["available"])
         raise Refused(f"the sale needs {pay.show(required)} but can take only {pay.show(available)}: "
@@ -445,8 +436,10 @@ def buy(
                       "check `sluice wallet quote AMOUNT`, then retry with a higher --max-cost") from None
     bought = ledger.sale.events.Purchased().process_receipt(result.receipt, errors=DISCARD)[0]["args"]
     now_held = ledger.balance_of(buyer)
+    now_escrow = int(ledger.settlement.functions.escrowOf(buyer).call())
     if as_json:
-        print_json({"action": "bought", "buyer": buyer, "amount": int(bought["amount"]), "cost": int(bought["cost"]),
+        print_json({"action": "bought", "buyer": buyer, "into": "wallet" if to_wallet else "escrow",
+                    "escrow": now_escrow, "amount": int(bought["amount"]), "cost": int(bought["cost"]),
                     "tier": int(bought["tier"]), "max_cost": limit, "method": method, "tx_hash": result.tx_hash,
                     "block": result.block_number, "approve_tx_hash": None if approve_tx is None else approve_tx.tx_hash,
                     "balance": now_held})
@@ -455,79 +448,11 @@ def buy(
         console.print(f"  approve tx {approve_tx.tx_hash} (block {approve_tx.block_number})", soft_wrap=True,
                       highlight=False)
     console.print(f"[green]bought[/] {format_tokens(int(bought['amount']))} compute tokens for "
-                  f"{pay.show(int(bought['cost']))} (tier {int(bought['tier'])}, {method}); the wallet now holds "
-                  f"{format_tokens(now_held)}\n  tx {result.tx_hash} (block {result.block_number})",
+                  f"{pay.show(int(bought['cost']))} (tier {int(bought['tier'])}, {method}) into the "
+                  + (f"wallet; it now holds {format_tokens(now_held)}" if to_wallet
+                     else f"escrow; it now holds {format_tokens(now_escrow)}")
+                  + f"\n  tx {result.tx_hash} (block {result.block_number})",
                   soft_wrap=True, highlight=False)
-
-
-@app.command("approve")
-@explained
-def approve(
-    developer: str = typer.Argument(..., help="the developer key's address"),
-    budget: str = typer.Argument(..., help="compute tokens it may spend; replaces what is left of its budget"),
-    keystore: str | None = WalletOpt,
-    confirmations: int | None = ConfirmationsOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Let DEVELOPER spend up to BUDGET of the wallet's compute tokens on signed calls (ERC-20 approve)."""
-    spender = checksum_address(developer, "developer")
-    units = _tokens(budget, "budget")
-    path = keystore_path(keystore)
-    owner = keystore_address(path)
-    if spender == owner:
-        raise Refused("the developer key is the wallet itself: it spends its own tokens without a budget",
-                      "approve a separate key for each developer")
-    ledger = _ledger(confirmations)
-    previous = ledger.allowance(owner, spender)
-    signer = unlock(str(path))
-    result = send(ledger, signer, ledger.token.functions.approve(spender, units), "approving")
-    if as_json:
-        print_json({"action": "approved", "owner": owner, "developer": spender, "budget": units,
-                    "previous": previous, "tx_hash": result.tx_hash, "block": result.block_number})
-        return
-    console.print(f"[green]approved[/] {spender} may spend up to {format_tokens(units)} compute tokens of {owner} "
-                  f"(was {format_tokens(previous)})\n  tx {result.tx_hash} (block {result.block_number})",
-                  soft_wrap=True, highlight=False)
-    if not ledger.is_allowlisted(owner):
-        console.print(f"  note: {owner} is not allowlisted yet, so its developers' calls are refused until the "
-                      f"operator runs `sluice admin allowlist add {owner}`", soft_wrap=True, highlight=False)
-
-
-@app.command("revoke")
-@explained
-def revoke(
-    developer: str = typer.Argument(..., help="the developer key's address"),
-    keystore: str | None = WalletOpt,
-    confirmations: int | None = ConfirmationsOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Take back DEVELOPER's budget (approve 0): its new calls are refused.
-
-    Usage it already made but that is not settled yet is still burned from this budget; what the
-    budget no longer covers becomes a debt of the wallet (see `sluice wallet usage`).
-    """
-    spender = checksum_address(developer, "developer")
-    path = keystore_path(keystore)
-    owner = keystore_address(path)
-    ledger = _ledger(confirmations)
-    previous = ledger.allowance(owner, spender)
-    if previous == 0:
-        if as_json:
-            print_json({"action": "unchanged", "owner": owner, "developer": spender, "previous": 0,
-                        "tx_hash": None, "block": None})
-        else:
-            console.print(f"{spender} has no budget from {owner}; nothing to revoke", soft_wrap=True, highlight=False)
-        return
-    signer = unlock(str(path))
-    result = send(ledger, signer, ledger.token.functions.approve(spender, 0), "revoking")
-    if as_json:
-        print_json({"action": "revoked", "owner": owner, "developer": spender, "previous": previous,
-                    "tx_hash": result.tx_hash, "block": result.block_number})
-        return
-    console.print(f"[green]revoked[/] {spender}'s budget of {format_tokens(previous)} compute tokens\n"
-                  f"  tx {result.tx_hash} (block {result.block_number})", soft_wrap=True, highlight=False)
-    console.print("  note: its usage not settled yet is still charged; what the budget no longer covers becomes "
-                  "a debt (`sluice wallet usage` shows what is unsettled)", soft_wrap=True, highlight=False)
 
 
 @app.command("transfer")
@@ -579,12 +504,15 @@ def _service_url() -> str:
     return str(api) if api else f"http://127.0.0.1:{settings.api_port}"
 
 
-def _usage_from_api(api: str, payer: str) -> list[dict[str, Any]]:
+def _usage_from_api(api: str, payer: str, reader: Any) -> list[dict[str, Any]]:
+    """The service's signed usage read: `reader` (the wallet's key) must be the payer or an auditor."""
     import httpx
+
+    from redemption.sdk import reader_auth
 
     url = api.rstrip("/") + "/v1/usage"
     try:
-        response = httpx.get(url, params={"payer": payer}, timeout=15)
+        response = httpx.get(url, params={"payer": payer}, timeout=15, auth=reader_auth(reader))
     except httpx.HTTPError as exc:
         raise Refused(f"the service at {api} does not answer ({exc.__class__.__name__})",
                       "start it with `sluice up --detach`, pass --api URL, or set DATABASE_URL to read the "
@@ -640,7 +568,7 @@ def usage(
     if api is None and database:
         source, rows = "database", _usage_from_database(database, payer)
     else:
-        source, rows = "api", _usage_from_api(api or _service_url(), payer)
+        source, rows = "api", _usage_from_api(api or _service_url(), payer, unlock(keystore))
     if as_json:
         print_json({"payer": payer, "source": source, "spenders": rows})
         return
@@ -656,3 +584,12 @@ def usage(
     unsettled = sum(r["unsettled"] for r in rows)
     console.print(f"total {format_tokens(total)}, of which {format_tokens(unsettled)} not settled yet",
                   highlight=False)
+
+
+def _register_escrow() -> None:
+    from ledger.cli import escrow
+
+    escrow.register(app)
+
+
+_register_escrow()

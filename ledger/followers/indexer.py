@@ -62,7 +62,7 @@ _ZERO = b"\x00" * 20
 INDEXED_CONTRACTS = ("token", "sale", "rate_card", "settlement")
 KINDS = (
     "purchase", "issue", "mint", "burn", "transfer", "approval", "redemption", "shortfall", "batch",
-    "rate_change", "role_change", "allowlist", "pause", "config",
+    "rate_change", "role_change", "allowlist", "pause", "config", "deposit", "withdrawal", "budget",
 )  # fmt: skip
 ROLE_NAMES = {role_id(name): name for name in (*ROLE_CONTRACT, "DEFAULT_ADMIN_ROLE")}
 _FIXED_KIND = {
@@ -81,6 +81,10 @@ _FIXED_KIND = {
     "BatchSettled": "batch",
     "Redeemed": "redemption",
     "Shortfall": "shortfall",
+    "Deposited": "deposit",
+    "WithdrawalRequested": "withdrawal",
+    "Withdrawn": "withdrawal",
+    "BudgetSet": "budget",
 }
 # The compute-token amount each event moves or records (Shortfall: the unpaid part), for sums.
 _AMOUNT_ARG = {
@@ -90,6 +94,9 @@ _AMOUNT_ARG = {
     "Issued": "amount",
     "Redeemed": "amount",
     "BatchSettled": "total",
+    "Deposited": "amount",
+    "WithdrawalRequested": "amount",
+    "Withdrawn": "amount",
 }
 _COPY_SQL = (
     "COPY chain_events (block, log_index, block_hash, block_time, tx_hash, tx_index, contract, address, event,"

@@ -1,13 +1,17 @@
-"""The chain mirror: the copy of on-chain balances, allowances, the allowlist, pause and rates
-that the redemption service checks every signed call against.
+"""The chain mirror: the copy of on-chain escrow, pending withdrawals, budgets (with their scheduled
+cuts), the unlock period, the allowlist, pause and rates that the redemption service checks every
+signed call against.
 
-This module owns the `mirror_*` tables of migration 0002 and how they follow the chain:
+This module owns the `mirror_*` tables of migrations 0002 and 0006 and how they follow the chain:
 
 - Logs of the token, Settlement and RateCard contracts are fetched with one `eth_getLogs` per
   block range (adaptive: halved when the node refuses a range, doubled again when fast).
-- Events only say *what* changed. For every account, (owner, spender) pair and model an event
-  touched, the absolute value is re-read with `eth_call` at the last block of the window, in
-  JSON-RPC batches, so re-scanning any block is harmless and no delta is ever applied.
+- Events only say *what* changed. For every account (Deposited, WithdrawalRequested, Withdrawn,
+  Redeemed), (payer, spender) budget (BudgetSet, Redeemed) and model an event touched, the absolute
+  value (`escrowOf`, `pendingWithdrawalOf`, `budgetOf`, ...) is re-read with `eth_call` at the last
+  block of the window, in JSON-RPC batches, so re-scanning any block is harmless and no delta is ever
+  applied. The one figure no view tells, the amount a payer last set a budget to (`granted`: zero
+  means no budget, 403), is taken from the BudgetSet event itself.
 - Each window's rows and the cursor (block, hash, head) are written in one transaction, under a
   transaction-scoped advisory lock and only if the cursor is still the one the window started
   from, so a crash never leaves the mirror half-applied and two mirrors never interleave.
@@ -56,7 +60,6 @@ _CURSOR = CursorTable("mirror_cursor", "sluice:chain-mirror")
 # the range (up to max_range); a streak rather than one answer, so a range just halved is not retried at once.
 _FAST_RANGE_SECONDS = 0.5
 _GROW_AFTER = 4
-_ZERO_ADDRESS = b"\x00" * 20
 
 Pair = tuple[bytes, bytes]
 
@@ -77,8 +80,12 @@ class _Touched:
     pairs: set[Pair] = field(default_factory=set)
     allowlist: set[bytes] = field(default_factory=set)
     models: set[bytes] = field(default_factory=set)
-    senders: set[bytes] = field(default_factory=set)
     token: bool = False
+    settlement: bool = False
+    # Amount of the last BudgetSet per pair in the window.
+    granted: dict[Pair, int] = field(default_factory=dict)
+    # Pairs re-read after a reorg: their last BudgetSet may be orphaned, so `granted` falls back to remaining.
+    regrant: set[Pair] = field(default_factory=set)
     # Last RateSet rates and ModelListed tier per model: rateOf refuses a delisted model, so these
     # are the only record of what it cost when it was withdrawn.
     rates: dict[bytes, tuple[int, int]] = field(default_factory=dict)
@@ -86,7 +93,7 @@ class _Touched:
     events: int = 0
 
     def size(self) -> int:
-        return len(self.accounts) + len(self.pairs) + len(self.allowlist) + len(self.models) + len(self.senders)
+        return len(self.accounts) + len(self.pairs) + len(self.allowlist) + len(self.models)
 
 
 @dataclass(frozen=True)
@@ -104,10 +111,13 @@ class _Plan:
 
 @dataclass
 class _Figures:
-    balances: dict[bytes, int] = field(default_factory=dict)
-    allowances: dict[Pair, int] = field(default_factory=dict)
+    # account -> (escrow, pending withdrawal, unlocksAt)
+    escrow: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
+    # pair -> (remaining, scheduled, effectiveAt, granted or None when unchanged)
+    budgets: dict[Pair, tuple[int, int, int, int | None]] = field(default_factory=dict)
     allowlist: dict[bytes, bool] = field(default_factory=dict)
     paused: bool | None = None
+    unlock_period: int | None = None
     # model -> (name, input rate, output rate, tier, listed); rates None when delisted and unknown.
     rates: dict[bytes, tuple[str, int | None, int | None, int | None, bool]] = field(default_factory=dict)
     unknown_models: set[bytes] = field(default_factory=set)
@@ -165,17 +175,23 @@ class ChainMirror:
         self._addresses = [str(c.address).lower() for c in (token, settlement, rate_card)]
         self._events: dict[str, tuple[str, str]] = {}  # topic0 -> (contract address, event name)
         for contract, names in (
-            (token, ("Transfer", "Approval", "AllowlistUpdated", "Paused", "Unpaused")),
-            (settlement, ("Redeemed",)),
+            (token, ("AllowlistUpdated", "Paused", "Unpaused")),
+            (settlement, ("Deposited", "WithdrawalRequested", "Withdrawn", "BudgetSet", "Redeemed",
+                          "UnlockPeriodSet")),
             (rate_card, ("RateSet", "ModelListed", "ModelDelisted")),
         ):
             for name in names:
-                abi = next(e for e in contract.abi if e.get("type") == "event" and e.get("name") == name)
+                abi = next((e for e in contract.abi if e.get("type") == "event" and e.get("name") == name), None)
+                if abi is None and name == "UnlockPeriodSet":
+                    continue  # optional: unlockPeriod is re-read at every reset anyway
+                assert abi is not None, f"{name} missing from the ABI"
                 topic = "0x" + event_abi_to_log_topic(cast(ABIEvent, abi)).hex()
                 self._events[topic] = (str(contract.address).lower(), name)
         self._topics = sorted(self._events)
-        self._balance_of = ContractView.of(token, "balanceOf")
-        self._allowance = ContractView.of(token, "allowance")
+        self._escrow_of = ContractView.of(settlement, "escrowOf")
+        self._pending_of = ContractView.of(settlement, "pendingWithdrawalOf")
+        self._budget_of = ContractView.of(settlement, "budgetOf")
+        self._unlock_period = ContractView.of(settlement, "unlockPeriod")
         self._is_allowlisted = ContractView.of(token, "isAllowlisted")
         self._paused = ContractView.of(token, "paused")
         self._rate_of = ContractView.of(rate_card, "rateOf")
@@ -308,16 +324,16 @@ class ChainMirror:
             return
         name = known[1]
         touched.events += 1
-        if name == "Transfer":
-            sender, recipient = _topic_address(topics[1]), _topic_address(topics[2])
-            for account in (sender, recipient):
-                if account != _ZERO_ADDRESS:
-                    touched.accounts.add(account)
-            if sender != _ZERO_ADDRESS:
-                # transferFrom and burnFrom spend an allowance of `sender` without an Approval event.
-                touched.senders.add(sender)
-        elif name == "Approval":
-            touched.pairs.add((_topic_address(topics[1]), _topic_address(topics[2])))
+        if name in ("Deposited", "WithdrawalRequested", "Withdrawn"):
+            touched.accounts.add(_topic_address(topics[1]))
+        elif name == "BudgetSet":
+            pair = (_topic_address(topics[1]), _topic_address(topics[2]))
+            touched.pairs.add(pair)
+            data = bytes.fromhex(str(entry["data"]).removeprefix("0x"))
+            amount, _effective_at = self.w3.codec.decode(["uint256", "uint64"], data)
+            touched.granted[pair] = int(amount)
+        elif name == "UnlockPeriodSet":
+            touched.settlement = True
         elif name == "AllowlistUpdated":
             touched.allowlist.add(_topic_address(topics[1]))
         elif name in ("Paused", "Unpaused"):
@@ -325,7 +341,7 @@ class ChainMirror:
         elif name == "Redeemed":
             payer, spender = _topic_address(topics[2]), _topic_address(topics[3])
             touched.accounts.add(payer)
-            if spender != payer:  # OZ 5 spends the allowance without an Approval event
+            if spender != payer:  # settlement spends the budget down without a BudgetSet event
                 touched.pairs.add((payer, spender))
         else:
             model = _topic_bytes32(topics[1])
@@ -354,8 +370,9 @@ class ChainMirror:
                 raise CursorMoved("another mirror advanced the cursor")
             if reset:
                 for table in (
-                    "mirror_balances",
-                    "mirror_allowances",
+                    "mirror_escrow",
+                    "mirror_budgets",
+                    "mirror_settlement",
                     "mirror_allowlist",
                     "mirror_token",
                     "mirror_rates",
@@ -364,6 +381,7 @@ class ChainMirror:
             else:
                 self._add_known_keys(conn, touched, stale_after)
             forced = reset or stale_after is not None or expected is None
+            touched.settlement = touched.settlement or forced
             figures = self._read_figures(touched, to_block, read_token=forced or touched.token or touched.size() > 0)
             block_hash = self._check_anchor(plan, expected if not forced else None, to_block)
             self._write_figures(conn, figures, to_block)
@@ -380,23 +398,18 @@ class ChainMirror:
         return cursor
 
     def _add_known_keys(self, conn: psycopg.Connection[TupleRow], touched: _Touched, stale_after: int | None) -> None:
-        """Keys the events cannot name: allowances spent by a transfer, and rows a reorg may have orphaned."""
-        if touched.senders:
-            rows = conn.execute(
-                "SELECT owner, spender FROM mirror_allowances WHERE owner = ANY(%s) AND amount > 0",
-                (list(touched.senders),),
-            ).fetchall()
-            touched.pairs.update((bytes(o), bytes(s)) for o, s in rows)
+        """Keys the events of this window cannot name: rows a reorg may have orphaned."""
         if stale_after is None:
             return
         # Rows written after the rewind point may hold values from blocks that are no longer canonical.
         touched.token = True
-        for (account,) in conn.execute("SELECT account FROM mirror_balances WHERE block > %s", (stale_after,)):
+        touched.settlement = True
+        for (account,) in conn.execute("SELECT account FROM mirror_escrow WHERE block > %s", (stale_after,)):
             touched.accounts.add(bytes(account))
-        for owner, spender in conn.execute(
-            "SELECT owner, spender FROM mirror_allowances WHERE block > %s", (stale_after,)
-        ):
-            touched.pairs.add((bytes(owner), bytes(spender)))
+        budgets = conn.execute("SELECT payer, spender FROM mirror_budgets WHERE block > %s", (stale_after,))
+        for payer, spender in budgets:
+            touched.pairs.add((bytes(payer), bytes(spender)))
+            touched.regrant.add((bytes(payer), bytes(spender)))
         for (account,) in conn.execute("SELECT account FROM mirror_allowlist WHERE block > %s", (stale_after,)):
             touched.allowlist.add(bytes(account))
         for (model,) in conn.execute("SELECT model FROM mirror_rates WHERE block > %s", (stale_after,)):
@@ -411,21 +424,31 @@ class ChainMirror:
         models = sorted(touched.models)
         # The ABI codec takes 20-byte addresses as they are: no checksumming for thousands of keys.
         calls: list[tuple[str, list[Any]]] = []
-        calls += [self._balance_of.request(w3, [a], block) for a in accounts]
-        calls += [self._allowance.request(w3, [o, s], block) for o, s in pairs]
+        for account in accounts:
+            calls.append(self._escrow_of.request(w3, [account], block))
+            calls.append(self._pending_of.request(w3, [account], block))
+        calls += [self._budget_of.request(w3, [p, s], block) for p, s in pairs]
         calls += [self._is_allowlisted.request(w3, [a], block) for a in allowlist]
         for model in models:
             calls.append(self._name_of.request(w3, [model], block))
             calls.append(self._rate_of.request(w3, [model], block))
         if read_token:
             calls.append(self._paused.request(w3, [], block))
+        if touched.settlement:
+            calls.append(self._unlock_period.request(w3, [], block))
         answers = iter(_rpc_batch(w3, calls, self.batch_size))
 
         figures = _Figures()
         for account in accounts:
-            figures.balances[account] = int(self._balance_of.decode(w3, _result(next(answers), "balanceOf")))
+            escrow = int(self._escrow_of.decode(w3, _result(next(answers), "escrowOf")))
+            pending, unlocks_at = self._pending_of.decode(w3, _result(next(answers), "pendingWithdrawalOf"))
+            figures.escrow[account] = (escrow, int(pending), int(unlocks_at))
         for pair in pairs:
-            figures.allowances[pair] = int(self._allowance.decode(w3, _result(next(answers), "allowance")))
+            remaining, scheduled, effective_at = self._budget_of.decode(w3, _result(next(answers), "budgetOf"))
+            granted = touched.granted.get(pair)
+            if granted is None and pair in touched.regrant:
+                granted = int(remaining)
+            figures.budgets[pair] = (int(remaining), int(scheduled), int(effective_at), granted)
         for account in allowlist:
             figures.allowlist[account] = bool(self._is_allowlisted.decode(w3, _result(next(answers), "isAllowlisted")))
         for model in models:
@@ -451,6 +474,8 @@ class ChainMirror:
                 raise RpcError("rateOf", error)
         if read_token:
             figures.paused = bool(self._paused.decode(w3, _result(next(answers), "paused")))
+        if touched.settlement:
+            figures.unlock_period = int(self._unlock_period.decode(w3, _result(next(answers), "unlockPeriod")))
         return figures
 
     def _check_anchor(self, plan: _Plan, expected: Cursor | None, to_block: int) -> bytes:
@@ -474,17 +499,30 @@ class ChainMirror:
 
     def _write_figures(self, conn: psycopg.Connection[TupleRow], figures: _Figures, block: int) -> None:
         with conn.cursor() as cur:
-            if figures.balances:
+            if figures.escrow:
                 cur.executemany(
-                    "INSERT INTO mirror_balances (account, balance, block) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (account) DO UPDATE SET balance = EXCLUDED.balance, block = EXCLUDED.block",
-                    [(a, Decimal(v), block) for a, v in figures.balances.items()],
+                    "INSERT INTO mirror_escrow (account, escrow, pending, unlocks_at, block)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                    " ON CONFLICT (account) DO UPDATE SET escrow = EXCLUDED.escrow, pending = EXCLUDED.pending,"
+                    " unlocks_at = EXCLUDED.unlocks_at, block = EXCLUDED.block",
+                    [(a, Decimal(e), Decimal(p), u, block) for a, (e, p, u) in figures.escrow.items()],
                 )
-            if figures.allowances:
+            if figures.budgets:
+                # `granted` changes only with a BudgetSet; a pair touched by a burn alone keeps its own.
                 cur.executemany(
-                    "INSERT INTO mirror_allowances (owner, spender, amount, block) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (owner, spender) DO UPDATE SET amount = EXCLUDED.amount, block = EXCLUDED.block",
-                    [(o, s, Decimal(v), block) for (o, s), v in figures.allowances.items()],
+                    "INSERT INTO mirror_budgets (payer, spender, remaining, scheduled, effective_at, granted, block)"
+                    " VALUES (%(p)s, %(s)s, %(r)s, %(c)s, %(e)s, coalesce(%(g)s::numeric, %(r)s::numeric), %(b)s)"
+                    " ON CONFLICT (payer, spender) DO UPDATE SET remaining = EXCLUDED.remaining,"
+                    " scheduled = EXCLUDED.scheduled, effective_at = EXCLUDED.effective_at,"
+                    " granted = coalesce(%(g)s::numeric, mirror_budgets.granted), block = EXCLUDED.block",
+                    [{"p": p, "s": s, "r": Decimal(r), "c": Decimal(c), "e": e, "g": _numeric(g), "b": block}
+                     for (p, s), (r, c, e, g) in figures.budgets.items()],
+                )
+            if figures.unlock_period is not None:
+                cur.execute(
+                    "INSERT INTO mirror_settlement (id, unlock_period, block) VALUES (1, %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET unlock_period = EXCLUDED.unlock_period, block = EXCLUDED.block",
+                    (figures.unlock_period, block),
                 )
             if figures.allowlist:
                 cur.executemany(

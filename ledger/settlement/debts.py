@@ -31,31 +31,33 @@ class Clearance:
 
 
 def check_covered(ledger: Ledger, debts: Sequence[Debt]) -> None:
-    """Raise DebtNotCovered unless the payer's balance (and each spender's allowance) covers the debts."""
+    """Raise DebtNotCovered unless the payer's escrow (and each spender's budget) covers the debts."""
     if not debts:
         return
     payer = debts[0].payer
     total = sum(d.outstanding for d in debts)
-    balance = ledger.balance_of(payer)
-    if balance < total:
-        raise DebtNotCovered(f"{payer} owes {total} base units but holds {balance}; it must top up first")
+    escrow = ledger.escrow_of(payer)
+    if escrow < total:
+        raise DebtNotCovered(
+            f"{payer} owes {total} base units but holds {escrow} in escrow; it must top up (deposit) first"
+        )
     per_spender: dict[str, int] = {}
     for d in debts:
         if d.spender != payer:
             per_spender[d.spender] = per_spender.get(d.spender, 0) + d.outstanding
     for spender, owed in per_spender.items():
-        allowance = ledger.allowance(payer, spender)
-        if allowance < owed:
+        budget = ledger.budget_of(payer, spender).remaining
+        if budget < owed:
             raise DebtNotCovered(
-                f"{payer} owes {owed} base units for {spender}'s usage but allows it only {allowance}; "
-                "it must approve more first"
+                f"{payer} owes {owed} base units for {spender}'s usage but gives it a budget of only {budget}; "
+                "it must raise the budget first"
             )
 
 
 def clear_debts(settler: Settler, payer: str, *, force: bool = False, timeout: float = 120.0) -> Clearance | None:
     """Settle `payer`'s outstanding debts on chain as a new batch and wait for it; None when it owes nothing.
 
-    Unless `force`, refuses (DebtNotCovered) while the payer's balance or allowances fall short.
+    Unless `force`, refuses (DebtNotCovered) while the payer's escrow or budgets fall short.
     The suspension is lifted by the confirmation when nothing remains owed.
     """
     conn = settler.db.conn()

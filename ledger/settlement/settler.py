@@ -19,7 +19,8 @@ Exactly once, in three steps:
    LOCKED`, and in the same transaction stores the batch, sets each record's `batch_id` (only
    from `metered`) and deletes the outbox rows; a crashed cut rolls back whole.
 2. A batch burns at most once. Its contents are fixed at the cut and its id is keccak256 of its
-   receipts root, so every attempt submits the same `batchId`, which the contract settles once.
+   receipts root, so every attempt submits the same root, which the contract settles once
+   (it derives `batchId = keccak256(receiptsRoot)` itself).
    No attempt sends before learning whether an earlier one (a crashed worker, a redelivered
    task) already settled it: with a transaction on record it asks the chain (`isSettled`, the
    `BatchSettled` log, the receipt, the nonce); otherwise the new transaction's gas estimate
@@ -210,10 +211,11 @@ class Settler:
         return self._wait_mined(batch, tx_hash, tx, used)
 
     def _settle_calldata(self, batch: Batch) -> HexStr:
-        """settle(batchId, receiptsRoot, receiptCount, items), encoded straight from the raw values."""
+        """settle(receiptsRoot, receiptCount, items), encoded straight from the raw values (the contract
+        derives the batch id, keccak256(receiptsRoot), itself)."""
         args = self.w3.codec.encode(
-            ["bytes32", "bytes32", "uint256", "(address,address,uint256)[]"],
-            [batch.batch_id, batch.root, batch.receipt_count, [(i.payer, i.spender, i.amount) for i in batch.items]],
+            ["bytes32", "uint256", "(address,address,uint256)[]"],
+            [batch.root, batch.receipt_count, [(i.payer, i.spender, i.amount) for i in batch.items]],
         )
         return HexStr("0x" + (self._settle_selector + args).hex())
 

@@ -102,6 +102,36 @@ def node_services(settings: Settings, record: dict[str, Any], nodes: tuple[Embed
     return services
 
 
+def node_endpoints(settings: Settings,
+                   nodes: tuple[EmbeddedNode, ...] = EMBEDDED_NODES) -> list[tuple[EmbeddedNode, str]]:
+    """Each embedded node that serves a model on this rate card, with its agent's URL (its NodeRegistry endpoint)."""
+    models = [name for name, *_ in parse_models(settings.models)]
+    return [(node, f"http://127.0.0.1:{settings.node_base_port + 2 * i + 1}")
+            for i, node in enumerate(nodes) if any(m < len(models) for m in node.model_indexes)]
+
+
+def register_embedded_nodes(settings: Settings, record: dict[str, Any],
+                            nodes: tuple[EmbeddedNode, ...] = EMBEDDED_NODES) -> list[str]:
+    """Register the embedded nodes' receipt keys in NodeRegistry at their agents' URLs (once; an already
+    registered key is moved to its URL); returns the transaction hashes."""
+    from ledger.chain.client import Ledger
+    from ledger.chain.connection import connect
+    from ledger.chain.deployment import Deployment
+    from ledger.keys import operator_account
+
+    ledger = Ledger(connect(settings.effective_rpc_url), Deployment.from_json(record), timeout=settings.tx_timeout)
+    operator = operator_account(settings)
+    hashes: list[str] = []
+    for node, endpoint in node_endpoints(settings, nodes):
+        key = embedded_account(node.key_index).address
+        known = ledger.node_of(key)
+        if known.status == "unknown":
+            hashes.append(ledger.register_node(operator, key, endpoint, node.tier, node.region).tx_hash)
+        elif known.status == "active" and known.endpoint != endpoint:
+            hashes.append(ledger.update_node(operator, key, endpoint, node.tier, node.region).tx_hash)
+    return hashes
+
+
 def worker_service(settings: Settings, record: dict[str, Any]) -> Service:
     """The settlement worker with its beat (`sluice worker --beat`), its metrics on SLUICE_WORKER_METRICS_PORT.
 
@@ -122,6 +152,7 @@ def worker_service(settings: Settings, record: dict[str, Any]) -> Service:
 
 
 def app_services(settings: Settings, record: dict[str, Any]) -> list[Service]:
-    """Every application service of the embedded stack, in start order."""
+    """Every application service of the embedded stack, in start order (its nodes registered on chain first)."""
+    register_embedded_nodes(settings, record)
     return [api_service(settings, record), *node_services(settings, record), worker_service(settings, record)]
 

@@ -10,6 +10,7 @@ import requests
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from ledger.errors import LedgerError
@@ -30,6 +31,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if state is not None:
             state.metrics.refusals.labels(exc.code).inc()
         return error_response(exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The body never arrived (a body timeout closed the connection): nobody is left to read this.
+        return error_response(errors.RequestTimeout("the request body did not arrive; send the whole request "
+                                                    "promptly"))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

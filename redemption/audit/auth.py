@@ -43,20 +43,41 @@ class AuditorRoles:
         return holds
 
 
-async def verify_auditor(request: Request, *, roles: AuditorRoles, store: Store, separator: bytes,
-                         max_deadline_seconds: int) -> VerifiedCall:
-    """The signed audit call's verified headers; the matching ApiError otherwise."""
+async def verify_reader(request: Request, *, roles: AuditorRoles, store: Store, separator: bytes,
+                        max_deadline_seconds: int, holders: tuple[str, ...]) -> VerifiedCall:
+    """A signed account-data read (`/v1/usage`, `/v1/budget`): the signer must be one of `holders` (the
+    payer, or the spender whose budget it is) or hold AUDITOR_ROLE; 403 `not_account_holder` otherwise.
+    The nonce is consumed only once the reader is authorized."""
+    call = _verified_read(request, separator, max_deadline_seconds)
+    if call.spender not in {h.lower() for h in holders} and not await roles.holds(call.spender):
+        raise errors.NotAccountHolder(
+            f"{call.spender} may not read this account: a payer reads its own account, a spender its own budget, "
+            "an AUDITOR_ROLE key any", "Sluice-Payer")
+    if not await store.consume_nonce(call.spender, call.nonce, call.deadline):
+        raise errors.NonceReplayed("this (signer, nonce) was already used; sign the call again with a fresh nonce",
+                                   "Sluice-Nonce")
+    return call
+
+
+def _verified_read(request: Request, separator: bytes, max_deadline_seconds: int) -> VerifiedCall:
     if request.headers.get("content-length", "0") not in ("", "0"):
-        raise errors.InvalidRequest("audit calls have an empty body; sign keccak256 of zero bytes")
+        raise errors.InvalidRequest("signed reads have an empty body; sign keccak256 of zero bytes")
     call = verify_headers(request, b"", separator, max_deadline_seconds)
     if call.max_cost != 0:
-        raise errors.InvalidHeader("audit calls sign Sluice-Max-Cost 0", "Sluice-Max-Cost")
+        raise errors.InvalidHeader("signed reads sign Sluice-Max-Cost 0", "Sluice-Max-Cost")
     if call.spender != call.payer:
         raise errors.InvalidSignature(
-            "the signature does not recover to Sluice-Payer; audit calls name the auditor's own key as Sluice-Payer "
+            "the signature does not recover to Sluice-Payer; signed reads name the reader's own key as Sluice-Payer "
             "and sign the Redemption struct under the domain from /.well-known/sluice.json",
             "Sluice-Signature",
         )
+    return call
+
+
+async def verify_auditor(request: Request, *, roles: AuditorRoles, store: Store, separator: bytes,
+                         max_deadline_seconds: int) -> VerifiedCall:
+    """The signed audit call's verified headers; the matching ApiError otherwise."""
+    call = _verified_read(request, separator, max_deadline_seconds)
     if not await roles.holds(call.spender):
         raise errors.NotAuditor(f"{call.spender} does not hold AUDITOR_ROLE on the compute token; "
                                 "the operator grants it with `sluice admin roles grant auditor ADDRESS`")

@@ -86,10 +86,17 @@ def encode_cursor(block: int, log_index: int, order: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+BIGINT_MAX = 2**63 - 1  # block numbers and log indexes are PostgreSQL bigints
+
+
 def decode_cursor(cursor: str, order: str) -> tuple[int, int]:
     try:
+        if len(cursor) > 200:
+            raise ValueError("too long")
         data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         block, log_index, cursor_order = int(data["b"]), int(data["i"]), str(data["o"])
+        if not (0 <= block <= BIGINT_MAX and 0 <= log_index <= BIGINT_MAX):
+            raise ValueError("out of range")
     except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise errors.InvalidRequest("cursor is not one this API issued; pass next_cursor unchanged", "cursor") from None
     if cursor_order != order:

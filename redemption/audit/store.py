@@ -136,6 +136,7 @@ SELECT coalesce(json_agg(json_build_object(
         'digest', '0x' || encode(u.request_digest, 'hex')),
     'node', node.text,
     'node_signature', '0x' || encode(u.receipt_signature, 'hex'),
+    'unreceipted', u.unreceipted,
     'status', u.status,
     'started_at', u.started_at,
     'finished_at', u.finished_at,

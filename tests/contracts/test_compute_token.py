@@ -1,4 +1,5 @@
-"""ComputeToken behaviour: roles, the allowlist, pause, EIP-2612 permit and Transfer events.
+"""ComputeToken behaviour: roles, the allowlist, pause, EIP-2612 permit, Transfer events, and the escrow
+contract as the only way in to Settlement and the only burner.
 
 Every refusal is asserted by its exact custom error and values, every event by its exact args.
 """
@@ -77,8 +78,15 @@ def test_deployment_wires_roles(ledger: Ledger, actors: Actors) -> None:
     assert not ledger.has_role("REDEEMER_ROLE", actors.operator.address)
     assert ledger.has_role("SETTLER_ROLE", actors.settler.address)
     assert not ledger.has_role("SETTLER_ROLE", actors.operator.address)
+    assert ledger.has_role("DEPOSITOR_ROLE", ledger.sale.address)
+    assert not ledger.has_role("DEPOSITOR_ROLE", actors.operator.address)
+    assert ledger.has_role("REGISTRAR_ROLE", actors.operator.address)
+    assert ledger.escrow_address() == ledger.settlement.address
     for role in ("COMPLIANCE_ROLE", "PAUSER_ROLE", "DEFAULT_ADMIN_ROLE"):
         assert ledger.has_role(role, actors.operator.address)
+    for contract in ("settlement", "node_registry"):
+        assert ledger.has_role("DEFAULT_ADMIN_ROLE", actors.operator.address, on=contract)
+    assert ledger.has_role("PAUSER_ROLE", actors.operator.address, on="settlement")
 
 
 def test_mint_to_non_allowlisted_is_refused(ledger: Ledger, actors: Actors) -> None:
@@ -126,16 +134,6 @@ def test_transfer_from_by_spender_checks_the_owner_listing(ledger: Ledger, funde
     assert ledger.allowance(funded.enterprise.address, funded.developer.address) == 10 * ONE_TOKEN
 
 
-def test_delisted_holder_can_still_burn(ledger: Ledger, funded: Actors) -> None:
-    ledger.set_allowlisted(funded.operator, funded.enterprise.address, False)
-
-    tx = ledger.burn(funded.enterprise, ONE_TOKEN)
-
-    assert events(ledger.token.events.Transfer, tx) == [
-        {"from": funded.enterprise.address, "to": ZERO_ADDRESS, "value": ONE_TOKEN}
-    ]
-
-
 def test_transfer_above_balance_is_refused(ledger: Ledger, funded: Actors) -> None:
     ledger.set_allowlisted(funded.operator, funded.developer.address, True)
 
@@ -171,7 +169,7 @@ def test_only_compliance_role_sets_allowlist(ledger: Ledger, actors: Actors) -> 
 
 
 # -- pause -----------------------------------------------------------------------------------
-def test_pause_stops_mint_transfer_and_burn(ledger: Ledger, funded: Actors) -> None:
+def test_pause_stops_mint_transfer_and_deposit(ledger: Ledger, funded: Actors) -> None:
     ledger.set_allowlisted(funded.operator, funded.developer.address, True)
 
     tx = ledger.pause(funded.operator)
@@ -183,7 +181,7 @@ def test_pause_stops_mint_transfer_and_burn(ledger: Ledger, funded: Actors) -> N
     with reverts("EnforcedPause"):
         ledger.transfer(funded.enterprise, funded.developer.address, ONE_TOKEN)
     with reverts("EnforcedPause"):
-        ledger.burn(funded.enterprise, ONE_TOKEN)
+        ledger.deposit(funded.enterprise, ONE_TOKEN)
     with reverts("EnforcedPause"):
         ledger.pause(funded.operator)
     assert ledger.balance_of(funded.enterprise.address) == 1_000 * ONE_TOKEN
@@ -320,50 +318,85 @@ def test_permit_with_tampered_value_is_refused(ledger: Ledger, funded: Actors) -
         ledger.permit(funded.developer, owner.address, spender, 2 * ONE_TOKEN, deadline, v, r, s)
 
 
-# -- redemption and burns ----------------------------------------------------------------------
-def test_redeem_batch_only_by_redeemer_role(ledger: Ledger, funded: Actors) -> None:
-    items = [(funded.enterprise.address, funded.enterprise.address, ONE_TOKEN)]
+# -- the escrow contract: the only way into Settlement and the only burner -------------------------
+def test_no_burn_path_for_holders_or_approved_keys(ledger: Ledger) -> None:
+    methods = ledger.token.functions
+    names = {entry["name"] for entry in ledger.token.abi if entry.get("type") == "function"}
+    assert "burnEscrowed" in names
+    assert names.isdisjoint({"burn", "burnFrom", "redeemBatch"})
+    assert hasattr(methods, "burnEscrowed")
+
+
+def test_burn_escrowed_only_by_redeemer_role(ledger: Ledger, funded: Actors) -> None:
     for caller in (funded.operator, funded.settler, funded.enterprise):
         with reverts("AccessControlUnauthorizedAccount", account=caller.address, neededRole=role_id("REDEEMER_ROLE")):
-            ledger._transact(caller, ledger.token.functions.redeemBatch(items))
+            ledger._transact(caller, ledger.token.functions.burnEscrowed(1))
+
+
+def test_burn_escrowed_by_a_redeemer_that_is_not_the_escrow_is_refused(ledger: Ledger, funded: Actors) -> None:
+    ledger.grant_role(funded.operator, "REDEEMER_ROLE", funded.enterprise.address)
+    supply = ledger.total_supply()
+
+    with reverts("ComputeTokenNotEscrow", caller=funded.enterprise.address, escrow=ledger.settlement.address):
+        ledger._transact(funded.enterprise, ledger.token.functions.burnEscrowed(ONE_TOKEN))
+    assert ledger.total_supply() == supply
     assert ledger.balance_of(funded.enterprise.address) == 1_000 * ONE_TOKEN
 
 
-def test_redeem_batch_by_granted_redeemer_burns(ledger: Ledger, funded: Actors) -> None:
-    ledger.grant_role(funded.operator, "REDEEMER_ROLE", funded.other.address)
-    items = [(funded.enterprise.address, funded.enterprise.address, 3 * ONE_TOKEN)]
-    supply = ledger.total_supply()
-
-    tx = ledger._transact(funded.other, ledger.token.functions.redeemBatch(items))
-
-    assert events(ledger.token.events.Transfer, tx) == [
-        {"from": funded.enterprise.address, "to": ZERO_ADDRESS, "value": 3 * ONE_TOKEN}
-    ]
-    assert ledger.total_supply() == supply - 3 * ONE_TOKEN
-
-
-def test_burn_emits_transfer_to_zero(ledger: Ledger, funded: Actors) -> None:
-    supply = ledger.total_supply()
-
-    tx = ledger.burn(funded.enterprise, 2 * ONE_TOKEN + 1)
-
-    assert events(ledger.token.events.Transfer, tx) == [
-        {"from": funded.enterprise.address, "to": ZERO_ADDRESS, "value": 2 * ONE_TOKEN + 1}
-    ]
-    assert ledger.balance_of(funded.enterprise.address) == 998 * ONE_TOKEN - 1
-    assert ledger.total_supply() == supply - 2 * ONE_TOKEN - 1
-
-
-def test_burn_from_spends_allowance(ledger: Ledger, funded: Actors) -> None:
-    ledger.approve(funded.enterprise, funded.developer.address, 10 * ONE_TOKEN)
-
-    tx = ledger.burn_from(funded.developer, funded.enterprise.address, 4 * ONE_TOKEN)
-
-    assert events(ledger.token.events.Transfer, tx) == [
-        {"from": funded.enterprise.address, "to": ZERO_ADDRESS, "value": 4 * ONE_TOKEN}
-    ]
-    assert ledger.allowance(funded.enterprise.address, funded.developer.address) == 6 * ONE_TOKEN
+def test_escrow_is_set_once_by_the_admin(ledger: Ledger, actors: Actors) -> None:
     with reverts(
-        "ERC20InsufficientAllowance", spender=funded.developer.address, allowance=6 * ONE_TOKEN, needed=7 * ONE_TOKEN
+        "AccessControlUnauthorizedAccount", account=actors.other.address, neededRole=role_id("DEFAULT_ADMIN_ROLE")
     ):
-        ledger.burn_from(funded.developer, funded.enterprise.address, 7 * ONE_TOKEN)
+        ledger.set_escrow(actors.other, actors.other.address)
+    with reverts("ComputeTokenEscrowAlreadySet", escrow=ledger.settlement.address):
+        ledger.set_escrow(actors.operator, actors.other.address)
+    assert ledger.escrow_address() == ledger.settlement.address
+
+
+def test_set_escrow_on_a_fresh_token_emits_escrow_set(ledger: Ledger, actors: Actors) -> None:
+    from ledger.chain.deploy import deploy_contract
+
+    sender = ledger.sender(actors.operator)
+    address, _ = deploy_contract(sender, "ComputeToken", actors.operator.address)
+    token = ledger.w3.eth.contract(address=address, abi=ledger.token.abi)
+    with reverts("ComputeTokenInvalidEscrow", escrow=ZERO_ADDRESS):
+        ledger._transact(actors.operator, token.functions.setEscrow(ZERO_ADDRESS))
+
+    tx = ledger._transact(actors.operator, token.functions.setEscrow(actors.other.address))
+
+    assert events(token.events.EscrowSet, tx) == [{"escrow": actors.other.address}]
+    assert token.functions.escrow().call() == actors.other.address
+
+
+def test_direct_transfer_into_escrow_is_refused(ledger: Ledger, funded: Actors) -> None:
+    with reverts("ComputeTokenDirectEscrowTransfer", **{"from": funded.enterprise.address, "value": ONE_TOKEN}):
+        ledger.transfer(funded.enterprise, ledger.settlement.address, ONE_TOKEN)
+    ledger.set_allowlisted(funded.operator, funded.developer.address, True)
+    ledger.approve(funded.enterprise, funded.developer.address, ONE_TOKEN)
+    move = ledger.token.functions.transferFrom(funded.enterprise.address, ledger.settlement.address, ONE_TOKEN)
+    with reverts("ComputeTokenDirectEscrowTransfer", **{"from": funded.enterprise.address, "value": ONE_TOKEN}):
+        ledger._transact(funded.developer, move)
+    assert ledger.balance_of(ledger.settlement.address) == 0
+    assert ledger.total_escrowed() == 0
+
+
+def test_minting_into_escrow_needs_the_depositor_role(ledger: Ledger, funded: Actors) -> None:
+    operator = funded.operator  # a minter, but not a depositor on Settlement
+    with reverts("ComputeTokenDirectEscrowTransfer", **{"from": operator.address, "value": ONE_TOKEN}):
+        ledger.mint(operator, ledger.settlement.address, ONE_TOKEN)
+    assert ledger.balance_of(ledger.settlement.address) == ledger.total_escrowed() == 0
+
+    ledger.grant_role(operator, "DEPOSITOR_ROLE", operator.address)
+    ledger.mint(operator, ledger.settlement.address, ONE_TOKEN)
+    assert ledger.balance_of(ledger.settlement.address) == ONE_TOKEN
+
+
+def test_escrow_holds_tokens_without_being_allowlisted(ledger: Ledger, funded: Actors) -> None:
+    assert not ledger.is_allowlisted(ledger.settlement.address)
+
+    tx = ledger.deposit(funded.enterprise, 5 * ONE_TOKEN, permit=False)
+
+    assert events(ledger.token.events.Transfer, tx) == [
+        {"from": funded.enterprise.address, "to": ledger.settlement.address, "value": 5 * ONE_TOKEN}
+    ]
+    assert ledger.balance_of(ledger.settlement.address) == 5 * ONE_TOKEN

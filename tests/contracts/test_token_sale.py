@@ -304,3 +304,79 @@ def test_set_treasury(ledger: Ledger, funded: Actors) -> None:
     assert events(ledger.sale.events.TreasurySet, tx) == [{"treasury": new_treasury}]
     ledger.buy(funded.enterprise, ONE_TOKEN)
     assert ledger.payment_balance(new_treasury) == 10_000
+
+
+# -- buying and issuing into escrow -------------------------------------------------------------
+@pytest.mark.parametrize("permit", [False, True], ids=["approve", "permit"])
+def test_buy_to_escrow_mints_into_settlement_and_credits_the_buyer(
+    ledger: Ledger, funded: Actors, permit: bool
+) -> None:
+    buyer, treasury = funded.enterprise.address, funded.operator.address
+    amount = 250 * ONE_TOKEN + 1
+    cost = 2_500_001
+    supply, treasury_before = ledger.total_supply(), ledger.payment_balance(treasury)
+
+    tx = ledger.buy(funded.enterprise, amount, permit=permit, into_escrow=True)
+
+    assert events(ledger.sale.events.Purchased, tx) == [{"buyer": buyer, "amount": amount, "cost": cost, "tier": 0}]
+    assert events(ledger.token.events.Transfer, tx) == [
+        {"from": ZERO_ADDRESS, "to": ledger.settlement.address, "value": amount}
+    ]
+    assert events(ledger.settlement.events.Deposited, tx) == [
+        {"account": buyer, "from": ledger.sale.address, "amount": amount}
+    ]
+    assert events(ledger.payment_token.events.Transfer, tx) == [{"from": buyer, "to": treasury, "value": cost}]
+    assert ledger.escrow_of(buyer) == amount
+    assert ledger.balance_of(buyer) == 1_000 * ONE_TOKEN  # the wallet is untouched
+    assert ledger.balance_of(ledger.settlement.address) == ledger.total_escrowed() == amount
+    assert ledger.total_supply() == supply + amount
+    assert ledger.payment_balance(treasury) == treasury_before + cost
+    assert payment_allowance(ledger, buyer) == 0
+
+
+def test_buy_to_escrow_refuses_a_non_allowlisted_buyer(ledger: Ledger, actors: Actors) -> None:
+    buyer = actors.developer
+    ledger.mint_payment(actors.operator, buyer.address, 10 * DOLLAR)
+    approve_payment(ledger, buyer, 10 * DOLLAR)
+
+    with reverts("SettlementNotAllowlisted", account=buyer.address):
+        ledger._transact(buyer, ledger.sale.functions.buyToEscrow(ONE_TOKEN, 10 * DOLLAR))
+    assert ledger.payment_balance(buyer.address) == 10 * DOLLAR
+    assert ledger.escrow_of(buyer.address) == 0
+
+
+def test_buy_to_escrow_over_the_limit_is_refused(ledger: Ledger, funded: Actors) -> None:
+    approve_payment(ledger, funded.enterprise, 10 * DOLLAR)
+
+    with reverts("TokenSaleCostAboveMax", cost=10_000, maxCost=9_999):
+        ledger._transact(funded.enterprise, ledger.sale.functions.buyToEscrow(ONE_TOKEN, 9_999))
+    assert ledger.escrow_of(funded.enterprise.address) == 0
+
+
+def test_issue_to_escrow_by_issuer_role(ledger: Ledger, actors: Actors) -> None:
+    account = actors.enterprise.address
+    ledger.set_allowlisted(actors.operator, account, True)
+    supply = ledger.total_supply()
+
+    tx = ledger.issue(actors.operator, account, 50 * ONE_TOKEN, "INV-2024-0002", into_escrow=True)
+
+    assert events(ledger.sale.events.Issued, tx) == [
+        {"to": account, "amount": 50 * ONE_TOKEN, "ref": ref_bytes32("INV-2024-0002")}
+    ]
+    assert events(ledger.settlement.events.Deposited, tx) == [
+        {"account": account, "from": ledger.sale.address, "amount": 50 * ONE_TOKEN}
+    ]
+    assert ledger.escrow_of(account) == 50 * ONE_TOKEN
+    assert ledger.balance_of(account) == 0
+    assert ledger.total_supply() == supply + 50 * ONE_TOKEN
+
+
+def test_issue_to_escrow_refusals(ledger: Ledger, actors: Actors) -> None:
+    account = actors.enterprise.address
+    with reverts("AccessControlUnauthorizedAccount", account=actors.other.address, neededRole=role_id("ISSUER_ROLE")):
+        ledger.issue(actors.other, account, ONE_TOKEN, "INV-3", into_escrow=True)
+    with reverts("SettlementNotAllowlisted", account=account):
+        ledger.issue(actors.operator, account, ONE_TOKEN, "INV-3", into_escrow=True)
+    with reverts("TokenSaleZeroAmount"):
+        ledger.issue(actors.operator, account, 0, "INV-3", into_escrow=True)
+    assert ledger.total_escrowed() == 0

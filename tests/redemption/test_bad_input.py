@@ -87,7 +87,7 @@ def money(deployed: Deployed, payer: str, spender: str) -> dict[str, Any]:
         "SELECT (SELECT count(*) FROM usage_records WHERE payer = %s), (SELECT count(*) FROM holds WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_payer WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_pair WHERE payer = %s)", p, p, p, p)[0]
-    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": payer, "spender": spender}, timeout=10)
+    budget = deployed.budget(payer, spender)
     assert budget.status_code == 200, budget.text
     return {"usage_records": usage, "holds": holds, "reserved_payer": reserved, "reserved_pair": pairs,
             "budget": budget.json()}
@@ -153,7 +153,7 @@ BAD_SIGNATURES: dict[str, tuple[Callable[[bytes, bytes], bytes], str | None]] = 
 
 
 @pytest.mark.parametrize("mangle", list(BAD_SIGNATURES))
-def test_bad_signature_is_401(deployed: Deployed, payer: Payer, unchanged: None, mangle: str) -> None:
+def test_bad_signature_is_refused(deployed: Deployed, payer: Payer, unchanged: None, mangle: str) -> None:
     body = chat_body()
     headers = signed(deployed, payer.developer, body, payer=payer.address)
     good = bytes.fromhex(headers["Sluice-Signature"][2:])
@@ -162,7 +162,10 @@ def test_bad_signature_is_401(deployed: Deployed, payer: Payer, unchanged: None,
     digest = typed_digest(domains_of(deployed).redemption, message.struct_hash())
     make, param = BAD_SIGNATURES[mangle]
     headers["Sluice-Signature"] = "0x" + make(good, digest).hex()
-    assert_refused(post(deployed, body, headers), 401, "invalid_signature", param, "/.well-known/sluice.json")
+    if param is None:  # it recovers to a key the payer gave no budget: 403, naming what to check
+        assert_refused(post(deployed, body, headers), 403, "no_budget", None, "/.well-known/sluice.json")
+    else:
+        assert_refused(post(deployed, body, headers), 401, "invalid_signature", param, "/.well-known/sluice.json")
 
 
 def test_high_s_message_names_low_s(deployed: Deployed, payer: Payer, unchanged: None) -> None:
@@ -179,7 +182,7 @@ def test_signature_that_is_not_hex_is_401(deployed: Deployed, payer: Payer, unch
 
 
 @pytest.mark.parametrize("wrong", ["chain id", "verifying contract", "body"])
-def test_signature_for_another_domain_or_body_is_401(deployed: Deployed, payer: Payer, unchanged: None,
+def test_signature_for_another_domain_or_body_is_403_no_budget(deployed: Deployed, payer: Payer, unchanged: None,
                                                      wrong: str) -> None:
     body = chat_body()
     domains = {"chain id": domains_of(deployed, chain_id=1),
@@ -187,8 +190,9 @@ def test_signature_for_another_domain_or_body_is_401(deployed: Deployed, payer: 
     signed_body = chat_body(max_tokens=5) if wrong == "body" else None
     for key in (payer.developer, payer.enterprise):  # a spender for the payer, and the payer itself
         headers = signed(deployed, key, body, payer=payer.address, domains=domains, sign_body=signed_body)
-        assert_refused(post(deployed, body, headers), 401, "invalid_signature", None,
-                       "check the signing key, the body, and the chain id and verifying contract")
+        # Another domain or body recovers another key, one the payer gave no budget.
+        assert_refused(post(deployed, body, headers), 403, "no_budget", None,
+                       "the signing key, the body and the chain id and verifying contract")
 
 
 def test_replayed_nonce_is_401(deployed: Deployed, payer: Payer) -> None:
@@ -439,24 +443,24 @@ def test_max_cost_too_low_is_402(deployed: Deployed, payer: Payer, unchanged: No
                        f"at least {cheapest} base units")
 
 
-def test_insufficient_balance_is_402(deployed: Deployed) -> None:
+def test_insufficient_escrow_is_402(deployed: Deployed) -> None:
     enterprise = deployed.fund(1)
     developer = deployed.developer(enterprise, 10 * 10**18)
     deployed.wait_mirrored()
     before = money(deployed, enterprise.address, developer.address)
-    # 20,000 completion tokens at 60 tokens per 1M are 1.2 compute tokens: more than the payer holds.
+    # 20,000 completion tokens at 60 tokens per 1M are 1.2 compute tokens: more than the payer's escrow.
     body = chat_body(max_tokens=20_000)
     for key in (enterprise, developer):
         headers = signed(deployed, key, body, payer=enterprise.address, max_cost=2 * 10**18)
-        assert_refused(post(deployed, body, headers), 402, "insufficient_balance", None, "top up")
+        assert_refused(post(deployed, body, headers), 402, "insufficient_escrow", None, "deposit more")
     assert money(deployed, enterprise.address, developer.address) == before
 
 
-def test_insufficient_allowance_is_402(deployed: Deployed, payer: Payer, unchanged: None) -> None:
+def test_insufficient_budget_is_402(deployed: Deployed, payer: Payer, unchanged: None) -> None:
     # The developer may spend 0.1 tokens; 2,000 completion tokens at 60 per 1M are 0.12.
     body = chat_body(max_tokens=2_000)
     headers = signed(deployed, payer.developer, body, payer=payer.address, max_cost=10**18)
-    assert_refused(post(deployed, body, headers), 402, "insufficient_allowance", None, "approve a larger budget")
+    assert_refused(post(deployed, body, headers), 402, "insufficient_budget", None, "ask the payer to raise it")
 
 
 # -- last: the service restarts -------------------------------------------------------------------------------

@@ -108,9 +108,8 @@ def money(deployed: Deployed, payer: Payer) -> tuple[Any, ...]:
         "SELECT (SELECT count(*) FROM usage_records WHERE payer = %s), (SELECT count(*) FROM holds WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_payer WHERE payer = %s),"
         " (SELECT coalesce(sum(reserved), 0) FROM reserved_pair WHERE payer = %s)", p, p, p, p)[0]
-    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": payer.address,
-                                                            "spender": payer.developer.address}, timeout=10).json()
-    return (*figures, budget["balance_available"], budget["allowance_available"])
+    budget = deployed.budget(payer.address, payer.developer.address).json()
+    return (*figures, budget["escrow_available"], budget["budget_available"])
 
 
 def fault_state(deployed: Deployed, node: str) -> dict[str, Any]:

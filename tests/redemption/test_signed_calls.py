@@ -11,7 +11,7 @@ from eth_account import Account
 from eth_utils.address import to_checksum_address
 
 from ledger.domain import usage_cost
-from redemption.sdk import SluiceAuth, async_openai_client, openai_client
+from redemption.sdk import SluiceAuth, async_openai_client, openai_client, reader_auth
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
 
@@ -30,6 +30,7 @@ def test_discovery_document_is_exactly_the_design(deployed: Deployed) -> None:
         "eip712_domain": {"name": "Sluice", "version": "1", "chainId": 31337,
                           "verifyingContract": contracts["settlement"]},
         "max_deadline_seconds": 300,
+        "unlock_period_seconds": deployed.ledger.unlock_period(),
     }
 
 
@@ -62,10 +63,10 @@ def test_non_streamed_chat_is_charged_from_usage(deployed: Deployed) -> None:
     assert rows == [(bytes.fromhex(enterprise.address[2:]), bytes.fromhex(developer.address[2:]), SMALL_MODEL,
                      usage.prompt_tokens, usage.completion_tokens, expected, 10**16, "metered")]
     assert deployed.sql("SELECT count(*) FROM settlement_outbox WHERE job_id = %s", job) == [(1,)]
-    budget = httpx.get(deployed.api + "/v1/budget",
-                       params={"payer": enterprise.address, "spender": developer.address}).json()
-    assert int(budget["allowance_available"]) == 10**17 - expected
-    assert int(budget["balance_available"]) == 10 * 10**18 - expected
+    budget = httpx.get(deployed.api + "/v1/budget", params={"payer": enterprise.address, "spender": developer.address},
+                       auth=reader_auth(developer)).json()
+    assert int(budget["budget_available"]) == 10**17 - expected
+    assert int(budget["escrow_available"]) == 10 * 10**18 - expected
 
 
 def test_streamed_chat_reports_cost_in_the_final_usage_chunk(deployed: Deployed) -> None:
@@ -149,7 +150,7 @@ def test_no_overspend_under_concurrency(deployed: Deployed) -> None:
     finally:
         deployed.ledger.set_rate(deployed.operator, SMALL_MODEL, input_rate, output_rate, Tier.EDGE)
     assert results.count((200, None)) == 50
-    assert [r for r in results if r[0] != 200] == [(402, "insufficient_allowance")] * 150
+    assert [r for r in results if r[0] != 200] == [(402, "insufficient_budget")] * 150
     assert deployed.sql("SELECT count(*) FROM holds") == [(0,)]
     spent = deployed.sql("SELECT coalesce(sum(cost), 0), count(*) FROM usage_records WHERE spender = %s",
                          bytes.fromhex(developer.address[2:]))[0]
@@ -160,14 +161,41 @@ def test_no_overspend_under_concurrency(deployed: Deployed) -> None:
     deployed.wait_rates(SMALL_MODEL, str(input_rate))
 
 
-def test_unknown_signer_gets_401(deployed: Deployed) -> None:
+def test_a_key_without_a_budget_gets_403_no_budget(deployed: Deployed) -> None:
     enterprise = deployed.fund(10)
+    cut = deployed.developer(enterprise, 10**17)
+    deployed.ledger.set_budget(enterprise, cut.address, 0)  # cut to zero: pending on chain, counted at once
     deployed.wait_mirrored()
-    stranger = Account.create()
-    client = httpx.Client(auth=SluiceAuth(stranger, payer=enterprise.address, max_cost=10**17), timeout=30)
-    r = client.post(deployed.api + "/v1/chat/completions",
-                    json={"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_signature"
+    for key in (Account.create(), cut):
+        client = httpx.Client(auth=SluiceAuth(key, payer=enterprise.address, max_cost=10**17), timeout=30)
+        r = client.post(deployed.api + "/v1/chat/completions",
+                        json={"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 403, r.text
+        error = r.json()["error"]
+        assert error["code"] == "no_budget" and error["type"] == "permission_error"
+        assert "gave the signing key no budget" in error["message"]
+
+
+def test_a_small_budget_admits_a_one_token_call_and_names_the_figures_when_short(deployed: Deployed) -> None:
+    """The hold is the call's worst case, not Sluice-Max-Cost: max_tokens 1 fits a budget far below max_cost."""
+    enterprise = deployed.fund(10)
+    input_rate, output_rate = rate(deployed, SMALL_MODEL)
+    body = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    hold = -(-((len(body) + 32) * input_rate + output_rate) // 10**6)
+    developer = deployed.developer(enterprise, hold)
+    deployed.wait_mirrored()
+    auth = SluiceAuth(developer, payer=enterprise.address, max_cost=10**17)  # the README's example max_cost
+    first = httpx.post(deployed.api + "/v1/chat/completions", content=body, auth=auth,
+                       headers={"content-type": "application/json"}, timeout=30)
+    assert first.status_code == 200, first.text
+    spent = int(first.headers["Sluice-Cost"])
+    second = httpx.post(deployed.api + "/v1/chat/completions", content=body, auth=auth,
+                        headers={"content-type": "application/json"}, timeout=30)
+    assert second.status_code == 402
+    error = second.json()["error"]
+    assert error["code"] == "insufficient_budget"
+    assert f"needs a hold of {hold} base units" in error["message"]
+    assert f"has {hold - spent};" in error["message"]
 
 
 @pytest.fixture(autouse=True)

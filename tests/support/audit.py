@@ -25,6 +25,7 @@ from ledger.settlement.settler import Settler
 from ledger.settlement.store import Database, cut_batch
 from ledger.units import ONE_TOKEN
 from redemption.sdk import SluiceAuth
+from tests.support import escrow
 from tests.support.stack import SMALL_MODEL, Deployed
 
 CHAT = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "meter me"}], "max_tokens": 6})
@@ -82,10 +83,15 @@ def history(deployed: Deployed) -> History:
     for key, payer in ((dev_b, big), (dev_b, big), (dev_c, small)):
         call(deployed, key, payer, made)
     owed = sum(cost for payer, _s, cost in made.jobs.values() if payer == small.address)
-    ledger.transfer(small, sink.address, ONE_TOKEN - owed // 2)  # the payer is short when its batch settles
+    # The operator's failure Invariant 7 guards against: the batch lands only after the unlock period, and
+    # the payer took all but half of what it owes out of escrow by then, so the batch is short.
+    ledger.request_withdrawal(small, ONE_TOKEN - owed // 2)
+    escrow.advance_time(ledger, ledger.unlock_period() + 1)
+    ledger.withdraw(small)
+    ledger.transfer(small, sink.address, ONE_TOKEN - owed // 2)
     made.batches.append(settle_waiting(deployed, settler))
     made.short_payer, made.short_spender = small.address, dev_c.address
-    ledger.mint(operator, small.address, ONE_TOKEN)  # tops up, so the operator clears the debt
+    escrow.deposit(ledger, operator, small, ONE_TOKEN)  # tops up, so the operator clears the debt
     cleared = clear_debts(settler, small.address, timeout=30)
     assert cleared is not None and cleared.paid == owed - owed // 2
     made.debt_batch = cleared.batch_id

@@ -102,3 +102,17 @@ def funded(ledger: Ledger, actors: Actors) -> Actors:
     ledger.mint(actors.operator, actors.enterprise.address, 1_000 * ONE_TOKEN)
     ledger.mint_payment(actors.operator, actors.enterprise.address, 10_000 * 10**6)
     return actors
+
+
+@pytest.fixture
+def escrowed(ledger: Ledger, funded: Actors) -> Actors:
+    """`funded`, with 600 of the enterprise's 1,000 tokens deposited into its escrow."""
+    ledger.deposit(funded.enterprise, 600 * ONE_TOKEN)
+    return funded
+
+
+def advance_time(ledger: Ledger, seconds: int) -> int:
+    """Move the chain's clock `seconds` forward and mine a block there; returns its timestamp."""
+    ledger.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    ledger.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    return int(ledger.w3.eth.get_block("latest")["timestamp"])

@@ -46,6 +46,7 @@ from ledger.stack.probes import free_port
 from ledger.stack.services import Service, anvil_binary, anvil_service, redis_service
 from ledger.stack.supervisor import Stack
 from ledger.units import ONE_TOKEN
+from tests.support import escrow
 from tests.support.polling import wait_until
 
 CHAIN_ID = 31337
@@ -54,8 +55,8 @@ NODE = embedded_account(10)
 REPO = Path(__file__).resolve().parents[2]
 
 RESERVE_SQL = (
-    "SELECT reserve_hold(%s, %s, %s::numeric, %s, %s, %s, %s::numeric, %s, %s,"
-    " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s, %s)"
+    "SELECT reserve_hold(%s, %s, %s::numeric, %s, %s, %s, %s::numeric, %s, %s, %s,"
+    " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s::numeric, %s, %s, %s)"
 )
 METER_SQL = "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s)"
 
@@ -291,17 +292,18 @@ class World:
             self.rpc("evm_mine")
 
     def fund_pairs(self, count: int, tokens: int = 1_000, self_paying: int = 0) -> list[Pair]:
-        """`count` pairs: the first `self_paying` pay for themselves, the rest approve a separate spender."""
+        """`count` pairs, each payer with `tokens` in escrow: the first `self_paying` pay for themselves, the
+        rest give a separate spender a budget of `tokens`."""
         ledger, operator = self.ledger, self.operator
         made: list[Pair] = []
         for i in range(count):
             payer = Account.create()
             spender = payer if i < self_paying else Account.create()
             ledger.set_allowlisted(operator, payer.address, True)
-            ledger.mint(operator, payer.address, tokens * ONE_TOKEN)
+            escrow.deposit(ledger, operator, payer, tokens * ONE_TOKEN)
             self.minted += tokens * ONE_TOKEN
             if spender is not payer:
-                ledger.approve(payer, spender.address, tokens * ONE_TOKEN)
+                escrow.set_budget(ledger, payer, spender.address, tokens * ONE_TOKEN)
             made.append(Pair(payer, spender))
         self.pairs.extend(made)
         self.sync_mirror()
@@ -345,7 +347,7 @@ class World:
         job_id = os.urandom(32)
         outcome = self._call(RESERVE_SQL, (
             job_id, raw(pair.spender.address), nonce, deadline, raw(pair.payer.address), raw(pair.spender.address),
-            max_cost, MODEL, 900, max_cost, body_hash, signature, digest, None, None, None, None,
+            max_cost, MODEL, 300, 330, max_cost, body_hash, signature, digest, None, None, None, None, None, 3600,
         ))
         return job_id, str(outcome)
 

@@ -19,6 +19,7 @@ from redemption.audit.filters import (
     MAX_CSV_ROWS,
     MAX_PAGE,
     EventFilter,
+    decode_cursor,
     parse_address,
     parse_bytes32,
     parse_kinds,
@@ -41,21 +42,22 @@ Format = Literal["json", "csv"]
 
 @router.get("/transactions", response_model=EventPage)
 async def transactions(
-    auditor: Auditor,
+    request: Request,
     state: State,
     account: Annotated[list[str], Query(description="events naming this address (repeatable: any of them)")] = [],  # noqa: B006
     kind: Annotated[list[str], Query(description=f"repeatable or comma separated: {', '.join(KINDS)}")] = [],  # noqa: B006
     event: Annotated[list[str], Query(description="event names, e.g. Transfer (repeatable)")] = [],  # noqa: B006
     batch_id: str | None = Query(None, description="events of one settlement batch"),
-    from_block: int | None = Query(None, ge=0),
-    to_block: int | None = Query(None, ge=0),
+    from_block: int | None = Query(None, ge=0, le=2**63 - 1),
+    to_block: int | None = Query(None, ge=0, le=2**63 - 1),
     since: str | None = Query(None, description="unix seconds or ISO 8601, inclusive"),
     until: str | None = Query(None, description="unix seconds or ISO 8601, inclusive"),
     order: Literal["asc", "desc"] = Query("asc", description="chain order (asc) or newest first (desc)"),
     limit: int | None = Query(None, ge=1, le=MAX_CSV_ROWS,
                               description=f"rows per page: JSON default 100, at most {MAX_PAGE}; CSV default "
                                           f"and most {MAX_CSV_ROWS}"),
-    cursor: str | None = Query(None, description="next_cursor of the previous page (CSV: its Sluice-Next-Cursor)"),
+    cursor: str | None = Query(None, max_length=200,
+                               description="next_cursor of the previous page (CSV: its Sluice-Next-Cursor)"),
     format: Annotated[Format, Query(description="json, or csv for an export")] = "json",
 ) -> EventPage | Response:
     """Every Sluice contract event the indexer holds, filtered, in chain order, a page at a time."""
@@ -67,30 +69,37 @@ async def transactions(
         from_block=from_block, to_block=to_block,
         since=parse_time(since, "since"), until=parse_time(until, "until"),
     )  # fmt: skip
+    if cursor is not None:
+        decode_cursor(cursor, order)
+    if format != "csv" and limit is not None and limit > MAX_PAGE:
+        raise errors.InvalidRequest(f"limit is at most {MAX_PAGE} per JSON page; use format=csv for exports",
+                                    "limit")
+    await _auditor(request, state)  # last: a rejected read burns no nonce
     pool = state.store.pool
     if format == "csv":
         rows, next_cursor = await audit_store.list_events(pool, flt, limit=limit or MAX_CSV_ROWS, order=order,
                                                           cursor=cursor)
         return csv_response(events_csv(rows), "sluice-transactions", next_cursor)
-    if limit is not None and limit > MAX_PAGE:
-        raise errors.InvalidRequest(f"limit is at most {MAX_PAGE} per JSON page; use format=csv for exports",
-                                    "limit")
     return await audit_store.event_page(pool, flt, limit=limit or 100, order=order, cursor=cursor)
 
 
 @router.get("/batches/{batch_id}", response_model=AuditBatch)
-async def batch(batch_id: str, auditor: Auditor, state: State) -> Response:
+async def batch(batch_id: str, request: Request, state: State) -> Response:
     """A settlement batch: its on-chain record, and every receipt under its root with its Merkle proof."""
-    found = await audit_store.batch_detail(state.store.pool, parse_bytes32(batch_id, "batch_id"))
+    wanted = parse_bytes32(batch_id, "batch_id")
+    await _auditor(request, state)
+    found = await audit_store.batch_detail(state.store.pool, wanted)
     if found is None:
         raise errors.NotFound(f"no settlement batch {batch_id} in the database or on chain", "batch_id")
     return Response(found, media_type="application/json")
 
 
 @router.get("/receipts/{job_id}", response_model=AuditReceiptDetail)
-async def receipt(job_id: str, auditor: Auditor, state: State) -> Response:
+async def receipt(job_id: str, request: Request, state: State) -> Response:
     """One metered job's receipt with both signatures, its proof and the settlement that burned it."""
-    found = await audit_store.receipt_detail(state.store.pool, parse_bytes32(job_id, "job_id"))
+    wanted = parse_bytes32(job_id, "job_id")
+    await _auditor(request, state)
+    found = await audit_store.receipt_detail(state.store.pool, wanted)
     if found is None:
         raise errors.NotFound(f"no receipt for job {job_id}", "job_id")
     return Response(found, media_type="application/json")
@@ -98,14 +107,15 @@ async def receipt(job_id: str, auditor: Auditor, state: State) -> Response:
 
 @router.get("/reconciliation", response_model=Reconciliation)
 async def reconciliation(
-    auditor: Auditor,
+    request: Request,
     state: State,
     account: str | None = Query(None, description="rows where this address is the payer or the spender"),
     format: Annotated[Format, Query(description="json, or csv for an export")] = "json",
 ) -> Reconciliation | Response:
     """Per (payer, spender): metered, settled, Redeemed on chain, shortfalls, and whether they agree."""
-    report = await audit_store.reconciliation(state.store.pool,
-                                              None if account is None else parse_address(account, "account"))
+    wanted = None if account is None else parse_address(account, "account")
+    await _auditor(request, state)
+    report = await audit_store.reconciliation(state.store.pool, wanted)
     if format == "csv":
         return csv_response(reconciliation_csv(report), "sluice-reconciliation")
     return report

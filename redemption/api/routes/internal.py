@@ -16,7 +16,12 @@ from inference_node.protocol import (
 )
 from redemption import errors
 from redemption.api.deps import State
+from redemption.auth import read_body
+from redemption.metering import ReceiptRejected
 from redemption.nodes import accept_heartbeat
+
+# A signed receipt is about 700 bytes of JSON; anything far larger is not one.
+RECEIPT_BODY_LIMIT = 16 * 1024
 
 router = APIRouter(tags=["internal"])
 
@@ -38,9 +43,19 @@ async def heartbeat(beat: NodeHeartbeat, state: State) -> dict[str, str]:
 
 @router.post(RECEIPTS_PATH)
 async def post_receipt(request: Request, state: State) -> dict[str, str]:
-    """Meter a job whose stream was cut (its client left) from the node's signed receipt."""
+    """Meter a job whose stream was cut (its client left) from the signed receipt of the node it was sent to.
+
+    400 `invalid_receipt` when it cannot be decoded, 403 when its signer is not an active registered node,
+    409 `receipt_not_accepted` when it meters nothing (late, second, or not this node's job), 422
+    `receipt_refused` when it breaks the job's bounds (the call is then charged from what was relayed).
+    """
+    body = await read_body(request, RECEIPT_BODY_LIMIT)
     try:
-        signed = SignedReceipt.decode((await request.body()).decode())
-    except (ProtocolError, UnicodeDecodeError) as exc:
-        raise errors.InvalidRequest(f"malformed receipt: {exc}") from None
-    return {"status": await state.meter.charge_posted(signed, state.rates, state.registry)}
+        signed = SignedReceipt.decode(body.decode())
+    except (ProtocolError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise errors.InvalidReceipt(f"malformed receipt: {str(exc)[:200]}; post the node's signed receipt JSON",
+                                    "receipt") from None
+    try:
+        return {"status": await state.meter.charge_posted(signed, state.rates, state.registry.standing)}
+    except ReceiptRejected as rejected:
+        raise rejected.error from None

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from redemption import errors
 from redemption.api.deps import State
 
 router = APIRouter(tags=["ops"])
@@ -22,5 +23,7 @@ async def health(state: State) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(state: State) -> Response:
-    state.metrics.open_holds.set(await state.store.count_open_holds())
+    """Prometheus metrics; not here when SLUICE_METRICS_PORT gives them an operator-only listener."""
+    if state.settings.metrics_port is not None:
+        raise errors.NotFound("metrics are served on the operator's metrics address, not on the API")
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

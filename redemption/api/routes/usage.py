@@ -1,27 +1,29 @@
 """Usage per developer key: what each spender a payer approved has used, metered and settled.
 
-A public, unsigned read like `/v1/budget`: the settled part is on chain for every reader of the
-permissioned ledger anyway (`Redeemed(batchId, payer, spender, amount)`), and these totals add only
-the usage not settled yet. `sluice wallet usage` reads it, or runs `USAGE_BY_SPENDER` itself when it
-has the database.
+Signed like the audit API (empty body, Sluice-Max-Cost 0): the payer reads its own account, an
+AUDITOR_ROLE key any; everyone else gets 403 `not_account_holder`. `sluice wallet usage` reads it, or
+runs `USAGE_BY_SPENDER` itself when it has the database.
 """
 
 from __future__ import annotations
 
 from eth_utils.address import is_hex_address, to_checksum_address
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from redemption import errors
 from redemption.api.deps import State
+from redemption.audit.auth import verify_reader
 from redemption.models import Usage
 
 router = APIRouter(tags=["usage"])
 
 
 @router.get("/v1/usage")
-async def usage(state: State, payer: str = Query(...)) -> Usage:
-    """Metered and settled compute-token spend of each developer key a payer approved."""
-    if not is_hex_address(payer):
+async def usage(request: Request, state: State, payer: str = Query(..., max_length=42)) -> Usage:
+    """Metered and settled compute-token spend of each developer key a payer approved (signed read)."""
+    if not is_hex_address(payer) or not payer.startswith("0x"):
         raise errors.InvalidRequest("payer must be a 0x address", "payer")
     payer = to_checksum_address(payer)
+    await verify_reader(request, roles=state.auditors, store=state.store, separator=state.domains.redemption,
+                        max_deadline_seconds=state.settings.max_deadline_seconds, holders=(payer,))
     return Usage(payer=payer, spenders=await state.store.usage_by_spender(payer))

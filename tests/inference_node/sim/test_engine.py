@@ -21,6 +21,7 @@ def test_requests_beyond_max_num_seqs_wait_in_the_queue(slow_sim: RunningSimulat
                 messages=CHAT_MESSAGES,
                 max_tokens=max_tokens,
                 stream=True,
+                extra_body={"ignore_eos": True},  # exactly max_tokens, not the simulator's natural length
             ) as chunks,
         ):
             for _ in chunks:
@@ -36,9 +37,10 @@ def test_requests_beyond_max_num_seqs_wait_in_the_queue(slow_sim: RunningSimulat
         )
 
     before = timings()
-    # The first request holds the only slot for 0.1 s + 39 x 0.02 s, long enough to queue behind it.
+    # The first request holds the only slot for 0.1 s + 199 x 0.02 s, long enough to queue behind it even on a
+    # loaded machine (a new client thread can take a second to send).
     launched = time.monotonic()
-    first = threading.Thread(target=stream, args=("first", 40))
+    first = threading.Thread(target=stream, args=("first", 200))
     first.start()
     wait_until(lambda: slow_sim.metric("vllm:num_requests_running") == 1)
     second = threading.Thread(target=stream, args=("second", 5))
@@ -50,16 +52,16 @@ def test_requests_beyond_max_num_seqs_wait_in_the_queue(slow_sim: RunningSimulat
     second.join(10)
     after = timings()
 
-    assert chunks_received == {"first": 1 + 40, "second": 1 + 5}
+    assert chunks_received == {"first": 1 + 200, "second": 1 + 5}
     idle = slow_sim.metrics()
     assert (idle.value("vllm:num_requests_running"), idle.value("vllm:num_requests_waiting")) == (0, 0)
     # The server shares this process's monotonic clock: the first arrived after `launched` and held
-    # its slot >= 0.88 s; the second arrived before `queued_by`, so it waited at least the difference.
+    # its slot >= 4.08 s; the second arrived before `queued_by`, so it waited at least the difference.
     queue_count, queue_sum, prefill_sum, inference_sum = (a - b for a, b in zip(after, before, strict=True))
     assert queue_count == 2
-    assert queue_sum >= launched + 0.1 + 39 * 0.02 - queued_by
+    assert queue_sum >= launched + 0.1 + 199 * 0.02 - queued_by
     assert prefill_sum >= 2 * 0.1
-    assert inference_sum >= 2 * 0.1 + (39 + 4) * 0.02  # token deadlines count from admission
+    assert inference_sum >= 2 * 0.1 + (199 + 4) * 0.02  # token deadlines count from admission
 
 
 def test_client_leaving_mid_stream_aborts_the_request(slow_sim: RunningSimulator) -> None:

@@ -10,6 +10,7 @@ v in {27, 28, 0, 1}, as OpenZeppelin's ECDSA.recover).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -135,7 +136,7 @@ def settled(receipts: list[Served], root: str | None = None) -> tuple[BatchConte
     batch = SettledBatch(os.urandom(32), bytes.fromhex((root or oz_root)[2:]), len(receipts),
                          sum(redeemed.values()), os.urandom(32), BLOCK)
     context = BatchContext(batch, dict(redeemed), {}, (DOMAINS.redemption, DOMAINS.receipt),
-                           frozenset({raw(NODE.address)}), {model_id(MODEL): [(1, INPUT_RATE, OUTPUT_RATE)]})
+                           {raw(NODE.address): (0, None)}, {model_id(MODEL): [(1, INPUT_RATE, OUTPUT_RATE)]})
     return context, orjson.dumps({"receipts": [r.json for r in receipts]})
 
 
@@ -256,3 +257,31 @@ def test_receipts_that_are_not_the_committed_tree_fail_the_root() -> None:
     checks = [check for check, _job, _detail in found.problems]
     assert checks[0] == "merkle_root" and set(checks[1:]) == {"merkle_proof"} and len(checks) == 6
     assert found.problems[0][2].endswith(f"BatchSettled commits to {committed}")
+
+
+@pytest.mark.parametrize(("registered", "retired", "flagged"), [
+    (0, None, []), (BLOCK, None, []), (0, BLOCK + 1, []),
+    (0, BLOCK, ["inactive_node"]), (0, 3, ["inactive_node"]), (BLOCK + 1, None, ["inactive_node"]),
+])
+def test_a_receipt_counts_only_if_its_node_was_active_when_the_batch_settled(
+    registered: int, retired: int | None, flagged: list[str]
+) -> None:
+    context, body = settled(history(2))
+    context = dataclasses.replace(context, nodes={raw(NODE.address): (registered, retired)})
+    assert sorted({p[0] for p in check_batch(context, body).problems}) == flagged
+
+
+def test_a_receipt_from_a_key_not_in_node_registry_is_flagged() -> None:
+    context, body = settled(history(2))
+    problems = check_batch(dataclasses.replace(context, nodes={}), body).problems
+    assert [p[0] for p in problems] == ["unregistered_node", "unregistered_node"]
+
+
+def test_unreceipted_usage_is_its_own_class_not_a_signature_failure() -> None:
+    served = history(2)
+    served[0].json["node_signature"] = "0x"
+    served[0].json["unreceipted"] = "receipt_refused:over_max_tokens"
+    context, body = settled(served)
+    found = check_batch(context, body)
+    assert found.problems == []
+    assert found.unreceipted == [(served[0].json["job_id"], "receipt_refused:over_max_tokens")]

@@ -76,7 +76,7 @@ def test_concurrent_senders_with_refused_calls_skip_no_nonce(ledger: Ledger, act
     def mint_or_refused_settle(index: int) -> TxResult | ContractRevert:
         if index % 2:
             try:  # the operator lacks SETTLER_ROLE: refused at estimate time
-                ledger.settle_batch(operator, keccak(text=f"b{index}"), keccak(text="r"), 1, item)
+                ledger.settle_batch(operator, keccak(text=f"r{index}"), 1, item)
             except ContractRevert as exc:
                 return exc
             raise AssertionError("settle by the operator was not refused")
@@ -141,7 +141,7 @@ def test_revert_at_estimate_time_consumes_no_nonce(ledger: Ledger, actors: Actor
 
     for _ in range(3):
         with pytest.raises(Unauthorized) as info:
-            ledger.settle_batch(operator, keccak(text="b"), keccak(text="r"), 1, [SettlementItem(holder, holder, 1)])
+            ledger.settle_batch(operator, keccak(text="r"), 1, [SettlementItem(holder, holder, 1)])
         assert info.value.error == "AccessControlUnauthorizedAccount"
         assert info.value.args_by_name == {"account": operator.address, "neededRole": role_id("SETTLER_ROLE")}
         assert info.value.tx_hash is None  # never broadcast

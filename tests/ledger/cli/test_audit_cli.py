@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import psycopg
@@ -20,40 +21,69 @@ from ledger.cli.app import app as cli
 from tests.support.audit import History, execute, first_job
 from tests.support.stack import Deployed, with_database
 
+PASSWORD = "auditor-pw"
 
-def test_verify_cli_passes_on_the_honest_history(deployed: Deployed, history: History) -> None:
+
+def keystore(directory: Path, key: bytes) -> str:
+    """An encrypted keystore of `key` (the CLI takes keys only as keystores or from the environment)."""
+    path = directory / f"{Account.from_key(key).address}.json"
+    path.write_text(json.dumps(Account.encrypt(key, PASSWORD)))
+    return str(path)
+
+
+@pytest.fixture
+def auditor_keystore(history: History, tmp_path: Path) -> str:
+    return keystore(tmp_path, bytes(history.auditor.key))
+
+
+def test_key_option_refuses_a_raw_private_key(deployed: Deployed, history: History) -> None:
+    raw = "0x" + bytes(history.auditor.key).hex()
+    for value in (raw, raw[2:]):
+        result = CliRunner().invoke(cli, ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url,
+                                          "--api", deployed.api, "--key", value], env={"COLUMNS": "200"})
+        assert result.exit_code == 2, result.output
+        assert "not a raw private key" in result.output and "SLUICE_AUDITOR_KEY" in result.output
+
+
+def test_verify_cli_exits_1_on_the_shortfall_of_an_otherwise_honest_history(deployed: Deployed, history: History,
+                                                                           auditor_keystore: str) -> None:
     result = CliRunner().invoke(cli, ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url,
-                                      "--api", deployed.api, "--key", "0x" + bytes(history.auditor.key).hex(),
-                                      "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["ok"] is True
+                                      "--api", deployed.api, "--key", auditor_keystore, "--json"],
+                                input=PASSWORD + "\n")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["ok"] is False
+    assert [(d["check"], d["batch"]) for d in report["discrepancies"]] == [
+        ("shortfall", "0x" + history.batches[1].hex())]
 
 
-def test_verify_cli_exits_1_and_prints_every_discrepancy(deployed: Deployed, history: History) -> None:
+def test_verify_cli_exits_1_and_prints_every_discrepancy(deployed: Deployed, history: History,
+                                                         auditor_keystore: str) -> None:
     job = first_job(deployed, history)
     execute(deployed, "UPDATE usage_records SET prompt_tokens = prompt_tokens + 3 WHERE job_id = %s", job)
     try:
         result = CliRunner().invoke(cli, ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url,
-                                          "--api", deployed.api, "--key", "0x" + bytes(history.auditor.key).hex()],
-                                    env={"COLUMNS": "200"})
+                                          "--api", deployed.api, "--key", auditor_keystore],
+                                    env={"COLUMNS": "200"}, input=PASSWORD + "\n")
     finally:
         execute(deployed, "UPDATE usage_records SET prompt_tokens = prompt_tokens - 3 WHERE job_id = %s", job)
     assert result.exit_code == 1, result.output
     assert "node_signature" in result.output and "discrepancies" in result.output
 
 
-def test_history_cli_prints_the_redemptions(deployed: Deployed, history: History) -> None:
-    key = "0x" + bytes(history.auditor.key).hex()
+def test_history_cli_prints_the_redemptions(deployed: Deployed, history: History, auditor_keystore: str,
+                                            tmp_path: Path) -> None:
+    key = auditor_keystore
     shown = CliRunner().invoke(cli, ["audit", "history", "--api", deployed.api, "--key", key, "--kind", "redemption",
-                                     "--json", "--all", "--limit", "2"])
+                                     "--json", "--all", "--limit", "2"], input=PASSWORD + "\n")
     assert shown.exit_code == 0, shown.output
-    rows = json.loads(shown.stdout)["data"]
+    rows = json.loads(shown.stdout[shown.stdout.index("{"):])["data"]
     assert len(rows) == 5 and all(r["event"] == "Redeemed" for r in rows)  # 2 + 2 pairs, then the debt
     table = CliRunner().invoke(cli, ["audit", "history", "--api", deployed.api, "--key", key, "--kind", "shortfall"],
-                               env={"COLUMNS": "200"})
+                               env={"COLUMNS": "200"}, input=PASSWORD + "\n")
     assert table.exit_code == 0 and "Shortfall" in table.output
     refused = CliRunner().invoke(cli, ["audit", "history", "--api", deployed.api, "--key",
-                                       "0x" + bytes(Account.create().key).hex()])
+                                       keystore(tmp_path, bytes(Account.create().key))], input=PASSWORD + "\n")
     assert refused.exit_code == 1 and "not_auditor" in refused.output
 
 

@@ -47,7 +47,8 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
         record = json.loads(up.stdout)
         assert set(record) == {"chain_id", "rpc_url", "deploy_block", "contracts", "endpoints"}
         assert record["chain_id"] == 31337
-        assert set(record["contracts"]) == {"token", "sale", "rate_card", "settlement", "payment_token"}
+        assert set(record["contracts"]) == {"token", "sale", "rate_card", "settlement", "payment_token",
+                                           "node_registry"}
         assert record["endpoints"] == {
             "rpc": f"http://127.0.0.1:{port}",
             "database": f"postgresql://postgres@/postgres?host={home}/run/pg",

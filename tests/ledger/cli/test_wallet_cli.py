@@ -27,6 +27,7 @@ from ledger.cli.common import PASSWORD_ENV
 from ledger.polling import poll_until
 from ledger.stack.probes import free_port
 from ledger.units import ONE_TOKEN
+from redemption.sdk import reader_auth
 from tests.support.cli import PASSWORD, cli, ok, refused
 
 if TYPE_CHECKING:
@@ -138,80 +139,73 @@ def test_wrong_password_is_refused_before_anything_is_sent(home: Path, ledger: L
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     owner = enterprise_with(ledger, actors, home, tokens=10)
     monkeypatch.setenv(PASSWORD_ENV, "not it")
-    message = refused("wallet", "approve", actors.developer.address, "5")
+    message = refused("wallet", "budget", "set", actors.developer.address, "5")
     assert "wrong password" in message and PASSWORD_ENV in message
 
     monkeypatch.delenv(PASSWORD_ENV)
-    assert "wrong password" in refused("wallet", "approve", actors.developer.address, "5", input="guess\n")
-    assert ledger.allowance(owner.address, actors.developer.address) == 0
+    assert "wrong password" in refused("wallet", "budget", "set", actors.developer.address, "5", input="guess\n")
+    assert ledger.budget_of(owner.address, actors.developer.address).remaining == 0
 
 
 # -- reads -----------------------------------------------------------------------------------
-def test_balance_shows_compute_and_payment_tokens_and_developer_budgets(home: Path, ledger: Ledger,
-                                                                       actors: Actors) -> None:
+def test_balance_shows_wallet_escrow_pending_withdrawal_payment_tokens_and_budgets(home: Path, ledger: Ledger,
+                                                                                   actors: Actors) -> None:
     owner = enterprise_with(ledger, actors, home, tokens=1_000, dollars=250)
-    ledger.approve(owner, actors.developer.address, 300 * ONE_TOKEN)
-    ledger.approve(owner, actors.other.address, 5 * ONE_TOKEN)
-    ledger.approve(owner, actors.other.address, 0)  # revoked: not listed
+    ledger.deposit(owner, 400 * ONE_TOKEN)
+    ledger.request_withdrawal(owner, 40 * ONE_TOKEN)
+    unlocks_at = ledger.pending_withdrawal_of(owner.address).unlocks_at
+    ledger.set_budget(owner, actors.developer.address, 300 * ONE_TOKEN)
+    ledger.set_budget(owner, actors.other.address, 5 * ONE_TOKEN)
+    ledger.set_budget(owner, actors.other.address, 0)  # a cut to zero: still listed until it applies
+    cut_at = ledger.budget_of(owner.address, actors.other.address).effective_at
 
     shown = ok("wallet", "balance")
     assert shown == {
-        "address": owner.address, "allowlisted": True, "compute_tokens": 1_000 * ONE_TOKEN,
+        "address": owner.address, "allowlisted": True, "compute_tokens": 600 * ONE_TOKEN, "escrow": 400 * ONE_TOKEN,
+        "pending_withdrawal": 40 * ONE_TOKEN, "unlocks_at": unlocks_at, "unlock_period": ledger.unlock_period(),
         "payment_token": {"address": ledger.payment_token.address, "symbol": "tUSD", "decimals": 6,
                           "balance": 250 * DOLLAR},
-        "allowances": [{"developer": actors.developer.address, "allowance": 300 * ONE_TOKEN}],
+        "budgets": [{"developer": actors.developer.address, "remaining": 300 * ONE_TOKEN,
+                     "effective": 300 * ONE_TOKEN, "effective_at": None},
+                    {"developer": actors.other.address, "remaining": 5 * ONE_TOKEN, "effective": 0,
+                     "effective_at": cut_at}],
     }
     text = cli("wallet", "balance").stdout
-    assert "compute tokens  1000" in text and "tUSD" in text and "250" in text
-    assert f"{actors.developer.address}  300" in text
+    assert "compute tokens      600" in text and "escrow              400" in text and "tUSD" in text
+    assert "pending withdrawal  40 (unlocks " in text
+    assert f"{actors.developer.address}  300" in text and f"{actors.other.address}  5  (cut to 0 at" in text
 
     stranger = ok("wallet", "balance", actors.other.address)
-    assert (stranger["address"], stranger["allowlisted"], stranger["compute_tokens"]) == (actors.other.address,
-                                                                                          False, 0)
+    assert (stranger["address"], stranger["allowlisted"], stranger["compute_tokens"], stranger["escrow"]) == (
+        actors.other.address, False, 0, 0)
 
 
-def test_quote_lists_the_tiers_and_marks_the_one_that_applies(home: Path) -> None:
-    quoted = ok("wallet", "quote", "150000")
-    assert quoted["amount"] == 150_000 * ONE_TOKEN
-    assert (quoted["cost"], quoted["tier"]) == (150_000 * 9_500, 1)  # 1425 test dollars at 0.0095 per token
-    assert quoted["tiers"] == [
-        {"tier": 0, "min_amount": 0, "price": 10_000, "applies": False},
-        {"tier": 1, "min_amount": 100_000 * ONE_TOKEN, "price": 9_500, "applies": True},
-        {"tier": 2, "min_amount": 1_000_000 * ONE_TOKEN, "price": 9_000, "applies": False},
-    ]
-    assert quoted["payment_token"]["symbol"] == "tUSD"
-    text = cli("wallet", "quote", "150000").stdout
-    assert "150000 compute tokens cost 1425 tUSD" in text and "→" in text
-
-    too_fine = refused("wallet", "quote", "1.0000000000000000001")
-    assert "more than 18 decimal places" in too_fine and "at most 18 decimal places" in too_fine
-
-
-# -- buying ----------------------------------------------------------------------------------
-def test_buy_with_a_permit_in_one_transaction(home: Path, ledger: Ledger, actors: Actors) -> None:
+def test_buy_goes_into_escrow_by_default(home: Path, ledger: Ledger, actors: Actors) -> None:
     owner = enterprise_with(ledger, actors, home, dollars=100)
     bought = ok("wallet", "buy", "1000", "--yes")
-    assert {k: bought[k] for k in ("action", "buyer", "amount", "cost", "tier", "max_cost", "method",
-                                   "approve_tx_hash", "balance")} == {
-        "action": "bought", "buyer": owner.address, "amount": 1_000 * ONE_TOKEN, "cost": 10 * DOLLAR, "tier": 0,
-        "max_cost": 10 * DOLLAR, "method": "permit", "approve_tx_hash": None, "balance": 1_000 * ONE_TOKEN}
-    assert bought["tx_hash"].startswith("0x") and bought["block"] > 0
-    assert ledger.balance_of(owner.address) == 1_000 * ONE_TOKEN
-    assert ledger.payment_balance(owner.address) == 90 * DOLLAR
-    assert ledger.payment_token.functions.nonces(owner.address).call() == 1  # the permit was used
-    assert ledger.payment_token.functions.allowance(owner.address, ledger.sale.address).call() == 0
+    assert (bought["into"], bought["escrow"], bought["balance"]) == ("escrow", 1_000 * ONE_TOKEN, 0)
+    assert ledger.escrow_of(owner.address) == 1_000 * ONE_TOKEN and ledger.balance_of(owner.address) == 0
+    assert "--to-wallet" in cli("wallet", "buy", "--help").stdout
 
 
-def test_buy_with_approve_then_buy(home: Path, ledger: Ledger, actors: Actors) -> None:
-    owner = enterprise_with(ledger, actors, home, dollars=100)
-    bought = ok("wallet", "buy", "1000", "--yes", "--no-permit", "--max-cost", "12.5")
-    assert (bought["method"], bought["cost"], bought["max_cost"]) == ("approve", 10 * DOLLAR, 12_500_000)
-    assert bought["approve_tx_hash"].startswith("0x") and bought["approve_tx_hash"] != bought["tx_hash"]
-    assert ledger.balance_of(owner.address) == 1_000 * ONE_TOKEN
-    assert ledger.payment_balance(owner.address) == 90 * DOLLAR
-    assert ledger.payment_token.functions.nonces(owner.address).call() == 0  # no permit
-    # The sale was approved for the limit and took the quote: the rest of the approval stays.
-    assert ledger.payment_token.functions.allowance(owner.address, ledger.sale.address).call() == 2_500_000
+def test_deposit_withdraw_request_status_and_complete(home: Path, ledger: Ledger, actors: Actors) -> None:
+    owner = enterprise_with(ledger, actors, home, tokens=100)
+    deposited = ok("wallet", "deposit", "60")
+    assert (deposited["action"], deposited["escrow"]) == ("deposited", 60 * ONE_TOKEN)
+    assert deposited["tx_hash"].startswith("0x")
+    assert "is 40 short" in refused("wallet", "deposit", "80")
+    requested = ok("wallet", "withdraw", "request", "25")
+    assert (requested["amount"], requested["tx_hash"][:2]) == (25 * ONE_TOKEN, "0x")
+    status = ok("wallet", "withdraw", "status")
+    assert (status["escrow"], status["pending_withdrawal"], status["unlocked"]) == (60 * ONE_TOKEN, 25 * ONE_TOKEN,
+                                                                                    False)
+    assert "unlocks at" in refused("wallet", "withdraw", "complete")
+    ledger.w3.provider.make_request("evm_increaseTime", [ledger.unlock_period() + 1])  # type: ignore[arg-type]
+    ledger.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    done = ok("wallet", "withdraw", "complete")
+    assert (done["amount"], done["escrow"], done["wallet"]) == (25 * ONE_TOKEN, 35 * ONE_TOKEN, 65 * ONE_TOKEN)
+    assert "no withdrawal pending" in refused("wallet", "withdraw", "complete")
+    assert ledger.balance_of(owner.address) == 65 * ONE_TOKEN
 
 
 def test_permit_support_is_detected_and_its_absence_falls_back_to_approve(
@@ -223,21 +217,21 @@ def test_permit_support_is_detected_and_its_absence_falls_back_to_approve(
 
     owner = enterprise_with(ledger, actors, home, dollars=100)
     monkeypatch.setattr(wallet, "supports_permit", lambda token, owner: False)
-    bought = ok("wallet", "buy", "500", "--yes")
+    bought = ok("wallet", "buy", "500", "--yes", "--to-wallet")
     assert (bought["method"], bought["cost"]) == ("approve", 5 * DOLLAR)
     assert ledger.balance_of(owner.address) == 500 * ONE_TOKEN
 
 
 def test_buy_shows_the_quote_and_asks_first(home: Path, ledger: Ledger, actors: Actors) -> None:
     owner = enterprise_with(ledger, actors, home, dollars=100)
-    declined = cli("wallet", "buy", "1000", input="n\n")
+    declined = cli("wallet", "buy", "1000", "--to-wallet", input="n\n")
     assert declined.exit_code == 1
     assert "Buy 1000 compute tokens for 10 tUSD (tier 0" in declined.stderr and "Cancelled" in declined.stderr
     assert ledger.balance_of(owner.address) == 0
 
-    accepted = cli("wallet", "buy", "1000", input="y\n")
+    accepted = cli("wallet", "buy", "1000", "--to-wallet", input="y\n")
     assert accepted.exit_code == 0, accepted.output
-    assert "bought 1000 compute tokens for 10 tUSD (tier 0, permit)" in accepted.stdout
+    assert "bought 1000 compute tokens for 10 tUSD (tier 0, permit) into the wallet" in accepted.stdout
     assert ledger.balance_of(owner.address) == 1_000 * ONE_TOKEN
 
 
@@ -271,27 +265,28 @@ def test_not_allowlisted_says_to_ask_the_operator(home: Path, ledger: Ledger, ac
 
 
 # -- budgets and transfers -------------------------------------------------------------------
-def test_approve_and_revoke_a_developer_budget(home: Path, ledger: Ledger, actors: Actors) -> None:
+def test_budget_set_cut_and_list(home: Path, ledger: Ledger, actors: Actors) -> None:
     owner = enterprise_with(ledger, actors, home, tokens=1_000)
     dev = actors.developer.address
-    approved = ok("wallet", "approve", dev, "250")
-    assert {k: approved[k] for k in ("action", "owner", "developer", "budget", "previous")} == {
-        "action": "approved", "owner": owner.address, "developer": dev, "budget": 250 * ONE_TOKEN, "previous": 0}
-    assert ledger.allowance(owner.address, dev) == 250 * ONE_TOKEN
+    set_ = ok("wallet", "budget", "set", dev, "250")
+    assert {k: set_[k] for k in ("action", "payer", "spender", "amount", "remaining", "effective_at")} == {
+        "action": "budget_set", "payer": owner.address, "spender": dev, "amount": 250 * ONE_TOKEN,
+        "remaining": 250 * ONE_TOKEN, "effective_at": None}
+    assert set_["tx_hash"].startswith("0x")
 
-    lowered = ok("wallet", "approve", dev, "12.5")
-    assert (lowered["budget"], lowered["previous"]) == (12 * ONE_TOKEN + ONE_TOKEN // 2, 250 * ONE_TOKEN)
-    assert ledger.allowance(owner.address, dev) == 12 * ONE_TOKEN + ONE_TOKEN // 2
+    cut = ok("wallet", "budget", "cut", dev, "12.5")
+    assert (cut["action"], cut["remaining"], cut["scheduled"]) == ("budget_cut", 250 * ONE_TOKEN,
+                                                                   12 * ONE_TOKEN + ONE_TOKEN // 2)
+    assert cut["effective_at"] == ledger.budget_of(owner.address, dev).effective_at > 0
+    listed = ok("wallet", "budget", "list")
+    assert listed["budgets"] == [{"spender": dev, "remaining": 250 * ONE_TOKEN,
+                                  "effective": 12 * ONE_TOKEN + ONE_TOKEN // 2,
+                                  "scheduled": 12 * ONE_TOKEN + ONE_TOKEN // 2, "effective_at": cut["effective_at"]}]
+    assert "a cut must be lower" in refused("wallet", "budget", "cut", dev, "20")
 
-    revoked = ok("wallet", "revoke", dev)
-    assert (revoked["action"], revoked["previous"]) == ("revoked", 12 * ONE_TOKEN + ONE_TOKEN // 2)
-    assert ledger.allowance(owner.address, dev) == 0
-    again = ok("wallet", "revoke", dev)
-    assert (again["action"], again["tx_hash"]) == ("unchanged", None)
-
-    assert "at most 18 decimal places" in refused("wallet", "approve", dev, "0.0000000000000000001")
-    assert "the wallet itself" in refused("wallet", "approve", owner.address, "1")
-    assert ledger.balance_of(owner.address) == 1_000 * ONE_TOKEN  # approvals never move tokens
+    assert "at most 18 decimal places" in refused("wallet", "budget", "set", dev, "0.0000000000000000001")
+    assert "the wallet itself" in refused("wallet", "budget", "set", owner.address, "1")
+    assert ledger.balance_of(owner.address) == 1_000 * ONE_TOKEN  # budgets never move tokens
 
 
 def test_transfer_moves_exact_amounts_and_refuses_more_than_held(home: Path, ledger: Ledger, actors: Actors) -> None:
@@ -343,15 +338,18 @@ def test_commands_wait_for_the_confirmations_asked_for(home: Path, ledger: Ledge
     owner = enterprise_with(ledger, actors, home)
     dev = actors.developer.address
 
-    def mine_once_approved() -> None:
-        poll_until(lambda: ledger.allowance(owner.address, dev) > 0, 20, "the approval mined")
+    ledger.set_allowlisted(actors.operator, dev, True)
+    ledger.mint(actors.operator, owner.address, ONE_TOKEN)
+
+    def mine_once_sent() -> None:
+        poll_until(lambda: ledger.balance_of(dev) > 0, 20, "the transfer mined")
         ledger.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
-    miner = threading.Thread(target=mine_once_approved)
+    miner = threading.Thread(target=mine_once_sent)
     miner.start()
-    approved = ok("wallet", "approve", dev, "1", "--confirmations", "1")
+    sent = ok("wallet", "transfer", dev, "1", "--confirmations", "1")
     miner.join(10)
-    assert ledger.w3.eth.block_number >= approved["block"] + 1
+    assert ledger.w3.eth.block_number >= sent["block"] + 1
 
 
 # -- usage -----------------------------------------------------------------------------------
@@ -401,14 +399,19 @@ def test_usage_per_developer_key_from_the_database(home: Path, fresh_db: str, ac
 
 
 def test_usage_per_developer_key_from_the_service(home: Path, fresh_db: str, service: str, actors: Actors) -> None:
+    keep(home, actors.enterprise)
     payer, first, second = actors.enterprise.address, actors.developer.address, actors.other.address
     seed_usage(fresh_db, payer, first, second)
     shown = ok("wallet", "usage", payer, "--api", service)
     assert (shown["payer"], shown["source"]) == (payer, "api")
     assert without_times(shown["spenders"]) == expected_usage(first, second)
 
-    raw = httpx.get(f"{service}/v1/usage", params={"payer": payer.lower()}).json()
-    assert raw["spenders"][0]["metered"] == str(22 * ONE_TOKEN)  # decimal strings on the wire
+    raw = httpx.get(f"{service}/v1/usage", params={"payer": payer.lower()}, auth=reader_auth(actors.enterprise))
+    assert raw.json()["spenders"][0]["metered"] == str(22 * ONE_TOKEN)  # decimal strings on the wire
+    nosy = httpx.get(f"{service}/v1/usage", params={"payer": payer}, auth=reader_auth(actors.developer))
+    assert nosy.status_code == 403 and nosy.json()["error"]["code"] == "not_account_holder"
+    unsigned = httpx.get(f"{service}/v1/usage", params={"payer": payer})
+    assert unsigned.status_code == 401 and unsigned.json()["error"]["code"] == "missing_signature"
     bad = httpx.get(f"{service}/v1/usage", params={"payer": "0x12"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
     assert "does not answer" in refused("wallet", "usage", payer, "--api", f"http://127.0.0.1:{free_port()}")

@@ -172,19 +172,22 @@ def test_backfill_indexes_every_event_of_every_contract_exactly(
     ledger.buy(ent, 5 * ONE_TOKEN)
     ledger.issue(op, other.address, 3 * ONE_TOKEN, "INV-2024-001")
     ledger.transfer(ent, other.address, 10 * ONE_TOKEN)
-    ledger.approve(ent, dev.address, 100 * ONE_TOKEN)
-    ledger.approve(ent, other.address, MAX_UINT)
+    ledger.deposit(ent, 200 * ONE_TOKEN, permit=False)  # Approval + Deposited
+    ledger.deposit(other, 2 * ONE_TOKEN, permit=False)
+    ledger.set_budget(ent, dev.address, 100 * ONE_TOKEN)
+    ledger.set_budget(ent, other.address, 50 * ONE_TOKEN)
+    ledger.set_budget(ent, other.address, 10 * ONE_TOKEN)  # a cut, effective an unlock period later
+    ledger.request_withdrawal(ent, 5 * ONE_TOKEN)
     ledger.grant_role(op, "AUDITOR_ROLE", other.address)
     ledger.set_rate(op, "test/indexed-model", 5, 7, Tier.CLOUD)
     ledger.pause(op)
     ledger.unpause(op)
-    batch_id = keccak(text="indexer:batch")
-    settled = ledger.settle_batch(funded.settler, batch_id, keccak(text="root"), 3, [
-        SettlementItem(ent.address, dev.address, BaseUnits(150 * ONE_TOKEN)),  # allowance covers 100: shortfall
+    settled = ledger.settle_batch(funded.settler, keccak(text="root"), 3, [
+        SettlementItem(ent.address, dev.address, BaseUnits(150 * ONE_TOKEN)),  # budget covers 100: shortfall
         SettlementItem(other.address, other.address, BaseUnits(2 * ONE_TOKEN)),
     ])
+    batch_id = settled.batch_id
     assert len(settled.shortfalls) == 1
-    ledger.burn(other, ONE_TOKEN)
     indexer = make_indexer(initial_range=2, max_range=8, target_logs=6)
     windows: list[int] = []
 
@@ -199,15 +202,23 @@ def test_backfill_indexes_every_event_of_every_contract_exactly(
         "RoleGranted": "role_change", "TiersSet": "config", "TreasurySet": "config", "ModelListed": "rate_change",
         "RateSet": "rate_change", "AllowlistUpdated": "allowlist", "Purchased": "purchase", "Issued": "issue",
         "Approval": "approval", "Paused": "pause", "Unpaused": "pause", "Redeemed": "redemption",
-        "Shortfall": "shortfall", "BatchSettled": "batch",
+        "Shortfall": "shortfall", "BatchSettled": "batch", "Deposited": "deposit", "BudgetSet": "budget",
+        "WithdrawalRequested": "withdrawal", **({"UnlockPeriodSet": "config"} if "UnlockPeriodSet" in kinds else {}),
+        **({"EscrowSet": "config"} if "EscrowSet" in kinds else {}),
     }
     transfers = {(r["args"]["from"], r["args"]["to"]): r for r in by_event(rows, "Transfer")}
     assert transfers[(ZERO, ent.address)]["kind"] == "mint"
     assert transfers[(ent.address, other.address)]["kind"] == "transfer"
-    assert transfers[(other.address, ZERO)]["kind"] == "burn"
+    assert transfers[(ledger.settlement.address, ZERO)]["kind"] == "burn"  # one burn per batch, from escrow
+    assert transfers[(ledger.settlement.address, ZERO)]["amount"] == 102 * ONE_TOKEN
     assert transfers[(ent.address, other.address)]["accounts"] == [ent.address, other.address]
-    unlimited = next(r for r in by_event(rows, "Approval") if r["args"]["spender"] == other.address)
-    assert unlimited["args"]["value"] == str(MAX_UINT) and unlimited["amount"] == MAX_UINT
+    cut = by_event(rows, "BudgetSet")[-1]
+    # A budget moves no tokens: its amount is an argument, not a sum of `amount`.
+    assert (cut["args"]["spender"], cut["args"]["amount"], cut["amount"], cut["kind"]) == (
+        other.address, str(10 * ONE_TOKEN), None, "budget")
+    deposits = {r["args"]["account"]: r["amount"] for r in by_event(rows, "Deposited")}
+    assert deposits == {ent.address: 200 * ONE_TOKEN, other.address: 2 * ONE_TOKEN}
+    assert by_event(rows, "WithdrawalRequested")[0]["args"]["amount"] == str(5 * ONE_TOKEN)
     shortfall = by_event(rows, "Shortfall")[0]
     assert shortfall["batch_id"] == batch_id and shortfall["amount"] == 50 * ONE_TOKEN
     assert shortfall["args"] == {"batchId": "0x" + batch_id.hex(), "payer": ent.address, "spender": dev.address,

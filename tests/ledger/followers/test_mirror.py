@@ -5,7 +5,6 @@ mirrored block. Each test gets a database of its own (the `ledger` fixture rewin
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -84,8 +83,9 @@ def make_mirror(ledger: Ledger, mirror_db: str) -> Iterator[Callable[..., ChainM
 class MirrorRows:
     block: int
     block_hash: bytes
-    balances: dict[bytes, int]
-    allowances: dict[tuple[bytes, bytes], int]
+    escrow: dict[bytes, tuple[int, int, int]]  # account -> (escrow, pending withdrawal, unlocksAt)
+    budgets: dict[tuple[bytes, bytes], tuple[int, int, int, int]]  # -> (remaining, scheduled, effectiveAt, granted)
+    unlock_period: int | None
     allowlist: dict[bytes, bool]
     paused: bool | None
     rates: dict[bytes, tuple[str, int, int, int, bool]]
@@ -96,14 +96,20 @@ def mirror_rows(url: str) -> MirrorRows:
         cursor = conn.execute("SELECT block, block_hash FROM mirror_cursor").fetchone()
         assert cursor is not None, "the mirror has no cursor"
         token = conn.execute("SELECT paused FROM mirror_token").fetchone()
+        settlement = conn.execute("SELECT unlock_period FROM mirror_settlement").fetchone()
         return MirrorRows(
             block=int(cursor[0]),
             block_hash=bytes(cursor[1]),
-            balances={bytes(a): int(b) for a, b in conn.execute("SELECT account, balance FROM mirror_balances")},
-            allowances={
-                (bytes(o), bytes(s)): int(v)
-                for o, s, v in conn.execute("SELECT owner, spender, amount FROM mirror_allowances")
+            escrow={
+                bytes(a): (int(e), int(p), int(u))
+                for a, e, p, u in conn.execute("SELECT account, escrow, pending, unlocks_at FROM mirror_escrow")
             },
+            budgets={
+                (bytes(p), bytes(s)): (int(r), int(c), int(e), int(g))
+                for p, s, r, c, e, g in conn.execute(
+                    "SELECT payer, spender, remaining, scheduled, effective_at, granted FROM mirror_budgets")
+            },
+            unlock_period=None if settlement is None else int(settlement[0]),
             allowlist={bytes(a): bool(v) for a, v in conn.execute("SELECT account, allowed FROM mirror_allowlist")},
             paused=None if token is None else bool(token[0]),
             rates={
@@ -132,25 +138,37 @@ def assert_mirror_exact(ledger: Ledger, url: str) -> MirrorRows:
     """
     rows = mirror_rows(url)
     at = rows.block
-    token, rate_card = ledger.token, ledger.rate_card
+    token, rate_card, settlement = ledger.token, ledger.rate_card, ledger.settlement
     assert ledger.w3.eth.get_block(at)["hash"] == rows.block_hash
     assert at == ledger.w3.eth.block_number
 
     span = {"from_block": ledger.deployment.deploy_block, "to_block": at}
-    transfers = token.events.Transfer().get_logs(**span)
-    holders = {raw(e["args"][k]) for e in transfers for k in ("from", "to")} - {b"\x00" * 20}
-    pairs = {(raw(e["args"]["owner"]), raw(e["args"]["spender"])) for e in token.events.Approval().get_logs(**span)}
+    accounts = {raw(e["args"]["account"]) for name in ("Deposited", "WithdrawalRequested", "Withdrawn")
+                for e in getattr(settlement.events, name)().get_logs(**span)}
+    budget_sets = settlement.events.BudgetSet().get_logs(**span)
+    granted = {(raw(e["args"]["payer"]), raw(e["args"]["spender"])): int(e["args"]["amount"]) for e in budget_sets}
     listed = {raw(e["args"]["account"]) for e in token.events.AllowlistUpdated().get_logs(**span)}
     models = set(rate_card.functions.models().call(block_identifier=at))
-    assert holders <= rows.balances.keys()
-    assert pairs <= rows.allowances.keys()
+    assert accounts <= rows.escrow.keys()
+    assert granted.keys() <= rows.budgets.keys()
     assert listed <= rows.allowlist.keys()
     assert {bytes(m) for m in models} == rows.rates.keys()
 
-    for account, balance in rows.balances.items():
-        assert token.functions.balanceOf(checksum(account)).call(block_identifier=at) == balance
-    for (owner, spender), amount in rows.allowances.items():
-        assert token.functions.allowance(checksum(owner), checksum(spender)).call(block_identifier=at) == amount
+    views = settlement.functions
+    for account, (escrow, pending, unlocks_at) in rows.escrow.items():
+        assert views.escrowOf(checksum(account)).call(block_identifier=at) == escrow
+        assert tuple(views.pendingWithdrawalOf(checksum(account)).call(block_identifier=at)) == (pending, unlocks_at)
+    for (payer, spender), (remaining, scheduled, effective_at, amount) in rows.budgets.items():
+        chain = views.budgetOf(checksum(payer), checksum(spender)).call(block_identifier=at)
+        if effective_at and chain[2] == 0:
+            # A cut whose time came with no event since: the chain reports it applied, the mirror still
+            # holds it pending, and admission counts min(remaining, scheduled) either way.
+            assert min(remaining, scheduled) == chain[0]
+        else:
+            assert (remaining, scheduled, effective_at) == tuple(chain)
+        # `granted` is the last BudgetSet's amount; a pair only an orphaned block set falls back to remaining.
+        assert amount == granted.get((payer, spender), remaining)
+    assert rows.unlock_period == views.unlockPeriod().call(block_identifier=at)
     for account, allowed in rows.allowlist.items():
         assert token.functions.isAllowlisted(checksum(account)).call(block_identifier=at) is allowed
     assert rows.paused is token.functions.paused().call(block_identifier=at)
@@ -171,9 +189,7 @@ def delist(ledger: Ledger, signer: LocalAccount, model: str) -> TxResult:
 
 
 def settle(ledger: Ledger, actors: Actors, label: str, items: list[SettlementItem]) -> Any:
-    return ledger.settle_batch(
-        actors.settler, keccak(text=f"batch:{label}"), keccak(text=f"root:{label}"), len(items), items
-    )
+    return ledger.settle_batch(actors.settler, keccak(text=f"root:{label}"), len(items), items)
 
 
 def rpc(ledger: Ledger, method: str, params: list[Any]) -> Any:
@@ -200,11 +216,11 @@ def mined(ledger: Ledger, tx_hashes: list[str]) -> None:
 
 
 def holders(ledger: Ledger, actors: Actors, count: int) -> list[LocalAccount]:
-    """`count` fresh allowlisted accounts holding 100 tokens each."""
+    """`count` fresh allowlisted accounts with 100 tokens each in escrow."""
     accounts = [Account.create() for _ in range(count)]
     for account in accounts:
         ledger.set_allowlisted(actors.operator, account.address, True)
-        ledger.mint(actors.operator, account.address, 100 * ONE_TOKEN)
+        ledger.issue(actors.operator, account.address, 100 * ONE_TOKEN, "test", into_escrow=True)
     return accounts
 
 
@@ -216,26 +232,24 @@ def test_one_sync_mirrors_every_kind_of_operation(
     extra = Account.create()
     ledger.set_allowlisted(op, dev.address, True)
     ledger.set_allowlisted(op, other.address, True)
-    ledger.transfer(ent, other.address, 50 * ONE_TOKEN)
-    ledger.approve(ent, dev.address, 100 * ONE_TOKEN)
-    ledger.approve(ent, extra.address, MAX_UINT)
-    deadline = int(time.time()) + 3600
-    v, r, s = ledger.sign_permit(ledger.token, other, dev.address, 7 * ONE_TOKEN, deadline)
-    ledger.permit(dev, other.address, dev.address, 7 * ONE_TOKEN, deadline, v, r, s)
+    ledger.deposit(ent, 300 * ONE_TOKEN)
+    ledger.deposit_for(ent, other.address, 50 * ONE_TOKEN)
+    ledger.set_budget(ent, dev.address, 100 * ONE_TOKEN)
+    ledger.set_budget(ent, extra.address, 40 * ONE_TOKEN)
+    ledger.set_budget(ent, extra.address, 15 * ONE_TOKEN)  # a cut: pending for the unlock period
+    ledger.set_budget(other, dev.address, 20 * ONE_TOKEN)
     result = settle(
         ledger,
         funded,
         "all-ops",
         [
-            SettlementItem(
-                ent.address, dev.address, BaseUnits(150 * ONE_TOKEN)
-            ),  # allowance covers only 100: shortfall
+            SettlementItem(ent.address, dev.address, BaseUnits(150 * ONE_TOKEN)),  # budget covers only 100
             SettlementItem(other.address, other.address, BaseUnits(10 * ONE_TOKEN)),
             SettlementItem(other.address, dev.address, BaseUnits(5 * ONE_TOKEN)),
         ],
     )
     assert [x.paid for x in result.shortfalls] == [100 * ONE_TOKEN]
-    ledger.burn_from(dev, other.address, ONE_TOKEN)  # spends an allowance without an Approval event
+    ledger.request_withdrawal(other, 30 * ONE_TOKEN)
     ledger.set_allowlisted(op, extra.address, True)
     ledger.set_allowlisted(op, extra.address, False)
     ledger.pause(op)
@@ -250,11 +264,16 @@ def test_one_sync_mirrors_every_kind_of_operation(
 
     assert status.block == status.head == ledger.w3.eth.block_number and status.lag == 0
     rows = assert_mirror_exact(ledger, mirror_db)
-    assert rows.balances[raw(ent.address)] == 850 * ONE_TOKEN
-    assert rows.balances[raw(other.address)] == 34 * ONE_TOKEN
-    assert rows.allowances[(raw(ent.address), raw(dev.address))] == 0
-    assert rows.allowances[(raw(ent.address), raw(extra.address))] == MAX_UINT
-    assert rows.allowances[(raw(other.address), raw(dev.address))] == ONE_TOKEN
+    unlock = ledger.unlock_period()
+    assert rows.unlock_period == unlock > 0
+    assert rows.escrow[raw(ent.address)] == (200 * ONE_TOKEN, 0, 0)
+    _, _, unlocks_at = rows.escrow[raw(other.address)]
+    assert rows.escrow[raw(other.address)] == (35 * ONE_TOKEN, 30 * ONE_TOKEN, unlocks_at) and unlocks_at > 0
+    assert rows.budgets[(raw(ent.address), raw(dev.address))] == (0, 0, 0, 100 * ONE_TOKEN)
+    remaining, scheduled, effective_at, granted = rows.budgets[(raw(ent.address), raw(extra.address))]
+    assert (remaining, scheduled, granted) == (40 * ONE_TOKEN, 15 * ONE_TOKEN, 15 * ONE_TOKEN)
+    assert effective_at > 0
+    assert rows.budgets[(raw(other.address), raw(dev.address))] == (15 * ONE_TOKEN, 0, 0, 20 * ONE_TOKEN)
     assert rows.allowlist[raw(extra.address)] is False and rows.allowlist[raw(dev.address)] is True
     assert rows.paused is True
     assert rows.rates[model_id("test/model-a")] == ("test/model-a", 6, 8, int(Tier.CLOUD), True)
@@ -262,51 +281,143 @@ def test_one_sync_mirrors_every_kind_of_operation(
     assert rows.rates[model_id("test/model-b")] == ("test/model-b", 1, 2, int(Tier.REGIONAL), False)
 
 
-def test_allowance_spent_after_an_earlier_sync_is_re_read(
+def effective(url: str, payer: str, spender: str) -> int:
+    """What admission counts of a budget: the SQL function the hold check uses, on the mirrored row."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT effective_budget(remaining, scheduled, effective_at), granted FROM mirror_budgets"
+            " WHERE payer = %s AND spender = %s", (raw(payer), raw(spender))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_budget_cut_counts_at_once_and_a_raise_cancels_it(
     ledger: Ledger, funded: Actors, make_mirror: Callable[..., ChainMirror], mirror_db: str
 ) -> None:
     ent, dev = funded.enterprise, funded.developer
-    ledger.approve(ent, dev.address, 10 * ONE_TOKEN)
+    ledger.deposit(ent, 500 * ONE_TOKEN)
+    ledger.set_budget(ent, dev.address, 100 * ONE_TOKEN)
     mirror = make_mirror()
     mirror.sync_once()
-    ledger.burn_from(dev, ent.address, 3 * ONE_TOKEN)  # only a Transfer(ent, 0): no Approval, no Redeemed
+    assert effective(mirror_db, ent.address, dev.address) == 100 * ONE_TOKEN
+
+    ledger.set_budget(ent, dev.address, 30 * ONE_TOKEN)  # a cut, effective on chain an unlock period later
+    mirror.sync_once()
+    rows = assert_mirror_exact(ledger, mirror_db)
+    remaining, scheduled, effective_at, granted = rows.budgets[(raw(ent.address), raw(dev.address))]
+    now = int(ledger.w3.eth.get_block("latest")["timestamp"])
+    cut_at = now + ledger.unlock_period()
+    assert (remaining, scheduled, effective_at, granted) == (100 * ONE_TOKEN, 30 * ONE_TOKEN, cut_at, 30 * ONE_TOKEN)
+    assert effective(mirror_db, ent.address, dev.address) == 30 * ONE_TOKEN  # counted at once
+
+    ledger.set_budget(ent, dev.address, 10 * ONE_TOKEN)  # a second cut replaces the first and restarts the clock
+    mirror.sync_once()
+    assert effective(mirror_db, ent.address, dev.address) == 10 * ONE_TOKEN
+    assert mirror_rows(mirror_db).budgets[(raw(ent.address), raw(dev.address))][:2] == (100 * ONE_TOKEN,
+                                                                                        10 * ONE_TOKEN)
+
+    ledger.set_budget(ent, dev.address, 120 * ONE_TOKEN)  # a raise applies at once and cancels the cut
+    mirror.sync_once()
+    assert mirror_rows(mirror_db).budgets[(raw(ent.address), raw(dev.address))] == (120 * ONE_TOKEN, 0, 0,
+                                                                                    120 * ONE_TOKEN)
+    assert effective(mirror_db, ent.address, dev.address) == 120 * ONE_TOKEN
+
+
+def test_a_cut_to_zero_and_spending_under_a_pending_cut(
+    ledger: Ledger, funded: Actors, make_mirror: Callable[..., ChainMirror], mirror_db: str
+) -> None:
+    ent, dev, other = funded.enterprise, funded.developer, funded.other
+    ledger.deposit(ent, 500 * ONE_TOKEN)
+    ledger.set_budget(ent, dev.address, 100 * ONE_TOKEN)
+    ledger.set_budget(ent, other.address, 50 * ONE_TOKEN)
+    mirror = make_mirror()
+    mirror.sync_once()
+    ledger.set_budget(ent, dev.address, 0)  # cut to zero: no_budget for new calls at once
+    ledger.set_budget(ent, other.address, 20 * ONE_TOKEN)
+    # Usage admitted before the cuts still settles against the current budget until the cut applies.
+    settle(ledger, funded, "under-cut", [SettlementItem(ent.address, dev.address, BaseUnits(60 * ONE_TOKEN)),
+                                         SettlementItem(ent.address, other.address, BaseUnits(25 * ONE_TOKEN))])
 
     mirror.sync_once()
 
     rows = assert_mirror_exact(ledger, mirror_db)
-    assert rows.allowances[(raw(ent.address), raw(dev.address))] == 7 * ONE_TOKEN
+    assert rows.budgets[(raw(ent.address), raw(dev.address))][:2] == (40 * ONE_TOKEN, 0)
+    assert rows.budgets[(raw(ent.address), raw(dev.address))][3] == 0  # granted 0: 403 no_budget
+    assert effective(mirror_db, ent.address, dev.address) == 0
+    # The scheduled amount shrinks by the spend: 20 - 25 -> 0.
+    assert rows.budgets[(raw(ent.address), raw(other.address))][:2] == (25 * ONE_TOKEN, 0)
+    assert rows.escrow[raw(ent.address)] == (415 * ONE_TOKEN, 0, 0)
+
+    rpc(ledger, "evm_increaseTime", [ledger.unlock_period() + 1])
+    rpc(ledger, "evm_mine", [])
+    mirror.sync_once()  # no event: the mirror keeps the cut pending, worth min(remaining, scheduled) as before
+    assert effective(mirror_db, ent.address, dev.address) == 0
+    assert_mirror_exact(ledger, mirror_db)
+    ledger.set_budget(ent, dev.address, 5 * ONE_TOKEN)  # after the cut applied on chain, 5 is a raise from 0
+    mirror.sync_once()
+    assert mirror_rows(mirror_db).budgets[(raw(ent.address), raw(dev.address))] == (5 * ONE_TOKEN, 0, 0,
+                                                                                    5 * ONE_TOKEN)
+
+
+def test_withdrawals_are_followed_and_shrink_with_burns(
+    ledger: Ledger, funded: Actors, make_mirror: Callable[..., ChainMirror], mirror_db: str
+) -> None:
+    ent = funded.enterprise
+    ledger.deposit(ent, 100 * ONE_TOKEN)
+    mirror = make_mirror()
+    mirror.sync_once()
+    ledger.request_withdrawal(ent, 100 * ONE_TOKEN)
+    mirror.sync_once()
+    unlocks_at = mirror_rows(mirror_db).escrow[raw(ent.address)][2]
+    assert mirror_rows(mirror_db).escrow[raw(ent.address)] == (100 * ONE_TOKEN, 100 * ONE_TOKEN, unlocks_at)
+    settle(ledger, funded, "while-leaving", [SettlementItem(ent.address, ent.address, BaseUnits(30 * ONE_TOKEN))])
+    mirror.sync_once()
+    assert mirror_rows(mirror_db).escrow[raw(ent.address)] == (70 * ONE_TOKEN, 70 * ONE_TOKEN, unlocks_at)
+    rpc(ledger, "evm_increaseTime", [ledger.unlock_period() + 1])
+    rpc(ledger, "evm_mine", [])
+    ledger.withdraw(ent)
+    mirror.sync_once()
+    assert assert_mirror_exact(ledger, mirror_db).escrow[raw(ent.address)] == (0, 0, 0)
+    assert ledger.balance_of(ent.address) == 970 * ONE_TOKEN
 
 
 def test_read_direct_equals_the_mirror(
     ledger: Ledger, funded: Actors, make_mirror: Callable[..., ChainMirror], mirror_db: str
 ) -> None:
     ent, dev = funded.enterprise, funded.developer
-    ledger.approve(ent, dev.address, 42 * ONE_TOKEN)
+    ledger.deposit(ent, 600 * ONE_TOKEN)
+    ledger.request_withdrawal(ent, 11 * ONE_TOKEN)
+    ledger.set_budget(ent, dev.address, 42 * ONE_TOKEN)
+    ledger.set_budget(ent, dev.address, 40 * ONE_TOKEN)
     make_mirror().sync_once()
     rows = mirror_rows(mirror_db)
 
     direct = read_direct(ledger, ent.address, dev.address)
 
     assert direct.block == rows.block
-    assert direct.balance == rows.balances[raw(ent.address)] == 1_000 * ONE_TOKEN
-    assert direct.allowance == rows.allowances[(raw(ent.address), raw(dev.address))] == 42 * ONE_TOKEN
+    assert (direct.escrow, direct.pending) == rows.escrow[raw(ent.address)][:2] == (600 * ONE_TOKEN, 11 * ONE_TOKEN)
+    assert direct.budget == effective(mirror_db, ent.address, dev.address) == 40 * ONE_TOKEN
     assert direct.allowlisted is rows.allowlist[raw(ent.address)] is True
     assert direct.paused is rows.paused is False
     assert read_direct(ledger, raw(dev.address), raw(ent.address)).allowlisted is False
+    assert read_direct(ledger, ent.address, ent.address).budget is None
 
 
 def test_backfill_over_many_blocks_and_windows_is_exact(
     ledger: Ledger, actors: Actors, make_mirror: Callable[..., ChainMirror], mirror_db: str
 ) -> None:
     accounts = holders(ledger, actors, 12)  # 24 transactions
-    token = ledger.token.functions
+    settlement = ledger.settlement.functions
     sent = []
     for i in range(276):
         sender, receiver = accounts[i % 12], accounts[(i * 5 + 1) % 12]
         if i % 7 == 0:
-            sent.append(send_fast(ledger, sender, token.approve(receiver.address, i * ONE_TOKEN)))
+            sent.append(send_fast(ledger, sender, settlement.setBudget(receiver.address, i * ONE_TOKEN)))
+        elif i % 7 == 1:
+            sent.append(send_fast(ledger, sender, settlement.requestWithdrawal((i % 5 + 1) * ONE_TOKEN)))
         else:
-            sent.append(send_fast(ledger, sender, token.transfer(receiver.address, (i % 5 + 1) * ONE_TOKEN // 10)))
+            fn = ledger.token.functions.transfer(receiver.address, 0)  # touches nothing the mirror keeps
+            sent.append(send_fast(ledger, sender, fn))
     mined(ledger, sent)
     assert ledger.w3.eth.block_number >= 250  # Anvil may mine a few that arrive together in one block
     mirror = make_mirror(max_range=16, max_touched=20)
@@ -326,7 +437,7 @@ def test_backfill_over_many_blocks_and_windows_is_exact(
     assert ranges[0][0] == ledger.deployment.deploy_block and ranges[-1][1] == status.block
     assert all(b[0] == a[1] + 1 for a, b in pairwise(ranges)), "ranges leave no gap"
     rows = assert_mirror_exact(ledger, mirror_db)
-    assert {raw(a.address) for a in accounts} <= rows.balances.keys()
+    assert {raw(a.address) for a in accounts} <= rows.escrow.keys()
 
 
 def test_backfill_halves_a_range_the_node_refuses(
@@ -359,26 +470,26 @@ def test_reorg_at_the_same_height_leaves_the_new_chain(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     op, ent = funded.operator, funded.enterprise
+    ledger.deposit(ent, 100 * ONE_TOKEN)
     mirror = make_mirror(reorg_depth=8)  # deep enough for this reorg, shallow enough not to reach the deployment
     mirror.sync_once()
     snapshot = rpc(ledger, "evm_snapshot", [])
     lost = Account.create()
     ledger.set_allowlisted(op, lost.address, True)
-    ledger.mint(op, lost.address, 5 * ONE_TOKEN)
-    ledger.approve(ent, lost.address, 9 * ONE_TOKEN)
+    ledger.issue(op, lost.address, 5 * ONE_TOKEN, "lost", into_escrow=True)
+    ledger.set_budget(ent, lost.address, 9 * ONE_TOKEN)
     ledger.set_rate(op, "reorg/lost-model", 1, 1, Tier.EDGE)
     ledger.pause(op)
     orphaned = mirror.sync_once()
-    assert mirror_rows(mirror_db).balances[raw(lost.address)] == 5 * ONE_TOKEN
+    assert mirror_rows(mirror_db).escrow[raw(lost.address)] == (5 * ONE_TOKEN, 0, 0)
 
     assert rpc(ledger, "evm_revert", [snapshot]) is True
     fresh = Ledger(ledger.w3, ledger.deployment, timeout=30)  # nonces went back with the chain
     kept = Account.create()
     fresh.set_allowlisted(op, kept.address, True)
-    fresh.mint(op, kept.address, 3 * ONE_TOKEN)
-    fresh.transfer(ent, kept.address, ONE_TOKEN)
+    fresh.issue(op, kept.address, 3 * ONE_TOKEN, "kept", into_escrow=True)
+    fresh.deposit_for(ent, kept.address, ONE_TOKEN)  # approve + depositFor: two blocks
     fresh.set_rate(op, "reorg/kept-model", 2, 2, Tier.CLOUD)
-    fresh.approve(ent, kept.address, ONE_TOKEN)
     assert ledger.w3.eth.block_number == orphaned.block
     assert ledger.w3.eth.get_block(orphaned.block)["hash"] != orphaned.block_hash
 
@@ -386,12 +497,12 @@ def test_reorg_at_the_same_height_leaves_the_new_chain(
 
     assert "re-scanning from block" in caplog.text
     rows = assert_mirror_exact(ledger, mirror_db)
-    assert rows.balances[raw(lost.address)] == 0
-    assert rows.allowances[(raw(ent.address), raw(lost.address))] == 0
+    assert rows.escrow[raw(lost.address)] == (0, 0, 0)
+    assert rows.budgets[(raw(ent.address), raw(lost.address))][:3] == (0, 0, 0)
     assert rows.allowlist[raw(lost.address)] is False
     assert rows.paused is False
     assert model_id("reorg/lost-model") not in rows.rates
-    assert rows.balances[raw(kept.address)] == 4 * ONE_TOKEN
+    assert rows.escrow[raw(kept.address)] == (4 * ONE_TOKEN, 0, 0)
 
 
 def test_chain_that_no_longer_reaches_the_cursor_is_re_mirrored(
@@ -409,7 +520,7 @@ def test_chain_that_no_longer_reaches_the_cursor_is_re_mirrored(
     mirror.sync_once()
 
     rows = assert_mirror_exact(ledger, mirror_db)
-    assert all(raw(a.address) not in rows.balances for a in lost)
+    assert all(raw(a.address) not in rows.escrow for a in lost)
 
 
 def test_failed_commit_leaves_the_cursor_and_the_next_sync_completes(
@@ -424,13 +535,13 @@ def test_failed_commit_leaves_the_cursor_and_the_next_sync_completes(
     before = mirror_rows(mirror_db)
     newcomer = Account.create()
     ledger.set_allowlisted(funded.operator, newcomer.address, True)
-    ledger.mint(funded.operator, newcomer.address, 8 * ONE_TOKEN)
+    ledger.issue(funded.operator, newcomer.address, 8 * ONE_TOKEN, "crash", into_escrow=True)
     ledger.set_rate(funded.operator, "crash/model", 1, 2, Tier.EDGE)
     write_rates = ChainMirror._write_rates
     crashes: list[int] = []
 
     def crash_once(self: ChainMirror, *args: Any) -> None:
-        if not crashes:  # balances are written by now, inside the same transaction
+        if not crashes:  # escrow rows are written by now, inside the same transaction
             crashes.append(1)
             raise ConnectionError("database went away mid-commit")
         write_rates(self, *args)
@@ -440,10 +551,10 @@ def test_failed_commit_leaves_the_cursor_and_the_next_sync_completes(
     with pytest.raises(ConnectionError):
         mirror.sync_once()
 
-    assert mirror_rows(mirror_db) == before  # nothing of the window, not even the balances
+    assert mirror_rows(mirror_db) == before  # nothing of the window, not even the escrow
     mirror.sync_once()
     rows = assert_mirror_exact(ledger, mirror_db)
-    assert rows.balances[raw(newcomer.address)] == 8 * ONE_TOKEN
+    assert rows.escrow[raw(newcomer.address)] == (8 * ONE_TOKEN, 0, 0)
 
 
 def test_confirmations_hold_back_the_newest_blocks(
@@ -451,7 +562,7 @@ def test_confirmations_hold_back_the_newest_blocks(
 ) -> None:
     late = Account.create()
     ledger.set_allowlisted(funded.operator, late.address, True)
-    ledger.mint(funded.operator, late.address, ONE_TOKEN)
+    ledger.issue(funded.operator, late.address, ONE_TOKEN, "late", into_escrow=True)
     mirror = make_mirror(confirmations=2)
 
     status = mirror.sync_once()
@@ -459,7 +570,7 @@ def test_confirmations_hold_back_the_newest_blocks(
     head = ledger.w3.eth.block_number
     assert (status.block, status.head, status.lag) == (head - 2, head, 2)
     rows = mirror_rows(mirror_db)
-    assert raw(late.address) not in rows.balances and raw(late.address) not in rows.allowlist
+    assert raw(late.address) not in rows.escrow and raw(late.address) not in rows.allowlist
     assert mirror.status() == mirror_status_now(mirror_db)
 
 
@@ -501,12 +612,12 @@ def test_run_follows_new_blocks_and_outlives_failures(
     try:
         target = Account.create()
         ledger.set_allowlisted(funded.operator, target.address, True)
-        ledger.mint(funded.operator, target.address, ONE_TOKEN)
-        wait_until(lambda: mirror_rows_or_none(mirror_db, target.address) == ONE_TOKEN, 15.0,
-                   "the mirror following a mint")
+        ledger.issue(funded.operator, target.address, ONE_TOKEN, "one", into_escrow=True)
+        wait_until(lambda: mirrored_escrow(mirror_db, target.address) == ONE_TOKEN, 15.0,
+                   "the mirror following a deposit")
         mirror._get_logs = flaky  # type: ignore[method-assign]
-        ledger.mint(funded.operator, target.address, ONE_TOKEN)
-        wait_until(lambda: mirror_rows_or_none(mirror_db, target.address) == 2 * ONE_TOKEN, 15.0,
+        ledger.issue(funded.operator, target.address, ONE_TOKEN, "two", into_escrow=True)
+        wait_until(lambda: mirrored_escrow(mirror_db, target.address) == 2 * ONE_TOKEN, 15.0,
                    "recovery after failures")
     finally:
         stop.set()
@@ -519,9 +630,9 @@ def test_run_follows_new_blocks_and_outlives_failures(
     assert_mirror_exact(ledger, mirror_db)
 
 
-def mirror_rows_or_none(url: str, account: str) -> int | None:
+def mirrored_escrow(url: str, account: str) -> int | None:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT balance FROM mirror_balances WHERE account = %s", (raw(account),)).fetchone()
+        row = conn.execute("SELECT escrow FROM mirror_escrow WHERE account = %s", (raw(account),)).fetchone()
     return None if row is None else int(row[0])
 
 
@@ -533,7 +644,7 @@ def test_two_mirrors_on_one_database_never_interleave(
     threads = [make_mirror().spawn(stop, interval=0.001) for _ in range(2)]
     try:
         for i in range(30):
-            ledger.transfer(accounts[i % 4], accounts[(i + 1) % 4].address, ONE_TOKEN // 7)
+            ledger.set_budget(accounts[i % 4], accounts[(i + 1) % 4].address, i * ONE_TOKEN // 7)
         head = ledger.w3.eth.block_number
 
         def caught_up() -> bool:

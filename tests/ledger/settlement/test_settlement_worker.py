@@ -94,7 +94,7 @@ def test_a_settlement_sent_but_never_recorded_is_found_not_sent_again(world: Wor
     assert batch is not None
     items = [SettlementItem(Web3.to_checksum_address(i.payer), Web3.to_checksum_address(i.spender),
                             BaseUnits(i.amount)) for i in batch.items]
-    orphan = world.ledger.settle_batch(embedded_account(1), batch.batch_id, batch.root, batch.receipt_count, items)
+    orphan = world.ledger.settle_batch(embedded_account(1), batch.root, batch.receipt_count, items)
     nonce_before = world.w3.eth.get_transaction_count(embedded_account(1).address)
 
     assert settler.settle(cut.batch_id) == "confirmed"
@@ -105,7 +105,7 @@ def test_a_settlement_sent_but_never_recorded_is_found_not_sent_again(world: Wor
     assert actions == ["found"]
     assert settler.settle(cut.batch_id) == "confirmed"  # a redelivered task: nothing more happens
     with pytest.raises(BatchAlreadySettled):
-        world.ledger.settle_batch(embedded_account(1), batch.batch_id, batch.root, batch.receipt_count, items)
+        world.ledger.settle_batch(embedded_account(1), batch.root, batch.receipt_count, items)
     world.assert_settled_exactly_once()
 
 

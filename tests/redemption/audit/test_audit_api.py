@@ -104,7 +104,7 @@ def test_filters_by_kind_account_blocks_and_time(auditor: httpx.Client, history:
     assert spoken == [r for r in rows if r["kind"] in ("rate_change", "role_change")]
     mine = all_events(auditor, account=history.short_spender)
     assert mine == [r for r in rows if history.short_spender in r["accounts"]]
-    assert {r["event"] for r in mine} >= {"Approval", "Redeemed", "Shortfall"}
+    assert {r["event"] for r in mine} >= {"BudgetSet", "Redeemed", "Shortfall"}
     middle = rows[len(rows) // 2]["block"]
     assert all_events(auditor, from_block=middle, to_block=middle + 2) == [
         r for r in rows if middle <= r["block"] <= middle + 2]
