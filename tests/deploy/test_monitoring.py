@@ -83,7 +83,7 @@ def test_calls_total_counts_every_billable_call_by_endpoint_and_outcome(deployed
     stranger = httpx.Client(auth=SluiceAuth(Account.create(), payer=enterprise.address, max_cost=10**16), timeout=30)
     refused = stranger.post(deployed.api + "/v1/chat/completions",
                             json={"model": SMALL_MODEL, "messages": [{"role": "user", "content": "hi"}]})
-    assert refused.status_code == 401
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "no_budget"
     after = calls(scrape(deployed.api))
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
     assert delta == {("chat", "answered"): 4.0, ("completions", "answered"): 1.0, ("chat", "refused"): 1.0}
