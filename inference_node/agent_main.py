@@ -22,9 +22,24 @@ from inference_node.agent.config import NODE_KEY_ENV, AgentConfig, AgentSettings
 from inference_node.agent.launcher import launch_vllm, stop_vllm
 from ledger.domain import TIER_NAMES
 
+PROG = "python -m inference_node.agent_main"
+EPILOG = f"""environment:
+  {NODE_KEY_ENV}  required: the node's hex private key (0x + 64 hex digits).
+                   Its address signs receipts and heartbeats; the operator
+                   registers that address on chain (sluice admin nodes
+                   register ADDRESS ...). Never given on the command line.
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m inference_node.agent_main", description=__doc__.splitlines()[0])
+example, in front of `vllm serve` on a GPU host:
+  vllm serve meta-llama/Llama-3.1-8B-Instruct --port 8000 &
+  {NODE_KEY_ENV}=0x... %(prog)s --vllm-url http://127.0.0.1:8000 \\
+      --service-url http://SERVICE:8000 --public-url http://THIS-HOST:9100 \\
+      --host 0.0.0.0 --port 9100 --tier edge --region eu-west-edge"""
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="The node agent: signs a receipt for every call it "
+                                     "serves from vLLM,\nand heartbeats its queue to the redemption service.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9100, help="port to bind (default: 9100)")
     parser.add_argument("--vllm-url", default="http://127.0.0.1:8000", help="vLLM OpenAI server base URL")
@@ -45,12 +60,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> None:
+    args = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node_key = AgentSettings().node_key
     if node_key is None:
-        raise SystemExit(f"set {NODE_KEY_ENV} to the node's hex private key")
+        raise SystemExit(f"error: set {NODE_KEY_ENV} to the node's hex private key (0x + 64 hex digits); "
+                         f"`{prog} --help` says more")
     vllm_url = args.vllm_url
     vllm = None
     if args.launch_vllm:

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     chain_port: int = Field(8545, description="port of the embedded Anvil chain")
     api_port: int = Field(8000, description="port of the redemption service")
     node_base_port: int = Field(8100, description="first port of the embedded simulated nodes")
+    worker_metrics_port: int = Field(9808, ge=0, description="Prometheus port of the settlement worker (0: none)")
     chain_id: int = Field(31337, description="chain id of the embedded Anvil chain")
     anvil_bin: Path | None = Field(None, description="Anvil binary (default: the pinned npm package in node_modules)")
     operator_key: SecretStr | None = Field(None, description="operator private key (default: embedded key #0)")

@@ -26,6 +26,7 @@ from redemption.api.openapi import install_docs
 from redemption.api.routes import audit, catalog, completions, internal, ops, usage
 from redemption.background import refresh_catalog, start_housekeeping, start_indexer, start_mirror, wait_for_mirror
 from redemption.config import ServiceSettings
+from redemption.metrics import CallCounter, ServiceMetrics
 from redemption.state import build_state
 
 # Every route of the service (tests/redemption/test_public_api.py checks that OpenAPI documents each one).
@@ -90,5 +91,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.include_router(router)
     install_error_handlers(app)
     install_docs(app)
+    app.add_middleware(CallCounter, metrics=lambda: _metrics_of(app))
+    # Added last, so outermost: a preflight is answered before anything counts it.
     app.add_middleware(PublicCors, origins=settings.allowed_origins)
     return app
+
+
+def _metrics_of(app: FastAPI) -> ServiceMetrics | None:
+    """The running service's metrics (None before the lifespan built its state)."""
+    state = getattr(app.state, "sluice", None)
+    return None if state is None else state.metrics

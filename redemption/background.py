@@ -36,6 +36,7 @@ async def refresh_catalog(state: ServiceState) -> None:
                                  n["running"], n["waiting"], age=n["age"], retired=n["retired"])
     lag = state.mirror_lag()
     state.metrics.mirror_lag.set(-1 if lag is None else lag)
+    state.metrics.open_holds.set(await state.store.count_open_holds())
 
 
 async def follow_node_registry(state: ServiceState) -> None:

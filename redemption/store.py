@@ -150,6 +150,13 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def count_open_holds(self) -> int:
+        """Holds taken and not metered or released yet (`sluice_open_holds`, kept current by the catalog refresh)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM holds")
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def call_ended(self, job_id: bytes) -> None:
         """The service stopped relaying a call it did not meter: its hold may expire from now on."""
         async with self.pool.connection() as conn:

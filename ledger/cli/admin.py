@@ -199,16 +199,32 @@ def _role(role: str) -> str:
 @roles_app.command("grant")
 @explained
 def roles_grant(role: str, address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
-    """Grant ROLE (e.g. AUDITOR_ROLE or auditor) to ADDRESS on the contract that defines it."""
+    """Grant ROLE (e.g. AUDITOR_ROLE or auditor) to ADDRESS on the contract that defines it (no transaction when
+    ADDRESS holds it already)."""
     name, account = _role(role), checksum_address(address)
-    tx = open_ledger().grant_role(operator_key(keystore), name, account)
+    ledger = open_ledger()
+    if ledger.has_role(name, account):
+        _report_unchanged(f"{account} already holds {name}; nothing sent", as_json, role=name, account=account)
+        return
+    tx = ledger.grant_role(operator_key(keystore), name, account)
     report_tx("role granted", tx.tx_hash, tx.block_number, as_json, role=name, account=account)
 
 
 @roles_app.command("revoke")
 @explained
 def roles_revoke(role: str, address: str, keystore: Path | None = KeystoreOpt, as_json: bool = JsonOpt) -> None:
-    """Revoke ROLE from ADDRESS."""
+    """Revoke ROLE from ADDRESS (no transaction when ADDRESS does not hold it)."""
     name, account = _role(role), checksum_address(address)
-    tx = open_ledger().revoke_role(operator_key(keystore), name, account)
+    ledger = open_ledger()
+    if not ledger.has_role(name, account):
+        _report_unchanged(f"{account} does not hold {name}; nothing sent", as_json, role=name, account=account)
+        return
+    tx = ledger.revoke_role(operator_key(keystore), name, account)
     report_tx("role revoked", tx.tx_hash, tx.block_number, as_json, role=name, account=account)
+
+
+def _report_unchanged(message: str, as_json: bool, **fields: str) -> None:
+    if as_json:
+        print_json({"action": "unchanged", "tx_hash": None, "block": None, **fields})
+    else:
+        console.print(message, highlight=False, soft_wrap=True)

@@ -10,7 +10,11 @@ import sys
 
 import typer
 
-from ledger.cli import admin, audit, bench, demo, deploy, node, stack, wallet, worker
+from ledger.cli.startup import defer_bls_keystores
+
+defer_bls_keystores()  # before any command imports web3
+
+from ledger.cli import admin, audit, bench, demo, deploy, node, stack, wallet, worker  # noqa: E402
 
 app = typer.Typer(
     name="sluice",

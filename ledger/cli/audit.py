@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from ledger.cli.common import PASSWORD_ENV, JsonOpt, explained, keystore_password, open_ledger
-from ledger.cli.output import console, err_console, fail, print_json
+from ledger.cli.common import PASSWORD_ENV, JsonOpt, ask_password, explained, open_ledger
+from ledger.cli.output import Column, console, err_console, fail, print_fitted, print_json
 
 app = typer.Typer(help="Auditors: the on-chain history, and verifying every burn against signed receipts.",
                   no_args_is_help=True)
@@ -56,10 +56,7 @@ def _auditor(value: str | None) -> Any:
                                "grants the key the role with `sluice admin roles grant auditor ADDRESS`")
     path = Path(value).expanduser()
     if path.is_file():
-        password = keystore_password()
-        if password is None:
-            password = typer.prompt(f"password for {path}", hide_input=True)
-        return load_keystore(path, password)
+        return load_keystore(path, ask_password(f"Password for {path}"))
     if from_option:
         fail(f"--key {value}: no such keystore file", f"pass a keystore file, or set {KEY_ENV} to the private key")
     try:
@@ -202,6 +199,13 @@ def _amount(row: dict[str, Any]) -> str:
     return "unlimited" if value == 2**256 - 1 else format_tokens(value)
 
 
+# At 80 columns the time wraps (date over time), so do the details, and the kind (the event says it) and the
+# transaction hash (in --json and --csv) go.
+HISTORY_COLUMNS = (Column("time (UTC)", wrap=True, min_width=10), Column("block", "right"), Column("tx", drop=2),
+                   Column("event"), Column("kind", drop=3), Column("details", wrap=True, min_width=28),
+                   Column("tokens", "right"))
+
+
 @app.command("history")
 @explained
 def history(
@@ -226,7 +230,6 @@ def history(
 
     Newest first unless --oldest-first; one page of --limit rows unless --all.
     """
-    from rich.table import Table
 
     from ledger.audit.api import AuditApi
     from ledger.errors import VerifyError
@@ -262,14 +265,9 @@ def history(
     if as_json:
         print_json({"data": rows, "next_cursor": cursor, **position})
         return
-    table = Table(title=f"Sluice on-chain history ({len(rows)} events)", show_lines=False)
-    for column in ("time (UTC)", "block", "tx", "event", "kind", "details", "tokens"):
-        table.add_column(column, justify="right" if column in ("block", "tokens") else "left",
-                         no_wrap=column != "details")
-    for row in rows:
-        table.add_row(row["timestamp"][:19].replace("T", " "), f"{row['block']}:{row['log_index']}",
-                      _short(row["tx_hash"]), row["event"], row["kind"], _describe(row), _amount(row))
-    console.print(table)
+    print_fitted(HISTORY_COLUMNS, [(row["timestamp"][:19].replace("T", " "), f"{row['block']}:{row['log_index']}",
+                                    _short(row["tx_hash"]), row["event"], row["kind"], _describe(row), _amount(row))
+                                   for row in rows], title=f"Sluice on-chain history ({len(rows)} events)")
     lag = position.get("lag")
     console.print(f"[dim]indexed to block {position.get('indexed_block')}, {lag} behind the head"
                   + ("; more: --all, or narrow the filters[/]" if cursor else "[/]"))

@@ -131,6 +131,48 @@ def checksum_address(value: str, what: str | None = None) -> str:
     return str(to_checksum_address(value))
 
 
+def has_terminal() -> bool:
+    """Whether a person can answer a prompt: stdin is a terminal."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        return False
+
+
+def _unanswered(what: str, hint: str) -> Refused:
+    return Refused(f"{what}, and there is no terminal to ask at (stdin ended before an answer)", hint)
+
+
+def ask_secret(prompt: str, *, instead: str, confirm: bool = False) -> str:
+    """A hidden prompt on stderr at a terminal. Without one, the next line of stdin answers (twice when
+    `confirm`); stdin that ends unanswered is refused with what to set `instead` (not click's `Aborted.`)."""
+    if has_terminal():
+        return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True))
+    answers = [sys.stdin.readline() for _ in range(2 if confirm else 1)]
+    if not all(answers):
+        hint = f"pass {instead}" if instead.startswith("--") else f"set {instead}"
+        raise _unanswered(f"{prompt[0].lower()}{prompt[1:]} is needed", hint)
+    if confirm and answers[0] != answers[1]:
+        raise Refused("the two answers do not match", f"give the same {prompt[0].lower()}{prompt[1:]} twice")
+    return answers[0].rstrip("\r\n")
+
+
+def ask_password(prompt: str, *, confirm: bool = False) -> str:
+    """A keystore password: $SLUICE_KEYSTORE_PASSWORD, else a hidden prompt (refused without an answer)."""
+    return keystore_password() or ask_secret(prompt, instead=f"{PASSWORD_ENV} to the keystore's password",
+                                             confirm=confirm)
+
+
+def agree(question: str, *, flag: str = "--yes") -> bool:
+    """A yes/no question on stderr; when stdin ends unanswered and is no terminal, refuse naming `flag`."""
+    try:
+        return bool(typer.confirm(question, default=False, err=True))
+    except typer.Abort:
+        if has_terminal():
+            raise
+        raise _unanswered(f"{question!r} needs an answer", f"pass {flag} to go ahead without asking") from None
+
+
 def keystore_password() -> str | None:
     """$SLUICE_KEYSTORE_PASSWORD from the settings (None when it is not set: ask at a prompt)."""
     from ledger.config import get_settings
@@ -162,10 +204,7 @@ def operator_key(keystore: Path | None) -> LocalAccount:
 
     if keystore is None:
         return operator_account(get_settings())
-    password = keystore_password()
-    if password is None:
-        password = typer.prompt(f"password for {keystore}", hide_input=True)
-    return load_keystore(keystore, password)
+    return load_keystore(keystore, ask_password(f"Password for {keystore}"))
 
 
 def report_tx(action: str, tx_hash: str, block: int, as_json: bool, **fields: Any) -> None:

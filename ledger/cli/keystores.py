@@ -13,9 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
-
-from ledger.cli.common import PASSWORD_ENV, Refused, checksum_address, keystore_password
+from ledger.cli.common import PASSWORD_ENV, Refused, ask_password, checksum_address, keystore_password
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -84,17 +82,11 @@ def keystore_address(path: Path) -> str:
 
 
 def password_for(path: Path) -> str:
-    password = keystore_password()
-    if password is None:
-        password = str(typer.prompt(f"Password for {path.name}", hide_input=True, err=True))
-    return password
+    return ask_password(f"Password for {path.name}")
 
 
 def new_password() -> str:
-    password = keystore_password()
-    if password is None:
-        password = str(typer.prompt("Password for the keystore", hide_input=True, confirmation_prompt=True,
-                                    err=True))
+    password = ask_password("Password for the new keystore", confirm=True)
     if not password:
         raise Refused("the password is empty", f"type one at the prompt, or set ${PASSWORD_ENV}")
     return password

@@ -15,14 +15,15 @@ def run(ctx: typer.Context) -> None:
     """Run the node agent: `sluice node run --vllm-url URL --service-url URL [...]`.
 
     Without `--vllm-url`, `--model NAME` (with the `vllm` extra installed) starts `vllm serve NAME` first.
-    The node's receipt key comes from SLUICE_NODE_KEY. `sluice node run --help` lists every option.
+    Needs SLUICE_NODE_KEY: the node's hex private key, whose address the operator registers on chain.
+    `sluice node run --help` lists every option.
     """
     from inference_node.agent_main import main
 
     args = list(ctx.args)
     if args and "--vllm-url" not in args and "--launch-vllm" not in args and "--model" in args:
         args += ["--launch-vllm", args[args.index("--model") + 1]]
-    main(args or ["--help"])
+    main(args or ["--help"], prog="sluice node run")
 
 
 @app.command("sim", context_settings=PASS_THROUGH)
@@ -34,4 +35,4 @@ def sim(ctx: typer.Context) -> None:
     """
     from inference_node.sim_main import main
 
-    main(ctx.args)
+    main(ctx.args, prog="sluice node sim")

@@ -79,17 +79,21 @@ def register(app: typer.Typer) -> None:
 
         Exits 0 when every service answers, 1 otherwise.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         from ledger.settlement.metrics import settlement_status, status_lines
         from ledger.settlement.settings import SettlementSettings
         from ledger.stack.services import client_settings
         from ledger.stack.status import stack_status
 
         settings = _settings()
-        report = stack_status(settings)
-        data = report.to_json()
-        database_up = "database" in report.services and report.services["database"].up
         clients = client_settings(settings)
-        settlement = settlement_status(SettlementSettings(**clients.model_dump())) if database_up else None
+        with ThreadPoolExecutor(1) as pool:  # the settlement snapshot's queries run while the probes wait
+            snapshot = pool.submit(settlement_status, SettlementSettings(**clients.model_dump()))
+            report = stack_status(settings)
+            database_up = "database" in report.services and report.services["database"].up
+            settlement = snapshot.result() if database_up else None
+        data = report.to_json()
         data["settlement"] = settlement
         if as_json:
             print_json(data)
@@ -198,6 +202,49 @@ def _print_ready(record: dict[str, Any]) -> None:
     console.print(f"Contracts deployed from block {record['deploy_block']}. Ctrl-C stops everything.")
 
 
+def _print_processes(processes: dict[str, Any]) -> None:
+    """One line per process: the service and its followers, the workers and beat, each node with its queue."""
+
+    def lag(follower: dict[str, Any] | None) -> str:
+        if follower is None:
+            return "[red]no cursor[/]"
+        return (f"block {follower['block']}, {follower['lag_blocks']} behind, "
+                f"updated {follower['updated_seconds_ago']} s ago")
+
+    table = Table(box=None, show_header=True, pad_edge=False)
+    table.add_column("process")
+    table.add_column("state")
+    table.add_column("details", overflow="fold")
+    api = processes.get("api") or {}
+    table.add_row("api", "[green]up[/]" if api.get("up") else "[red]down[/]",
+                  f"{api.get('url', '')}, routes to {api.get('nodes_routed')} nodes" if api.get("up") else
+                  escape(str(api.get("url", ""))))
+    for follower in ("mirror", "indexer"):
+        cursor = processes.get(follower)
+        table.add_row(follower, "[green]up[/]" if cursor is not None else "[red]?[/]", lag(cursor))
+    found = processes.get("workers")
+    if found is None:
+        table.add_row("workers", "[red]?[/]", "the broker could not be asked")
+    elif not found:
+        table.add_row("workers", "[red]none[/]", "no settlement worker answers on the broker")
+    for worker in found or []:
+        table.add_row("worker", "[green]up[/]", f"{escape(worker['name'])}, {worker['concurrency']} processes"
+                      + (", runs the beat" if worker["beat"] else ""))
+    if found is not None:
+        table.add_row("beat", "[green]up[/]" if processes.get("beat") else "[red]none[/]",
+                      "cuts batches" if processes.get("beat") else "no worker runs the beat: nothing gets settled")
+    nodes = processes.get("nodes")
+    for node in nodes or []:
+        colour = {"ok": "green", "stale": "yellow"}.get(node["health"], "dim")
+        table.add_row("node", f"[{colour}]{node['health']}[/]",
+                      f"{node['url']} {node['tier']}/{node['region']}, queue {node['running']} running "
+                      f"{node['waiting']} waiting of {node['capacity']}, "
+                      f"heartbeat {node['heartbeat_age_seconds']} s ago")
+    if nodes == []:
+        table.add_row("nodes", "[red]none[/]", "no node has registered with the service")
+    console.print(table)
+
+
 def _print_status(report: dict[str, Any]) -> None:
     state = report["state_dir"]
     if report["running"]:
@@ -215,7 +262,10 @@ def _print_status(report: dict[str, Any]) -> None:
         table.add_row(name, state_cell, escape(service["url"]), kind)
     console.print(table)
     if report["chain_head"] is not None:
-        console.print(f"chain head: block {report['chain_head']}")
+        paused = report["token"].get("paused")
+        token_state = {True: "  token [bold red]PAUSED[/]", False: "  token not paused"}.get(paused, "")
+        console.print(f"chain head: block {report['chain_head']}{token_state}")
+    _print_processes(report["processes"])
     deployment = report["deployment"]
     if deployment is None:
         console.print("contracts: no deployment recorded for this chain (`sluice up` or `sluice deploy` makes one)")

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
-from ledger.cli.common import PASSWORD_ENV, JsonOpt, Refused, checksum_address, explained, open_ledger
+from ledger.cli.common import (
+    PASSWORD_ENV,
+    JsonOpt,
+    Refused,
+    agree,
+    ask_secret,
+    checksum_address,
+    explained,
+    open_ledger,
+)
 from ledger.cli.keystores import (
     keystore_address,
     keystore_path,
@@ -115,7 +124,7 @@ def import_(
     if from_stdin:
         raw = typer.get_text_stream("stdin").readline().strip()
     else:
-        raw = str(typer.prompt("Private key (hex)", hide_input=True, err=True)).strip()
+        raw = ask_secret("Private key (hex)", instead="--stdin and pipe the key in (it reads the first line)").strip()
     digits = raw.removeprefix("0x")
     if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
         raise Refused("that is not a private key: expected 64 hex digits, optionally after 0x")
@@ -398,7 +407,7 @@ def buy(
                       f"{pay.show(price)} per token; limit {pay.show(limit)}), paid "
                       + ("with an EIP-2612 permit (one transaction)" if method == "permit"
                          else "with approve + buy (two transactions)"), highlight=False, soft_wrap=True)
-    if not yes and not typer.confirm("Proceed?", default=False, err=True):
+    if not yes and not agree("Buy?"):
         err_console.print("Cancelled; nothing was bought.")
         raise typer.Exit(1)
     signer = unlock(str(path))

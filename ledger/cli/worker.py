@@ -2,13 +2,15 @@
 
 Runs the Celery app of `ledger.settlement.celery_app` against BROKER_URL (Redis, or RabbitMQ with an
 amqp:// URL; the embedded Redis of the state dir by default) and serves the settlement
-metrics for Prometheus on 127.0.0.1:SLUICE_WORKER_METRICS_PORT. Also runnable as
+metrics for Prometheus on 127.0.0.1:SLUICE_WORKER_METRICS_PORT (default 9808; 0 serves none; a port
+that is taken stops the worker with exit code 2 and the variable to set). Also runnable as
 `python -m ledger.cli.worker` (the embedded stack starts it that way).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -28,10 +30,12 @@ def run_worker(*, beat: bool, concurrency: int, pool: str, loglevel: str) -> Non
     if settings.worker_metrics_port:
         try:
             serve_metrics(settings, settings.worker_metrics_port)
-        except OSError as exc:  # another worker on this host serves them already
-            logging.getLogger(__name__).warning(
-                "settlement metrics not served on port %d: %s", settings.worker_metrics_port, exc
-            )
+        except OSError as exc:  # taken (another worker on this host?): say so and stop, never run unobserved
+            message = (f"settlement metrics cannot be served on 127.0.0.1:{settings.worker_metrics_port} ({exc}); "
+                       "set SLUICE_WORKER_METRICS_PORT to a free port, or to 0 to serve none")
+            logging.getLogger(__name__).error(message)
+            sys.stderr.write(f"error: {message}\n")
+            raise SystemExit(2) from None
     from ledger.settlement.celery_app import app
 
     argv = [
@@ -39,7 +43,8 @@ def run_worker(*, beat: bool, concurrency: int, pool: str, loglevel: str) -> Non
         f"--loglevel={loglevel}",
         f"--pool={pool}",
         f"--concurrency={concurrency}",
-        f"--hostname=sluice-{os.getpid()}@%h",
+        # `sluice status` tells the beat's worker by this name (ledger.stack.operations.BEAT_MARK).
+        f"--hostname=sluice-{'beat-' if beat else ''}{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]

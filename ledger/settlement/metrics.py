@@ -140,15 +140,17 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         return "-" if value is None else format(value, fmt)
 
     open_batches = ", ".join(f"{n} {s}" for s, n in sorted(status["open_batches"].items())) or "none"
+    # Short lines: `sluice status` fits 80 columns.
     return [
-        f"settlement backlog: {status['backlog_records']:,} records ({status['waiting_records']:,} waiting for a cut;"
-        f" open batches: {open_batches}); oldest unsettled {secs(status['oldest_unsettled_seconds'])}",
+        f"backlog: {status['backlog_records']:,} records ({status['waiting_records']:,} waiting for a cut),"
+        f" oldest unsettled {secs(status['oldest_unsettled_seconds'])}",
+        f"open batches: {open_batches}; {status['unreleased_batches']} confirmed await the mirror",
         f"settled: {status['settled_records']:,} records in {sum(status['confirmed_batches'].values()):,} batches;"
-        f" failures {status['failures']:,}; {status['unreleased_batches']} batches await the mirror",
-        f"last {RECENT_WINDOW_S // 60} min: {status['recent_batches']} batches, {num(status['recent_batch_records'])}"
-        f" records / {num(status['recent_batch_items'])} items each, gas {num(status['recent_gas_per_item'])} per item"
-        f" / {num(status['recent_gas_per_record'])} per record, lag p50 {secs(status['lag_p50_seconds'])}"
-        f" p99 {secs(status['lag_p99_seconds'])}",
+        f" failures {status['failures']:,}",
+        f"last {RECENT_WINDOW_S // 60} min: {status['recent_batches']} batches of"
+        f" {num(status['recent_batch_records'])} records / {num(status['recent_batch_items'])} items",
+        f"  gas {num(status['recent_gas_per_item'])} per item / {num(status['recent_gas_per_record'])} per record;"
+        f" lag p50 {secs(status['lag_p50_seconds'])} p99 {secs(status['lag_p99_seconds'])}",
         f"debts: {status['outstanding_debts']} outstanding ({status['outstanding_debt_amount']} base units);"
         f" {status['suspended_accounts']} accounts suspended",
     ]

@@ -133,18 +133,21 @@ def register_embedded_nodes(settings: Settings, record: dict[str, Any],
 
 
 def worker_service(settings: Settings, record: dict[str, Any]) -> Service:
-    """The settlement worker with its beat (`sluice worker --beat`).
+    """The settlement worker with its beat (`sluice worker --beat`), its metrics on SLUICE_WORKER_METRICS_PORT.
 
-    It claims no port: its Prometheus metrics go to SLUICE_WORKER_METRICS_PORT when that port is
-    free (the worker logs a warning otherwise), and `sluice status` reads the same figures from
-    PostgreSQL. So it has no client URL either, and counts as up while its process runs (the
-    stack notices when it exits).
+    The stack claims that port before the launch, so a port taken by another process stops `sluice up`
+    with the variable to set (the worker itself refuses to start without it too). With the port 0 it
+    serves no metrics and counts as up while its process runs (the stack notices when it exits).
     """
+    port = settings.worker_metrics_port
+    url = f"http://127.0.0.1:{port}" if port else None
+    env = {**client_environment(settings), "SLUICE_WORKER_METRICS_PORT": str(port)}
     return Service(
-        name=WORKER, title="settlement worker (Celery + beat)", url=None, address="sluice worker --beat",
-        healthy=lambda: True,
+        name=WORKER, title="settlement worker (Celery + beat)", url=url, address=url or "sluice worker --beat",
+        healthy=(lambda: http_ok(url, "/metrics")) if url else (lambda: True),
         launch=Launch(argv=(sys.executable, "-m", "ledger.cli.worker", "--beat", "--concurrency", "2"),
-                      log=_log(settings, "worker"), env=client_environment(settings), start_timeout=60.0),
+                      log=_log(settings, "worker"), env=env, start_timeout=60.0,
+                      ports=(PortClaim(port, "SLUICE_WORKER_METRICS_PORT"),) if port else ()),
     )
 
 

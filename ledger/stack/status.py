@@ -10,7 +10,7 @@ from ledger.config import Settings
 from ledger.paths import StatePaths
 from ledger.stack.probes import chain_id_at, http_ok, redact, rpc_call
 from ledger.stack.running import read_stack_record, running_pid
-from ledger.stack.services import CHAIN, ENDPOINT_KEYS, default_services
+from ledger.stack.services import BROKER, CHAIN, DATABASE, ENDPOINT_KEYS, default_services
 
 
 @dataclass
@@ -34,6 +34,8 @@ class StackStatus:
     endpoints: dict[str, Any] = field(default_factory=dict)
     chain_head: int | None = None
     deployment: dict[str, Any] | None = None
+    processes: dict[str, Any] = field(default_factory=dict)
+    token: dict[str, Any] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -52,7 +54,12 @@ class StackStatus:
             "endpoints": self.endpoints,
             "chain_head": self.chain_head,
             "deployment": self.deployment,
+            "processes": self.processes,
+            "token": self.token,
         }
+
+
+_DOWN = ServiceStatus("", False, "", False)
 
 
 def stack_status(settings: Settings) -> StackStatus:
@@ -75,7 +82,36 @@ def stack_status(settings: Settings) -> StackStatus:
         _probe_app_services(status, record.get("endpoints", {}))
     elif status.chain_head is not None:
         status.deployment = _recorded_deployment(settings, rpc)
+    _probe_processes(status, settings)
     return status
+
+
+def _probe_processes(status: StackStatus, settings: Settings) -> None:
+    """The service (with its mirror and indexer), the workers and beat, the nodes, and the token's pause state."""
+    from ledger.stack import operations
+    from ledger.stack.services import client_settings
+
+    clients = client_settings(settings)
+    api = status.endpoints.get("api") or f"http://127.0.0.1:{settings.api_port}"
+    health = operations.api_health(api)
+    status.processes["api"] = {"url": api, "up": health is not None,
+                               "mirror_lag_blocks": None if health is None else health.get("mirror_lag_blocks"),
+                               "nodes_routed": None if health is None else health.get("nodes")}
+    view = operations.database_view(clients.database_url or "") if status.services.get(DATABASE, _DOWN).up else None
+    nodes, cursors = view if view is not None else (None, {})
+    for follower in ("mirror", "indexer"):
+        cursor = cursors.get(follower)
+        if cursor is not None and status.chain_head is not None:
+            cursor["lag_blocks"] = max(status.chain_head - cursor["block"], 0)
+        status.processes[follower] = cursor
+    found = operations.workers(clients.broker_url or "") if status.services.get(BROKER, _DOWN).up else None
+    status.processes["workers"] = found
+    status.processes["beat"] = None if found is None else any(w["beat"] for w in found)
+    status.processes["nodes"] = nodes
+    token = (status.deployment or {}).get("contracts", {}).get("token")
+    rpc = settings.effective_rpc_url
+    paused = operations.token_paused(rpc, token) if token and status.chain_head is not None else None
+    status.token = {"address": token, "paused": paused}
 
 
 def _probe_app_services(status: StackStatus, endpoints: dict[str, Any]) -> None:
@@ -87,6 +123,8 @@ def _probe_app_services(status: StackStatus, endpoints: dict[str, Any]) -> None:
         status.services[f"node-{i + 1}"] = ServiceStatus("node agent", True, url, http_ok(url))
     if endpoints.get("nodes"):
         status.endpoints["nodes"] = endpoints["nodes"]
+    if "worker" in endpoints:  # the settlement worker's metrics
+        status.endpoints["worker"] = endpoints["worker"]
 
 
 def _recorded_deployment(settings: Settings, rpc: str) -> dict[str, Any] | None:

@@ -40,4 +40,5 @@ def test_the_agent_process_refuses_to_start_without_a_node_key() -> None:
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "set SLUICE_NODE_KEY to the node's hex private key"
+    assert result.stderr.splitlines()[-1] == ("error: set SLUICE_NODE_KEY to the node's hex private key (0x + 64 hex "
+                                              "digits); `python -m inference_node.agent_main --help` says more")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,8 @@ def _sluice_env(home: Path, port: int, api_port: int = 0, node_base_port: int = 
     env = {k: v for k, v in os.environ.items() if k not in ("RPC_URL", "DATABASE_URL", "BROKER_URL")}
     env.update({"SLUICE_HOME": str(home), "SLUICE_CHAIN_PORT": str(port)})
     if api_port:
-        env.update({"SLUICE_API_PORT": str(api_port), "SLUICE_NODE_BASE_PORT": str(node_base_port)})
+        env.update({"SLUICE_API_PORT": str(api_port), "SLUICE_NODE_BASE_PORT": str(node_base_port),
+                    "SLUICE_WORKER_METRICS_PORT": str(free_port())})
     return env
 
 
@@ -53,6 +55,7 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
             "broker": f"redis+socket://{home}/run/redis.sock",
             "api": f"http://127.0.0.1:{api_port}",
             "nodes": [f"http://127.0.0.1:{node_port + 1}", f"http://127.0.0.1:{node_port + 3}"],
+            "worker": f"http://127.0.0.1:{env['SLUICE_WORKER_METRICS_PORT']}",
         }
         assert json.loads((home / "stack.json").read_text()) == record
 
@@ -61,15 +64,38 @@ def test_up_detach_status_down(tmp_path: Path) -> None:
         assert json.loads(again.stdout) == record
         assert "already running" in again.stderr
 
-        status = _sluice(env, "status", "--json")
-        assert status.returncode == 0, status.stderr
-        report = json.loads(status.stdout)
+        def status_with_worker() -> bool:  # the worker may still be starting when `up --detach` returns
+            nonlocal report
+            status = _sluice(env, "status", "--json")
+            assert status.returncode == 0, status.stderr
+            report = json.loads(status.stdout)
+            return bool(report["processes"]["workers"])
+
+        report: dict[str, Any] = {}
+        wait_until(status_with_worker, 60, "the worker answering `sluice status`", max_delay=0.5)
         assert report["running"] is True
         assert {name: s["up"] for name, s in report["services"].items()} == {
             "chain": True, "database": True, "broker": True, "api": True, "node-1": True, "node-2": True,
         }  # fmt: skip
         assert report["endpoints"] == record["endpoints"]
         assert report["chain_head"] >= record["deploy_block"]
+        processes = report["processes"]
+        assert processes["api"] == {"url": f"http://127.0.0.1:{api_port}", "up": True, "mirror_lag_blocks": 0,
+                                    "nodes_routed": 2}
+        assert {f: processes[f]["lag_blocks"] <= 1 for f in ("mirror", "indexer")} == {"mirror": True,
+                                                                                        "indexer": True}
+        assert [(w["beat"], w["concurrency"], w["name"].startswith("sluice-beat-")) for w in processes["workers"]] \
+            == [(True, 2, True)]
+        assert processes["beat"] is True
+        assert sorted((n["url"], n["tier"], n["health"], n["running"], n["waiting"]) for n in processes["nodes"]) == [
+            (f"http://127.0.0.1:{node_port + 1}", "edge", "ok", 0, 0),
+            (f"http://127.0.0.1:{node_port + 3}", "regional", "ok", 0, 0)]
+        assert report["token"] == {"address": record["contracts"]["token"], "paused": False}
+        assert report["settlement"]["backlog_records"] == 0
+        text = _sluice({**env, "COLUMNS": "80"}, "status")
+        assert text.returncode == 0, text.stderr
+        assert max(len(line) for line in text.stdout.splitlines()) <= 80
+        assert "token not paused" in text.stdout and "runs the beat" in text.stdout
         assert report["deployment"] == {k: v for k, v in record.items() if k != "endpoints"}
         assert applied_migrations(record["endpoints"]["database"])[0] == "0001_base"
     finally:
