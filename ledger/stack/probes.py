@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import socket
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,12 +98,42 @@ def redact(url: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
+_LOWEST_PICKED_PORT = 10_000
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux's default: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for throwaway stacks and tests)."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for throwaway stacks and tests).
+
+    Picked at random below the kernel's ephemeral range: a port the kernel chose (bind to 0) can be given
+    to any outgoing connection between this probe and the server's own bind, and then the server fails.
+    """
+    floor = _ephemeral_floor()
+    if floor - 1 > _LOWEST_PICKED_PORT:
+        for _ in range(100):
+            port = secrets.randbelow(floor - _LOWEST_PICKED_PORT) + _LOWEST_PICKED_PORT
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
 
 
 def free_port_run(count: int) -> int:
@@ -110,14 +142,6 @@ def free_port_run(count: int) -> int:
         base = free_port()
         if base + count >= 65535:
             continue
-        taken = False
-        for port in range(base, base + count):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    taken = True
-                    break
-        if not taken:
+        if all(_bindable(port) for port in range(base, base + count)):
             return base
     raise StackError(f"found no {count} consecutive free ports on 127.0.0.1")

@@ -32,6 +32,14 @@ def returned_codes() -> set[tuple[str, str]]:
             for keyword in node.keywords:
                 if keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
                     found.add((classes[node.func.attr][0], str(keyword.value.value)))
+    cors = ast.parse((ROOT / "redemption/api/cors.py").read_text())  # what the CORS middleware writes itself
+    for node in ast.walk(cors):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "JSONResponse":
+            status = next(k.value.value for k in node.keywords if k.arg == "status_code"
+                          and isinstance(k.value, ast.Constant))  # fmt: skip
+            inner = node.args[0]
+            assert isinstance(inner, ast.Call) and isinstance(inner.args[2], ast.Constant)
+            found.add((str(status), str(inner.args[2].value)))
     server = ast.parse((ROOT / "redemption/server.py").read_text())  # what the connection guard writes itself
     for node in ast.walk(server):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_response":

@@ -245,3 +245,17 @@ def test_redis_carries_celery_messages_across_a_restart(tmp_path: Path) -> None:
         assert message.payload == {"job": 1}
         message.ack()
         queue.close()
+
+
+def test_free_ports_are_picked_below_the_kernels_ephemeral_range() -> None:
+    """An outgoing connection can take a port the kernel chose before the server binds it; these it never hands out."""
+    from ledger.stack.probes import _ephemeral_floor, free_port_run
+
+    floor = _ephemeral_floor()
+    ports = [free_port() for _ in range(20)]
+    assert all(10_000 <= port < floor for port in ports)
+    base = free_port_run(4)
+    assert base >= 10_000 and base + 3 < floor
+    for port in range(base, base + 4):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+            server.bind(("127.0.0.1", port))
