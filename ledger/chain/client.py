@@ -24,7 +24,7 @@ from web3.logs import DISCARD
 from ledger.chain.artifacts import abi_of
 from ledger.chain.deployment import Deployment
 from ledger.chain.sender import TxResult, TxSender, revert_from
-from ledger.domain import Tier, model_id
+from ledger.domain import Tier, effective_budget, model_id
 from ledger.units import BaseUnits
 
 CONTRACT_ARTIFACTS = {
@@ -112,7 +112,7 @@ class Budget:
     @property
     def effective(self) -> BaseUnits:
         """What admission may count on: a pending cut counts at once."""
-        return BaseUnits(min(self.remaining, self.scheduled)) if self.cut_pending else self.remaining
+        return BaseUnits(effective_budget(self.remaining, self.scheduled, self.effective_at))
 
 
 @dataclass(frozen=True)
