@@ -96,7 +96,8 @@ class MaxCostTooLow(PaymentRequired):
 
 
 class PermissionDenied(SluiceError):
-    """403: not allowlisted, paused, suspended, no budget from this payer, not an auditor."""
+    """403: not allowlisted, paused, suspended, no budget from this payer, not an auditor or the account's holder,
+    or (node-facing) a node that is retired, not registered or not at its endpoint."""
 
 
 class NoBudget(PermissionDenied):
@@ -117,6 +118,30 @@ class Suspended(PermissionDenied):
 
 class NotAuditor(PermissionDenied):
     code = "not_auditor"
+
+
+class NotAccountHolder(PermissionDenied):
+    """An account read (`/v1/budget`, `/v1/usage`) signed by neither the account's payer nor its spender."""
+
+    code = "not_account_holder"
+
+
+class NodeRetired(PermissionDenied):
+    """Node-facing routes: the node's key was retired in NodeRegistry."""
+
+    code = "node_retired"
+
+
+class NodeNotRegistered(PermissionDenied):
+    """Node-facing routes: NodeRegistry does not list the node's key."""
+
+    code = "node_not_registered"
+
+
+class EndpointMismatch(PermissionDenied):
+    """Node-facing routes: a node speaking for an endpoint other than the one it registered."""
+
+    code = "endpoint_mismatch"
 
 
 class RateLimited(SluiceError):
@@ -140,7 +165,8 @@ ERRORS_BY_STATUS: dict[int, type[SluiceError]] = {
 }
 ERRORS_BY_CODE: dict[str, type[SluiceError]] = {
     cls.code: cls for cls in (InsufficientEscrow, InsufficientBudget, MaxCostTooLow, NoBudget, NotAllowlisted,
-                              Paused, Suspended, NotAuditor) if cls.code
+                              Paused, Suspended, NotAuditor, NotAccountHolder, NodeRetired, NodeNotRegistered,
+                              EndpointMismatch) if cls.code
 }
 
 

@@ -64,3 +64,27 @@ def test_every_code_the_service_returns_is_in_the_readme_table() -> None:
 
 def test_the_readme_table_names_no_code_the_service_lacks() -> None:
     assert sorted(readme_table() - returned_codes()) == []
+
+
+def js_client_codes() -> set[str]:
+    """The codes of clients/js's `SluiceErrorCode` union."""
+    source = (ROOT / "clients/js/src/errors.ts").read_text()
+    union = source[source.index("export type SluiceErrorCode ="):]
+    union = union[: union.index(";")]
+    return set(re.findall(r"\| '([a-z_]+)'", union))
+
+
+def test_the_js_client_knows_exactly_the_readme_codes() -> None:
+    assert sorted(js_client_codes() - {"http_error"}) == sorted({code for _, code in readme_table()})
+
+
+def test_the_python_client_types_only_readme_codes_under_their_status() -> None:
+    from redemption import sdk
+
+    table = readme_table()
+    for code, cls in sdk.ERRORS_BY_CODE.items():
+        status = next(s for s, generic in sdk.ERRORS_BY_STATUS.items() if issubclass(cls, generic))
+        assert (str(status), code) in table
+    permission = {code for status, code in table if status == "403"}
+    # every 403 a client can meet has its type; the CORS refusal reaches browsers only, `forbidden` is the generic
+    assert permission - set(sdk.ERRORS_BY_CODE) == {"cors_origin_not_allowed", "forbidden"}

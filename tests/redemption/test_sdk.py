@@ -148,3 +148,34 @@ def test_the_async_client_raises_typed_errors_too(deployed: Deployed) -> None:
         asyncio.run(run())
     assert refused.value.status_code == 403 and "no budget" in refused.value.message
     assert auth.last_cost is None and auth.total_cost == 0
+
+
+def test_every_403_code_of_the_error_table_has_its_type() -> None:
+    request = httpx.Request("GET", "http://sluice.invalid/v1/budget")
+    expected = {"no_budget": sdk.NoBudget, "not_allowlisted": sdk.NotAllowlisted, "paused": sdk.Paused,
+                "suspended": sdk.Suspended, "not_auditor": sdk.NotAuditor, "not_account_holder": sdk.NotAccountHolder,
+                "node_retired": sdk.NodeRetired, "node_not_registered": sdk.NodeNotRegistered,
+                "endpoint_mismatch": sdk.EndpointMismatch}
+    for code, cls in expected.items():
+        body = {"error": {"message": "m", "type": "permission_error", "param": None, "code": code}}
+        error = sdk.error_from_response(httpx.Response(403, json=body, request=request))
+        assert type(error) is cls and isinstance(error, sdk.PermissionDenied) and error.error_code == code
+        assert cls.code == code
+
+
+def test_reading_someone_elses_account_is_not_account_holder(deployed: Deployed) -> None:
+    enterprise = deployed.fund(10)
+    deployed.wait_mirrored()
+    nosy = Account.create()
+    with pytest.raises(sdk.NotAccountHolder) as refused:
+        sdk.raise_for_error(httpx.get(deployed.api + "/v1/usage", params={"payer": enterprise.address},
+                                      auth=sdk.reader_auth(nosy), timeout=10))
+    assert (refused.value.status_code, refused.value.error_code) == (403, "not_account_holder")
+
+
+def test_a_heartbeat_from_an_unregistered_key_is_node_not_registered(deployed: Deployed) -> None:
+    from tests.redemption.test_rogue_nodes import heartbeat
+
+    stranger = Account.create()
+    refused = sdk.error_from_response(heartbeat(deployed, stranger, "http://127.0.0.1:1"))
+    assert type(refused) is sdk.NodeNotRegistered and refused.error_code == "node_not_registered"

@@ -8,35 +8,65 @@ export class SluiceError extends Error {
   override name = 'SluiceError';
 }
 
-/** Codes the service documents; any other string can still arrive from a newer server. */
+/**
+ * The codes of the README's error table, by status (tests/redemption/test_error_codes.py keeps them equal),
+ * plus `http_error` for an answer without the envelope; any other string can still arrive from a newer server.
+ */
 export type SluiceErrorCode =
+  // 400
   | 'invalid_json'
   | 'invalid_request'
   | 'invalid_header'
-  | 'body_too_large'
-  | 'model_not_found'
-  | 'not_found'
-  | 'method_not_allowed'
+  | 'context_length_exceeded'
+  | 'invalid_receipt'
+  // 401
   | 'missing_signature'
   | 'invalid_signature'
   | 'signature_expired'
   | 'deadline_too_far'
   | 'nonce_replayed'
-  | 'insufficient_balance'
-  | 'insufficient_allowance'
+  // 402
+  | 'insufficient_escrow'
+  | 'insufficient_budget'
   | 'max_cost_too_low'
-  | 'forbidden'
+  // 403
+  | 'no_budget'
   | 'not_allowlisted'
   | 'paused'
   | 'suspended'
   | 'not_auditor'
-  | 'rate_limited'
+  | 'not_account_holder'
+  | 'forbidden'
+  | 'cors_origin_not_allowed'
+  | 'node_retired'
+  | 'node_not_registered'
+  | 'endpoint_mismatch'
+  // 404
+  | 'model_not_found'
+  | 'not_found'
+  // 405
+  | 'method_not_allowed'
+  // 408
+  | 'request_timeout'
+  // 409
+  | 'receipt_not_accepted'
+  // 413
+  | 'body_too_large'
+  // 422
+  | 'receipt_refused'
+  // 502
+  | 'upstream_error'
+  | 'upstream_dropped'
+  // 503
   | 'unavailable'
   | 'no_capacity'
   | 'chain_unavailable'
   | 'database_unavailable'
-  | 'upstream_error'
-  | 'upstream_dropped'
+  | 'settlement_overdue'
+  | 'too_many_connections'
+  // 504
+  | 'duration_exceeded'
+  // not from the service: an answer without the envelope (a proxy's page)
   | 'http_error'
   | (string & {});
 
@@ -65,7 +95,7 @@ export class SluiceApiError extends SluiceError {
   }
 }
 
-/** 400, 404, 405, 413: malformed input. */
+/** 400, 404, 405, 408, 413: malformed input (or sent too slowly). */
 export class SluiceInvalidRequestError extends SluiceApiError {
   override name = 'SluiceInvalidRequestError';
 }
@@ -80,7 +110,10 @@ export class SluicePaymentRequiredError extends SluiceApiError {
   override name = 'SluicePaymentRequiredError';
 }
 
-/** 403: not allowlisted, paused, suspended, no budget from this payer, or not an auditor. */
+/**
+ * 403: no budget from this payer, not allowlisted, paused, suspended, not an auditor or the account's holder,
+ * a browser origin not allowed, or (node-facing) a node retired, not registered or off its endpoint.
+ */
 export class SluicePermissionError extends SluiceApiError {
   override name = 'SluicePermissionError';
 }
@@ -90,12 +123,15 @@ export class SluiceRateLimitError extends SluiceApiError {
   override name = 'SluiceRateLimitError';
 }
 
-/** 502: the node failed or dropped the call (mid-stream too, as code `upstream_dropped`). */
+/**
+ * 502: the node failed or dropped the call (mid-stream too, as code `upstream_dropped`); 504: the call ran
+ * longer than the service allows (`duration_exceeded`, charged for what was generated).
+ */
 export class SluiceUpstreamError extends SluiceApiError {
   override name = 'SluiceUpstreamError';
 }
 
-/** 503: no node can serve, or the chain or database is unavailable; nothing was charged. */
+/** 503: no node can serve, the chain or database is unavailable, settlement is behind; nothing was charged. */
 export class SluiceUnavailableError extends SluiceApiError {
   override name = 'SluiceUnavailableError';
 }
@@ -130,6 +166,7 @@ const BY_STATUS: Record<number, new (status: number, envelope: ErrorEnvelope) =>
   400: SluiceInvalidRequestError,
   404: SluiceInvalidRequestError,
   405: SluiceInvalidRequestError,
+  408: SluiceInvalidRequestError,
   413: SluiceInvalidRequestError,
   401: SluiceAuthenticationError,
   402: SluicePaymentRequiredError,
@@ -137,6 +174,7 @@ const BY_STATUS: Record<number, new (status: number, envelope: ErrorEnvelope) =>
   429: SluiceRateLimitError,
   502: SluiceUpstreamError,
   503: SluiceUnavailableError,
+  504: SluiceUpstreamError,
 };
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -142,7 +142,7 @@ async function handle(req: IncomingMessage, res: ServerResponse) {
   if (path === '/v1/chat/completions') {
     const request = JSON.parse(body.toString('utf8'));
     if (verified.maxCost < 1000n) {
-      envelope(res, 402, 'insufficient_balance', 'top up the payer', 'Sluice-Max-Cost');
+      envelope(res, 402, 'insufficient_escrow', 'top up the payer', 'Sluice-Max-Cost');
       return;
     }
     const usage = { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 };
@@ -261,7 +261,7 @@ describe('the OpenAI Node SDK with the signing fetch', () => {
       .catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(OpenAI.APIError);
     expect((refused as InstanceType<typeof OpenAI.APIError>).status).toBe(402);
-    expect((refused as InstanceType<typeof OpenAI.APIError>).code).toBe('insufficient_balance');
+    expect((refused as InstanceType<typeof OpenAI.APIError>).code).toBe('insufficient_escrow');
   });
 
   it('fetches discovery once per origin and signs a fresh nonce per call', async () => {
@@ -299,7 +299,7 @@ describe('SluiceClient', () => {
       .post('v1/chat/completions', chatBody, { maxCost: 10n })
       .catch((e: unknown) => e);
     expect(poor).toBeInstanceOf(SluicePaymentRequiredError);
-    expect(poor).toMatchObject({ status: 402, code: 'insufficient_balance', param: 'Sluice-Max-Cost' });
+    expect(poor).toMatchObject({ status: 402, code: 'insufficient_escrow', param: 'Sluice-Max-Cost' });
     const notAuditor = await client().auditNodes().catch((e: unknown) => e);
     expect(notAuditor).toBeInstanceOf(SluicePermissionError);
     expect(notAuditor).toMatchObject({ status: 403, code: 'not_auditor', type: 'permission_error' });
