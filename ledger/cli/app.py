@@ -14,7 +14,7 @@ from ledger.cli.startup import defer_bls_keystores
 
 defer_bls_keystores()  # before any command imports web3
 
-from ledger.cli import admin, audit, bench, demo, deploy, node, stack, wallet, worker  # noqa: E402
+from ledger.cli import admin, audit, bench, demo, deploy, dev, node, stack, wallet, worker  # noqa: E402
 
 app = typer.Typer(
     name="sluice",
@@ -43,6 +43,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(node.app, name="node")
 app.add_typer(wallet.app, name="wallet")
 app.add_typer(audit.app, name="audit")
+app.add_typer(dev.app, name="dev")
 
 
 def main() -> None:

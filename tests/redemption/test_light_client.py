@@ -50,7 +50,7 @@ def test_the_sdk_imports_nothing_of_the_server() -> None:
 
 
 def test_the_cli_names_the_server_extra_when_it_is_missing() -> None:
-    """With typer (any server library) absent, `sluice` prints the extra to install and exits 1."""
+    """With typer (any server library) absent, `sluice` prints the extra to install and exits 2."""
     hide = textwrap.dedent("""
         import sys
         class Hide:
@@ -63,10 +63,34 @@ def test_the_cli_names_the_server_extra_when_it_is_missing() -> None:
         main()
     """)
     out = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stdout == ""
     assert "missing module 'typer'" in out.stderr
     assert "pip install 'sluice[server]'" in out.stderr
+
+
+def test_dev_call_runs_without_any_server_library() -> None:
+    """`sluice dev call` is light: with every server library hidden it still parses, and imports none of them."""
+    hide = textwrap.dedent("""
+        import json, sys
+        SERVER = {"typer", "rich", "click", "web3", "eth_account", "eth_utils", "pydantic", "pydantic_settings",
+                  "psycopg", "celery", "fastapi", "starlette", "orjson"}
+        class Hide:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in SERVER:
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Hide())
+        sys.argv = ["sluice", "dev", "call", "--help"]
+        from ledger.cli.launcher import main
+        try:
+            main()
+        finally:
+            print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in SERVER)), file=sys.stderr)
+    """)
+    out = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: sluice dev call [-h] --model MODEL")
+    assert json.loads(out.stderr) == []
 
 
 def _copy_distribution(into: Path) -> Path:
@@ -143,5 +167,5 @@ def test_a_fresh_virtualenv_with_only_the_client_makes_a_paid_call(deployed: Dep
     assert result["escrow"] == 10 * 10**18 - result["total"]
 
     sluice = subprocess.run([str(env_dir / "bin" / "sluice"), "status"], capture_output=True, text=True, timeout=60)
-    assert sluice.returncode == 1
+    assert sluice.returncode == 2
     assert "pip install 'sluice[server]'" in sluice.stderr
