@@ -60,8 +60,8 @@ def test_a_streamed_call_prints_the_text_then_cost_job_and_budget_left(
     rate = deployed.ledger.rate(SMALL_MODEL)
     assert int(cost) == usage_cost(prompt, completion, rate.input_rate, rate.output_rate) > 0
     assert completion == 7
-    assert lines[0] == (f"cost    {whole_tokens(int(cost))} compute tokens ({cost} base units); {prompt} prompt + 7 completion "
-                        "model tokens")
+    assert lines[0] == (f"cost    {whole_tokens(int(cost))} compute tokens ({cost} base units); "
+                        f"{prompt} prompt + 7 completion model tokens")
     left = 10**17 - int(cost)
     assert lines[2] == (f"left    {whole_tokens(left)} compute tokens ({left} base units) of the "
                         f"budget from {enterprise.address}")
