@@ -307,6 +307,8 @@ def verify(
                                      "a file (one per line or a JSON list); default: the API's /audit/nodes"),
     from_block: int = typer.Option(0, "--from-block", min=0, help="first block to read logs from"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="signature-checking processes (default: CPUs)"),
+    as_csv: bool = typer.Option(False, "--csv", help="print the per (payer, spender) figures as CSV (full "
+                                "addresses, base units) instead of the report"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check every burn on the chain against the signed requests and node receipts behind it.
@@ -330,7 +332,7 @@ def verify(
         client = AuditApi(_api_url(api), _auditor(key))
         progress = Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(),
                             TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeElapsedColumn(),
-                            console=err_console, disable=as_json, transient=True)
+                            console=err_console, disable=as_json or as_csv, transient=True)
         tasks: dict[str, Any] = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -349,10 +351,36 @@ def verify(
         fail(f"could not verify: {exc}", "check --rpc, --api and that --key holds AUDITOR_ROLE", code=2)
     if as_json:
         print_json(result.to_json())
+    elif as_csv:
+        _print_pairs_csv(result)
     else:
         _print_report(result)
     if not result.ok:
         raise typer.Exit(1)
+
+
+PAIR_COLUMNS = (Column("payer"), Column("spender"), Column("receipts", "right"), Column("metered", "right"),
+                Column("redeemed", "right"), Column("shortfall unpaid", "right", wrap=True, min_width=8),
+                Column("debt cleared", "right", drop=1))
+PAIR_FIELDS = ("payer", "spender", "receipts", "metered", "redeemed", "shortfall_unpaid", "debt_cleared")
+
+
+def _pair_rows(result: Any) -> list[tuple[str, str, int, int, int, int, int]]:
+    """Each (payer, spender) of the report: full checksummed addresses, figures in base units."""
+    from ledger.protocol.address import to_checksum_address
+
+    return [(to_checksum_address(payer), to_checksum_address(spender), t.receipts, t.receipts_cost, t.redeemed,
+             t.shortfall_unpaid, t.debt_receipts_cost) for (payer, spender), t in sorted(result.pairs.items())]
+
+
+def _print_pairs_csv(result: Any) -> None:
+    import csv
+    import sys
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(PAIR_FIELDS)
+    out.writerows(_pair_rows(result))
+    sys.stdout.flush()
 
 
 def _print_report(result: Any) -> None:
@@ -382,16 +410,10 @@ def _print_report(result: Any) -> None:
         summary.add_row(label, value)
     console.print(summary)
     if result.pairs:
-        pairs = Table(title="per (payer, spender), tokens")
-        for column in ("payer", "spender", "receipts", "metered", "redeemed", "shortfall unpaid", "debt cleared"):
-            pairs.add_column(column, justify="left" if column in ("payer", "spender") else "right")
-        for (payer, spender), t in sorted(result.pairs.items()):
-            from eth_utils.address import to_checksum_address
-
-            pairs.add_row(_short(to_checksum_address(payer)), _short(to_checksum_address(spender)),
-                          f"{t.receipts:,}", format_tokens(t.receipts_cost), format_tokens(t.redeemed),
-                          format_tokens(t.shortfall_unpaid), format_tokens(t.debt_receipts_cost))
-        console.print(pairs)
+        rows = [(_short(payer), _short(spender), f"{receipts:,}", format_tokens(metered), format_tokens(redeemed),
+                 format_tokens(unpaid), format_tokens(debt))
+                for payer, spender, receipts, metered, redeemed, unpaid, debt in _pair_rows(result)]
+        print_fitted(PAIR_COLUMNS, rows, title="per (payer, spender), tokens")
     if result.unreceipted:
         charged = Table(title=f"{len(result.unreceipted)} calls charged without a node receipt (fail-closed, from "
                               "what the service relayed)", title_style="bold yellow")

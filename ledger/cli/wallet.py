@@ -10,6 +10,7 @@ compute tokens have 18 decimals, the payment token its own (6 for the embedded t
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from ledger.cli.common import (
     checksum_address,
     explained,
     open_ledger,
+    open_reader,
 )
 from ledger.cli.keystores import (
     keystore_address,
@@ -39,7 +41,7 @@ from ledger.cli.keystores import (
     wallets_dir,
     write_keystore,
 )
-from ledger.cli.output import console, err_console, print_json
+from ledger.cli.output import Column, console, err_console, print_fitted, print_json
 from ledger.units import DECIMALS, format_amount, format_tokens
 
 if TYPE_CHECKING:
@@ -197,13 +199,21 @@ def _tokens(text: str, what: str = "amount") -> int:
     return _parse(text, DECIMALS, what, "compute-token")
 
 
-def payment_token(ledger: Ledger) -> PaymentToken:
-    from web3.exceptions import Web3Exception
+def call_failed(exc: Exception) -> bool:
+    """Whether a view call failed because the contract refused it or lacks the function (web3 or LightWeb3)."""
+    from ledger.errors import ContractRevert
 
+    web3_errors = sys.modules.get("web3.exceptions")  # not loaded: the call went through LightWeb3
+    return isinstance(exc, ContractRevert) or (web3_errors is not None and isinstance(exc, web3_errors.Web3Exception))
+
+
+def payment_token(ledger: Ledger) -> PaymentToken:
     token = ledger.payment_token
     try:
         symbol = str(token.functions.symbol().call())
-    except Web3Exception:  # a payment token without the optional ERC-20 metadata
+    except Exception as exc:  # a payment token without the optional ERC-20 metadata
+        if not call_failed(exc):
+            raise
         symbol = "payment units"
     return PaymentToken(token.address, symbol, int(token.functions.decimals().call()))
 
@@ -218,6 +228,11 @@ def supports_permit(token: Contract, owner: str) -> bool:
     except Web3Exception:  # reverted or returned nothing: the function is not there
         return False
     return True
+
+
+def _reader() -> Ledger:
+    """The deployment's views without web3 (read commands)."""
+    return cast("Ledger", open_reader())
 
 
 def _ledger(confirmations: int | None = None) -> Ledger:
@@ -296,7 +311,7 @@ def balance(
     from ledger.cli.escrow import budget_of, budget_spenders, escrow_of, when
 
     owner = _owner(account, keystore)
-    ledger = _ledger()
+    ledger = _reader()
     pay = payment_token(ledger)
     tokens = ledger.balance_of(owner)
     escrow = escrow_of(ledger, owner)
@@ -342,7 +357,7 @@ def quote(
     units = _tokens(amount)
     if units == 0:
         raise Refused("the amount must be more than zero")
-    ledger = _ledger()
+    ledger = _reader()
     pay = payment_token(ledger)
     cost, tier = ledger.quote_purchase(units)
     tiers = ledger.sale_tiers()
@@ -558,6 +573,7 @@ def usage(
     api: str | None = typer.Option(None, "--api", envvar="SLUICE_API_URL",
                                    help="the redemption service (default: the database when DATABASE_URL is set, "
                                         "else the running stack's service)"),
+    as_csv: bool = typer.Option(False, "--csv", help="print CSV (every field, base units) instead of a table"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Spend per developer key: calls, metered cost, and how much of it is settled on chain."""
@@ -572,18 +588,32 @@ def usage(
     if as_json:
         print_json({"payer": payer, "source": source, "spenders": rows})
         return
+    if as_csv:
+        import csv
+
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(USAGE_FIELDS)
+        out.writerows([row[f] for f in USAGE_FIELDS] for row in rows)
+        sys.stdout.flush()
+        return
     if not rows:
         console.print(f"No metered calls paid by {payer}.", highlight=False)
         return
     console.print(f"usage paid by {payer}, in compute tokens:", highlight=False)
-    for row in rows:
-        console.print(f"  {row['spender']}  {row['calls']} calls  metered {format_tokens(row['metered'])}  "
-                      f"settled {format_tokens(row['settled'])}  unsettled {format_tokens(row['unsettled'])}  "
-                      f"last call {str(row['last_call'])[:19].replace('T', ' ')}", soft_wrap=True, highlight=False)
+    print_fitted(USAGE_COLUMNS, [(row["spender"], f"{row['calls']:,}", format_tokens(row["metered"]),
+                                  format_tokens(row["unsettled"]), format_tokens(row["settled"]),
+                                  str(row["last_call"])[:19].replace("T", " ")) for row in rows])
     total = sum(r["metered"] for r in rows)
     unsettled = sum(r["unsettled"] for r in rows)
     console.print(f"total {format_tokens(total)}, of which {format_tokens(unsettled)} not settled yet",
                   highlight=False)
+
+
+USAGE_COLUMNS = (Column("developer key"), Column("calls", "right"), Column("metered", "right"),
+                 Column("unsettled", "right"), Column("settled", "right", drop=2),
+                 Column("last call (UTC)", wrap=True, min_width=10, drop=1))
+USAGE_FIELDS = ("spender", "calls", "prompt_tokens", "completion_tokens", "metered", "settled", "unsettled",
+                "last_call")
 
 
 def _register_escrow() -> None:

@@ -57,6 +57,27 @@ def test_verify_cli_exits_1_on_the_shortfall_of_an_otherwise_honest_history(depl
         ("shortfall", "0x" + history.batches[1].hex())]
 
 
+def test_verify_tables_fit_80_columns_and_the_csv_has_every_pair(deployed: Deployed, history: History,
+                                                                 auditor_keystore: str) -> None:
+    args = ["audit", "verify", "--rpc", deployed.settings.effective_rpc_url, "--api", deployed.api,
+            "--key", auditor_keystore]
+    table = CliRunner().invoke(cli, args, env={"COLUMNS": "80"}, input=PASSWORD + "\n")
+    assert table.exit_code == 1, table.output  # the history's shortfall
+    report = table.stdout[table.stdout.index("sluice audit verify"):]
+    assert max(len(line) for line in report.splitlines()) <= 80
+    assert "left out at 80 columns: debt cleared" in " ".join(report.split())
+    as_json = CliRunner().invoke(cli, [*args, "--json"], input=PASSWORD + "\n")
+    pairs = json.loads(as_json.stdout[as_json.stdout.index("{"):])["pairs"]
+    as_csv = CliRunner().invoke(cli, [*args, "--csv"], input=PASSWORD + "\n")
+    assert as_csv.exit_code == 1
+    lines = as_csv.stdout[as_csv.stdout.index("payer,spender"):].splitlines()
+    assert lines[0] == "payer,spender,receipts,metered,redeemed,shortfall_unpaid,debt_cleared"
+    assert len(lines) - 1 == len(pairs) > 0
+    for line in lines[1:]:
+        payer, spender, *figures = line.split(",")
+        assert payer.startswith("0x") and len(payer) == len(spender) == 42 and all(f.isdigit() for f in figures)
+
+
 def test_verify_cli_exits_1_and_prints_every_discrepancy(deployed: Deployed, history: History,
                                                          auditor_keystore: str) -> None:
     job = first_job(deployed, history)

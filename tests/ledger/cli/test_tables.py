@@ -50,3 +50,38 @@ def test_columns_go_in_drop_order_and_the_fixed_ones_stay() -> None:
     assert left_out == ["kind"]
     _, left_out = render(HISTORY_COLUMNS, HISTORY_ROWS, 60)
     assert left_out == ["kind", "tx"]  # nothing else may go: below 80 columns the rest folds
+
+
+PAIR_ROWS = [
+    ("0x70997…c79C8", "0x3C44C…93BC", "1,204", "1234.567891234", "1234.567891234", "0", "0"),
+    ("0x70997…c79C8", "0x70997…c79C8", "12", "0.00042", "0.0004", "0.00002", "0.000012345678901234"),
+]
+USAGE_ROWS = [
+    ("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC", "1,204", "25.000012345", "12.5", "12.500012345",
+     "2026-12-02 04:31:09"),
+    ("0x90F79bf6EB2c4f870365E785982E1f101E93b906", "3", "3", "0", "3", "2026-12-02 04:31:10"),
+]
+
+
+def test_the_verify_pairs_fit_80_columns_leaving_out_the_debt_cleared() -> None:
+    from ledger.cli.audit import PAIR_COLUMNS
+
+    text, left_out = render(PAIR_COLUMNS, PAIR_ROWS, 80)
+    assert left_out == ["debt cleared"]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    flat = " ".join(text.split())
+    assert all(cell in flat for row in PAIR_ROWS for cell in row[:6])  # the unpaid shortfall stays, wrapped
+    _, left_out = render(PAIR_COLUMNS, PAIR_ROWS, 120)
+    assert left_out == []
+
+
+def test_wallet_usage_fits_80_columns_with_whole_addresses() -> None:
+    from ledger.cli.wallet import USAGE_COLUMNS
+
+    text, left_out = render(USAGE_COLUMNS, USAGE_ROWS, 80)
+    assert left_out == ["settled", "last call (UTC)"]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for row in USAGE_ROWS:
+        assert all(cell in text for cell in row[:4])  # the whole key, to copy into `wallet budget set`
+    text, left_out = render(USAGE_COLUMNS, USAGE_ROWS, 120)
+    assert left_out == [] and "2026-12-02 04:31:09" in text

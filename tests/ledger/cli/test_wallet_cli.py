@@ -396,6 +396,13 @@ def test_usage_per_developer_key_from_the_database(home: Path, fresh_db: str, ac
     assert without_times(shown["spenders"]) == expected_usage(first, second)
     text = cli("wallet", "usage").stdout
     assert "total 25, of which 12 not settled yet" in text and first in text
+    assert max(len(line) for line in text.splitlines()) <= 80  # the test terminal's width (COLUMNS unset)
+    csv_rows = [line.split(",") for line in cli("wallet", "usage", "--csv").stdout.splitlines()]
+    assert csv_rows[0] == ["spender", "calls", "prompt_tokens", "completion_tokens", "metered", "settled",
+                           "unsettled", "last_call"]
+    assert [row[:7] for row in csv_rows[1:]] == [
+        [first, "3", "30", "60", str(22 * ONE_TOKEN), str(10 * ONE_TOKEN), str(12 * ONE_TOKEN)],
+        [second, "1", "10", "20", str(3 * ONE_TOKEN), str(3 * ONE_TOKEN), "0"]]
 
 
 def test_usage_per_developer_key_from_the_service(home: Path, fresh_db: str, service: str, actors: Actors) -> None:
