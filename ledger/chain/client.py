@@ -1,31 +1,36 @@
 """Typed Python API over the Sluice contracts, bound from the committed artifacts.
 
 Reads go straight to the chain; writes go through one `TxSender` per key and
-raise the decoded `ContractRevert` subclass when the contracts refuse them.
+raise the decoded `ContractRevert` subclass when the contracts refuse them. web3 is imported only
+where a write or a web3 connection needs it: over `ledger.chain.light.LightWeb3` every view works
+without it (the CLI's read commands).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
-from web3 import Web3
-from web3.contract import Contract
-from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractLogicError
-from web3.logs import DISCARD
 
 from ledger.chain.artifacts import abi_of
 from ledger.chain.deployment import Deployment
-from ledger.chain.sender import TxResult, TxSender, revert_from
 from ledger.domain import Tier, effective_budget, model_id
 from ledger.units import BaseUnits
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+    from web3 import Web3
+    from web3.contract import Contract
+    from web3.contract.contract import ContractFunction
+
+    from ledger.chain.light import LightWeb3
+    from ledger.chain.sender import TxResult, TxSender
 
 CONTRACT_ARTIFACTS = {
     "token": "ComputeToken",
@@ -159,8 +164,9 @@ class SettleResult:
 class Ledger:
     """The Sluice contracts of one deployment."""
 
-    def __init__(self, w3: Web3, deployment: Deployment, *, timeout: float = 120.0, confirmations: int = 0) -> None:
-        self.w3 = w3
+    def __init__(self, w3: Web3 | LightWeb3, deployment: Deployment, *, timeout: float = 120.0,
+                 confirmations: int = 0) -> None:
+        self.w3: Web3 = w3  # type: ignore[assignment]  # a LightWeb3 serves the views: see the module docstring
         self.deployment = deployment
         self.timeout = timeout
         self.confirmations = confirmations
@@ -192,6 +198,8 @@ class Ledger:
         with self._senders_lock:
             sender = self._senders.get(account.address)
             if sender is None:
+                from ledger.chain.sender import TxSender
+
                 sender = TxSender(self.w3, account, timeout=self.timeout, confirmations=self.confirmations)
                 self._senders[account.address] = sender
             return sender
@@ -199,7 +207,12 @@ class Ledger:
     def _call(self, fn: ContractFunction) -> Any:
         try:
             return fn.call()
-        except ContractLogicError as exc:
+        except Exception as exc:
+            web3_errors = sys.modules.get("web3.exceptions")  # not loaded: no web3 revert (LightWeb3 decodes its own)
+            if web3_errors is None or not isinstance(exc, web3_errors.ContractLogicError):
+                raise
+            from ledger.chain.sender import revert_from
+
             raise revert_from(exc) from None
 
     def _permit_deadline(self) -> int:
@@ -458,6 +471,8 @@ class Ledger:
         return self.settle_result(tx)
 
     def settle_result(self, tx: TxResult) -> SettleResult:
+        from web3.logs import DISCARD
+
         events = self.settlement.events
         redeemed = [Redemption(e["args"]["payer"], e["args"]["spender"], BaseUnits(e["args"]["amount"]))
                     for e in events.Redeemed().process_receipt(tx.receipt, errors=DISCARD)]

@@ -11,7 +11,16 @@ from pathlib import Path
 import typer
 
 from ledger.cli import debts, nodes
-from ledger.cli.common import JsonOpt, KeystoreOpt, checksum_address, explained, open_ledger, operator_key, report_tx
+from ledger.cli.common import (
+    JsonOpt,
+    KeystoreOpt,
+    checksum_address,
+    explained,
+    open_ledger,
+    open_reader,
+    operator_key,
+    report_tx,
+)
 from ledger.cli.output import console, print_json
 
 app = typer.Typer(help="Operator controls: allowlist, issuance, rates, pause and roles.", no_args_is_help=True)
@@ -161,7 +170,7 @@ def rates_list(as_json: bool = JsonOpt) -> None:
     """Show every listed model with its rates (tokens per million model tokens) and tier."""
     from ledger.units import format_tokens
 
-    rates = open_ledger().rates()
+    rates = open_reader().rates()
     if as_json:
         print_json([{"model": r.model, "input_rate": r.input_rate, "output_rate": r.output_rate,
                      "tier": r.tier.name.lower()} for r in rates])

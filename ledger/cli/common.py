@@ -197,6 +197,19 @@ def open_ledger() -> Any:
     return Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)
 
 
+def open_reader() -> Any:
+    """The Ledger of the recorded deployment for views only, over `LightWeb3`: no web3 import (read commands)."""
+    from ledger.chain.client import Ledger
+    from ledger.chain.deployment import load_deployment
+    from ledger.chain.light import light_connect
+    from ledger.config import get_settings
+
+    settings = get_settings()
+    w3 = light_connect(settings.effective_rpc_url)
+    deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
+    return Ledger(w3, deployment, timeout=settings.tx_timeout, confirmations=settings.confirmations)
+
+
 def operator_key(keystore: Path | None) -> LocalAccount:
     """The operator's key: from `--keystore` (password from the settings or a prompt), else the settings."""
     from ledger.config import get_settings

@@ -9,6 +9,7 @@ transaction hash.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -72,11 +73,13 @@ def chain_now(ledger: Ledger) -> int:
 
 def budget_spenders(ledger: Ledger, payer: str) -> list[str]:
     """Every spender `payer` ever gave a budget, from Settlement's BudgetSet logs since the deployment."""
-    from eth_utils.address import to_checksum_address
-    from eth_utils.crypto import keccak
-    from web3.exceptions import Web3RPCError
+    from ledger.chain.light import LightRpcError
+    from ledger.protocol.address import to_checksum_address
+    from ledger.protocol.keccak import keccak256
 
-    topics = ["0x" + keccak(text="BudgetSet(address,address,uint256,uint64)").hex(),
+    web3_errors = sys.modules.get("web3.exceptions")  # loaded only when `ledger` speaks through web3
+    refused = (LightRpcError, *((web3_errors.Web3RPCError,) if web3_errors is not None else ()))
+    topics = ["0x" + keccak256(b"BudgetSet(address,address,uint256,uint64)").hex(),
               "0x" + "00" * 12 + payer[2:].lower()]
     found: dict[str, None] = {}
 
@@ -84,7 +87,7 @@ def budget_spenders(ledger: Ledger, payer: str) -> list[str]:
         try:
             logs = ledger.w3.eth.get_logs({"fromBlock": start, "toBlock": end, "address": ledger.settlement.address,
                                            "topics": topics})
-        except Web3RPCError:
+        except refused:
             if start == end:
                 raise
             middle = (start + end) // 2  # the node refused the range: halve it
@@ -321,10 +324,10 @@ def budget_list(
     as_json: bool = JsonOpt,
 ) -> None:
     """Every developer key the escrow gave a budget: what remains, and any cut pending."""
-    from ledger.cli.wallet import _ledger, _owner
+    from ledger.cli.wallet import _owner, _reader
 
     payer = _owner(account, keystore)
-    ledger = _ledger()
+    ledger = _reader()
     rows = [(s, budget_of(ledger, payer, s)) for s in budget_spenders(ledger, payer)]
     if as_json:
         print_json({"payer": payer, "budgets": [

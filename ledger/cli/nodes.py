@@ -13,7 +13,16 @@ from pathlib import Path
 
 import typer
 
-from ledger.cli.common import JsonOpt, KeystoreOpt, checksum_address, explained, open_ledger, operator_key, report_tx
+from ledger.cli.common import (
+    JsonOpt,
+    KeystoreOpt,
+    checksum_address,
+    explained,
+    open_ledger,
+    open_reader,
+    operator_key,
+    report_tx,
+)
 from ledger.cli.output import console, fail, print_json
 from ledger.domain import TIER_NAMES
 
@@ -62,7 +71,7 @@ def _check_tier(tier: str) -> None:
 @explained
 def list_nodes(as_json: bool = JsonOpt) -> None:
     """Every key NodeRegistry ever registered: status, endpoint, tier, region, blocks, last heartbeat."""
-    records = open_ledger().nodes()
+    records = open_reader().nodes()
     beats = _heartbeats()
     rows = [NodeRow(r.node, r.status, r.endpoint, r.tier, r.region, r.registered_block,
                     r.retired_block or None, beats.get(r.node)) for r in records]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,34 @@ class StackStatus:
 _DOWN = ServiceStatus("", False, "", False)
 
 
+class _WorkerPing:
+    """Asks the workers over the broker in the background: a broadcast waits its whole timeout for replies,
+    so it runs while the other services are probed (a daemon thread: a broker that is down never holds the exit)."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.found: list[dict[str, Any]] | None = None
+        self.thread = threading.Thread(target=self._ping, args=(broker_url,), name="worker-ping", daemon=True)
+        self.thread.start()
+
+    def _ping(self, broker_url: str) -> None:
+        from ledger.stack import operations
+
+        self.found = operations.workers(broker_url)
+
+    def result(self) -> list[dict[str, Any]] | None:
+        from ledger.stack.operations import WORKER_PING_TIMEOUT_S
+
+        self.thread.join(WORKER_PING_TIMEOUT_S + 5)
+        return self.found
+
+
 def stack_status(settings: Settings) -> StackStatus:
     """Probe every endpoint the settings name; deployment from the running stack or the chain's record."""
+    from ledger.stack.services import client_settings
+
     paths = StatePaths(settings.state_dir)
+    broker_url = client_settings(settings).broker_url
+    ping = _WorkerPing(broker_url) if broker_url else None
     status = StackStatus(state_dir=paths.root, pid=running_pid(paths))
     for service in default_services(settings):
         url = redact(service.url or service.address)
@@ -82,11 +108,11 @@ def stack_status(settings: Settings) -> StackStatus:
         _probe_app_services(status, record.get("endpoints", {}))
     elif status.chain_head is not None:
         status.deployment = _recorded_deployment(settings, rpc)
-    _probe_processes(status, settings)
+    _probe_processes(status, settings, ping)
     return status
 
 
-def _probe_processes(status: StackStatus, settings: Settings) -> None:
+def _probe_processes(status: StackStatus, settings: Settings, ping: _WorkerPing | None) -> None:
     """The service (with its mirror and indexer), the workers and beat, the nodes, and the token's pause state."""
     from ledger.stack import operations
     from ledger.stack.services import client_settings
@@ -104,7 +130,7 @@ def _probe_processes(status: StackStatus, settings: Settings) -> None:
         if cursor is not None and status.chain_head is not None:
             cursor["lag_blocks"] = max(status.chain_head - cursor["block"], 0)
         status.processes[follower] = cursor
-    found = operations.workers(clients.broker_url or "") if status.services.get(BROKER, _DOWN).up else None
+    found = ping.result() if ping is not None and status.services.get(BROKER, _DOWN).up else None
     status.processes["workers"] = found
     status.processes["beat"] = None if found is None else any(w["beat"] for w in found)
     status.processes["nodes"] = nodes
