@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-SLUICE = str(Path(sys.executable).with_name("sluice"))
+SLUICE = [str(Path(sys.executable).with_name("sluice"))]
 PASSWORD = "bench-password"
 # A fixed wallet key (never used outside this benchmark's embedded chain).
 WALLET_KEY = "0x" + "5e" * 32
 
 
 def sluice(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SLUICE, *args], env=env, capture_output=True, text=True, input=stdin, timeout=300)
+    return subprocess.run([*SLUICE, *args], env=env, capture_output=True, text=True, input=stdin, timeout=300)
 
 
 def checked(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
@@ -58,7 +58,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--label", default="", help="a name for this measurement (e.g. before, after)")
+    parser.add_argument("--command", default=None,
+                        help="the sluice command to time, split on spaces (default: the one beside this Python), "
+                             "e.g. another checkout's: 'python run_other_sluice.py'")
     opts = parser.parse_args()
+    if opts.command:
+        SLUICE[:] = opts.command.split()
 
     env = {**os.environ, "SLUICE_KEYSTORE_PASSWORD": PASSWORD, "COLUMNS": "80"}
     home = Path(env.get("SLUICE_HOME", ".sluice")).resolve()

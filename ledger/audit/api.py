@@ -10,11 +10,10 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
-from eth_account.signers.local import LocalAccount
 
 from ledger.errors import VerifyError
 from ledger.protocol.eip712 import Domains
@@ -25,10 +24,20 @@ DISCOVERY_PATH = "/.well-known/sluice.json"
 DEADLINE_SECONDS = 120
 
 
+class SigningKey(Protocol):
+    """What signs the audit reads: an eth-account LocalAccount, or any key with its raw bytes and address."""
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def address(self) -> str: ...
+
+
 class AuditApi:
     """Signed GETs to a Sluice audit API (empty body, maxCost 0, from a key holding AUDITOR_ROLE)."""
 
-    def __init__(self, base_url: str, auditor: LocalAccount, *, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, auditor: SigningKey, *, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.auditor = auditor
         self.client = httpx.Client(base_url=self.base_url, timeout=timeout,

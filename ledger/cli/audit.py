@@ -10,6 +10,7 @@ found discrepancies (all printed), 2 when it could not run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,20 @@ def _api_url(value: str | None) -> str:
     return f"http://127.0.0.1:{get_settings().api_port}"
 
 
-def _auditor(value: str | None) -> Any:
-    """The auditor's key: `--key` (a keystore file), else SLUICE_AUDITOR_KEY (a private key or a keystore file)."""
-    from eth_account import Account
+@dataclass(frozen=True)
+class AuditorKey:
+    """The auditor's key as the audit API signs with it: raw bytes and address (no eth-account needed)."""
 
+    key: bytes
+    address: str
+
+
+def _auditor(value: str | None) -> AuditorKey:
+    """The auditor's key: `--key` (a keystore file), else SLUICE_AUDITOR_KEY (a private key or a keystore file)."""
     from ledger.config import get_settings
-    from ledger.keys import load_keystore
+    from ledger.protocol.keystore import KeystoreError, WrongPassword, decrypt_keystore
+    from ledger.protocol.secp256k1 import address_of
+    from redemption.sdk import private_key_bytes
 
     from_option = value is not None
     if value is not None and looks_like_raw_key(value):
@@ -56,12 +65,21 @@ def _auditor(value: str | None) -> Any:
                                "grants the key the role with `sluice admin roles grant auditor ADDRESS`")
     path = Path(value).expanduser()
     if path.is_file():
-        return load_keystore(path, ask_password(f"Password for {path}"))
+        from ledger.cli.keystores import read_keystore
+
+        try:
+            key = decrypt_keystore(read_keystore(path), ask_password(f"Password for {path}"))
+        except WrongPassword:
+            fail(f"wrong password for keystore {path}", f"give the keystore's password (${PASSWORD_ENV} or the prompt)")
+        except KeystoreError as exc:
+            fail(f"{path}: {exc}")
+        return AuditorKey(key, address_of(key))
     if from_option:
         fail(f"--key {value}: no such keystore file", f"pass a keystore file, or set {KEY_ENV} to the private key")
     try:
-        return Account.from_key(value)
-    except (ValueError, TypeError):
+        key = private_key_bytes(value)
+        return AuditorKey(key, address_of(key))
+    except ValueError:
         fail(f"{KEY_ENV} is neither a keystore file nor a 0x private key")
 
 

@@ -109,6 +109,24 @@ def unlock(keystore: str | None) -> LocalAccount:
     return account
 
 
+def unlock_key(keystore: str | None) -> bytes:
+    """The wallet's raw private key, decrypted without eth-account (ledger.protocol.keystore): for signed reads,
+    which then need no web3 at all."""
+    from ledger.protocol.keystore import KeystoreError, WrongPassword, decrypt_keystore
+
+    path = keystore_path(keystore)
+    data = read_keystore(path)
+    password = password_for(path)
+    try:
+        return decrypt_keystore(data, password)
+    except WrongPassword:
+        source = f"${PASSWORD_ENV}" if keystore_password() is not None else "the password typed"
+        raise Refused(f"wrong password for keystore {path}: {source} does not decrypt it",
+                      f"type the password this keystore was created with, or correct ${PASSWORD_ENV}") from None
+    except KeystoreError as exc:
+        raise Refused(f"{path}: {exc}") from None
+
+
 def write_keystore(path: Path, keystore: dict[str, Any]) -> None:
     """Write a keystore readable by its owner only; an existing file is never replaced."""
     if path.exists():

@@ -38,6 +38,7 @@ from ledger.cli.keystores import (
     refuse_existing,
     save_new,
     unlock,
+    unlock_key,
     wallets_dir,
     write_keystore,
 )
@@ -584,7 +585,7 @@ def usage(
     if api is None and database:
         source, rows = "database", _usage_from_database(database, payer)
     else:
-        source, rows = "api", _usage_from_api(api or _service_url(), payer, unlock(keystore))
+        source, rows = "api", _usage_from_api(api or _service_url(), payer, unlock_key(keystore))
     if as_json:
         print_json({"payer": payer, "source": source, "spenders": rows})
         return

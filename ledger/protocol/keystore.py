@@ -2,7 +2,7 @@
 
 The same files eth-account writes (`sluice wallet new`): scrypt or PBKDF2-HMAC-SHA256 derives a key,
 `keccak256(derived[16:32] + ciphertext)` must equal the stored `mac`, and AES-128-CTR under `derived[:16]`
-gives the private key back. hashlib does the key derivation and pycryptodome the cipher, so a developer
+gives the private key back. pycryptodome (scrypt, AES) and hashlib (PBKDF2) do the work, so a developer
 with only the client installed can sign with the wallet they already keep.
 """
 
@@ -30,8 +30,11 @@ def _derive(crypto: dict[str, Any], password: bytes) -> bytes:
         salt = bytes.fromhex(str(params["salt"]))
         dklen = int(params["dklen"])
         if kdf == "scrypt":
-            n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
-            return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=256 * r * n + 2**20)
+            from Crypto.Protocol.KDF import scrypt  # pycryptodome's: faster here than hashlib's (OpenSSL) one
+
+            derived = scrypt(password, salt, dklen, N=int(params["n"]), r=int(params["r"]),  # type: ignore[arg-type]
+                             p=int(params["p"]))
+            return bytes(derived) if isinstance(derived, bytes | bytearray) else bytes(derived[0])
         if kdf == "pbkdf2":
             if params.get("prf") != "hmac-sha256":
                 raise KeystoreError(f"unsupported PBKDF2 function {params.get('prf')!r} (hmac-sha256 expected)")
