@@ -35,7 +35,7 @@ from ledger.paths import StatePaths
 from ledger.polling import poll_until
 from ledger.protocol.eip712 import DispatchTicket, Domains, Redemption, typed_digest
 from ledger.protocol.secp256k1 import sign_digest
-from ledger.stack.apps import EmbeddedNode, api_service, node_services
+from ledger.stack.apps import EmbeddedNode, api_service, node_services, register_embedded_nodes
 from ledger.stack.probes import free_port
 from ledger.stack.services import anvil_binary, anvil_service, postgres_service
 from ledger.stack.supervisor import Stack
@@ -132,6 +132,7 @@ def run(calls_per_leg: int = 3000, report: Report = print, concurrency: int = CO
             deployment = deploy_all(settings, w3, operator, embedded_account(1))
             save_deployment(settings.state_dir, deployment)
             node = EmbeddedNode("bench-1", "edge", "bench", 10, (0,))
+            register_embedded_nodes(settings, deployment.to_json(), (node,))  # the service trusts registered nodes only
             services = [api_service(settings, deployment.to_json()),
                         *node_services(settings, deployment.to_json(), (node,),
                                        {"ttft_seconds": 0, "per_token_seconds": 0})]

@@ -62,8 +62,10 @@ def settlement(
     workers: int = typer.Option(1, "--workers", min=1, help="`sluice worker` processes (the first runs beat)"),
     concurrency: int = typer.Option(2, "--concurrency", min=1, help="pool processes per worker"),
     batch_interval: float = typer.Option(2.0, "--batch-interval", min=0.05, help="SLUICE_BATCH_INTERVAL"),
-    batch_max: int = typer.Option(500, "--batch-max", min=1, help="SLUICE_BATCH_MAX"),
+    batch_max: int = typer.Option(50_000, "--batch-max", min=1, help="SLUICE_BATCH_MAX (records)"),
     batch_max_items: int = typer.Option(400, "--batch-max-items", min=1, help="SLUICE_BATCH_MAX_ITEMS"),
+    block_time: float = typer.Option(0.0, "--block-time", min=0, help="seconds between blocks while settling "
+                                     "(Anvil's interval mining); 0: a block per transaction"),
 ) -> None:
     """Settle CALLS metered calls over PAIRS pairs with real workers on a throwaway stack.
 
@@ -77,7 +79,7 @@ def settlement(
         raise ValueError("--mode must be live, drain or both")
     config = BenchConfig(calls=calls, pairs=pairs, writers=writers, in_flight=in_flight, workers=workers,
                          concurrency=concurrency, batch_interval=batch_interval, batch_max=batch_max,
-                         batch_max_items=batch_max_items, mode=mode)
+                         batch_max_items=batch_max_items, block_time=block_time, mode=mode)
     figures = run(config, report=lambda line: console.print(line, highlight=False, markup=False))
     _write(json_path, figures)
 

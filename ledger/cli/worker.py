@@ -66,9 +66,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a settlement worker against BROKER_URL until Ctrl-C/SIGTERM (finishes running tasks first).
 
-        Batches are cut every SLUICE_BATCH_INTERVAL seconds (default 2) or as soon as SLUICE_BATCH_MAX
-        records (default 500) wait, submitted from the settler key and confirmed after
-        SLUICE_CONFIRMATIONS blocks. Metrics: http://127.0.0.1:SLUICE_WORKER_METRICS_PORT/metrics.
+        Batches are cut every SLUICE_BATCH_INTERVAL seconds (default 2) or as soon as
+        SLUICE_BATCH_MAX_ITEMS (payer, spender) pairs (default 400) wait, submitted from the settler
+        key and confirmed after SLUICE_CONFIRMATIONS blocks. Metrics: http://127.0.0.1:SLUICE_WORKER_METRICS_PORT/metrics.
         """
         run_worker(beat=beat, concurrency=concurrency, pool=pool, loglevel=loglevel)
 

@@ -43,7 +43,7 @@ TASK_TIME_LIMIT_S = 300
 VISIBILITY_TIMEOUT_S = 3 * (TASK_TIME_LIMIT_S + RETRY_BACKOFF_MAX_S)
 assert VISIBILITY_TIMEOUT_S > TASK_TIME_LIMIT_S + RETRY_BACKOFF_MAX_S
 
-# How often beat checks for a full batch (SLUICE_BATCH_MAX records waiting) between interval cuts.
+# How often beat checks for a full batch (SLUICE_BATCH_MAX_ITEMS pairs waiting) between interval cuts.
 FULL_BATCH_POLL_MAX_S = 0.5
 
 

@@ -13,10 +13,14 @@ class SettlementSettings(Settings):
     """The ledger settings plus the settlement workers' own (`SLUICE_*`)."""
 
     batch_interval: float = Field(2.0, gt=0, description="seconds between batch cuts (Celery beat)")
-    batch_max: int = Field(500, ge=1, description="most usage records per batch; a full batch is cut at once")
+    # Gas is paid per (payer, spender) item, not per record, so items decide when a batch is full;
+    # the record cap only bounds one cut's memory and transaction.
     batch_max_items: int = Field(
-        400, ge=1, description="most (payer, spender) items per batch: bounds its gas (~12-18k per item)"
+        400, ge=1, description="most (payer, spender) items per batch: bounds its gas (~12-18k per item); "
+        "a batch is cut at once when this many pairs wait"
     )
+    batch_max: int = Field(50_000, ge=1, description="most usage records per batch (bounds one cut's work, "
+                           "not its gas)")
     settlement_wait: float = Field(
         20.0, gt=0, description="seconds a submit task waits for mining or confirmations before it retries later"
     )

@@ -130,10 +130,11 @@ def open_batches(conn: Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def waiting_records(conn: Connection, limit: int) -> int:
-    """How many usage records wait in the outbox, counting at most `limit`."""
+def waiting_pairs(conn: Connection, limit: int) -> int:
+    """How many (payer, spender) pairs have usage records waiting in the outbox, counting at most `limit`."""
     row = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM settlement_outbox LIMIT %s) waiting", (limit,)
+        "SELECT count(*) FROM (SELECT DISTINCT u.payer, u.spender FROM settlement_outbox o"
+        " JOIN usage_records u ON u.job_id = o.job_id LIMIT %s) waiting", (limit,)
     ).fetchone()
     return int(row[0]) if row else 0
 

@@ -5,7 +5,7 @@ runs it (`ledger.settlement.celery_app`), which also sets the submit task's back
 SLUICE_SETTLEMENT_RETRY_MAX.
 
 - `cut_batches` (beat, every SLUICE_BATCH_INTERVAL; and every FULL_BATCH_POLL_MAX_S with
-  `full_only` to cut as soon as SLUICE_BATCH_MAX records wait): releases reservations the mirror
+  `full_only` to cut as soon as SLUICE_BATCH_MAX_ITEMS (payer, spender) pairs wait): releases reservations the mirror
   has caught up with, cuts batches, enqueues one `submit_batch` per batch after the cut committed,
   and re-enqueues batches whose task was lost (killed worker, broker failure).
 - `submit_batch`: sends, replaces or finds the batch's transaction and confirms it.
@@ -33,7 +33,7 @@ from ledger.settlement.store import (
     open_batches,
     release_settled,
     sweep_stale,
-    waiting_records,
+    waiting_pairs,
 )
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,14 @@ def cut_batches(full_only: bool = False) -> int:
             release_settled(conn)
         room = settings.settlement_max_open - open_batches(conn)
         while cut < min(MAX_BATCHES_PER_CUT, room):
-            if full_only and waiting_records(conn, settings.batch_max) < settings.batch_max:
+            if full_only and waiting_pairs(conn, settings.batch_max_items) < settings.batch_max_items:
                 break
             batch = cut_batch(conn, settings.batch_max, settings.batch_max_items)
             if batch is None:
                 break
             submit_batch.delay(batch.batch_id.hex())  # the cut is committed: the task can never outrun it
             cut += 1
-            if batch.receipts < settings.batch_max:
+            if batch.items < settings.batch_max_items and batch.receipts < settings.batch_max:
                 break  # everything waiting went into it
         if not full_only:
             for batch_id in sweep_stale(conn, settings.settlement_sweep):

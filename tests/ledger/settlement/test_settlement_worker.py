@@ -81,6 +81,19 @@ def test_worker_with_beat_settles_every_metered_call(world: World) -> None:
             "sluice_settlement_failures", "sluice_settlement_batch_size_records"} <= names
 
 
+def test_a_batch_is_full_when_its_pairs_fill_it_whatever_its_record_count(world: World) -> None:
+    # Gas is paid per (payer, spender) item: 31 records over 3 pairs fill a 3-item batch at once,
+    # long before the interval cut, and travel in it as 3 items.
+    pairs = world.fund_pairs(3, self_paying=1)
+    for i in range(30):
+        world.meter(pairs[i % 2])
+    world.meter(pairs[2])
+    world.start_worker("--beat", "--concurrency", "1", batch_interval=600, batch_max_items=3)
+    world.wait_all_settled(30)
+    assert world.query("SELECT item_count, receipt_count FROM settlement_batches") == [(3, 31)]
+    world.assert_settled_exactly_once()
+
+
 def test_a_settlement_sent_but_never_recorded_is_found_not_sent_again(world: World) -> None:
     """A worker crashed after broadcasting and before writing the hash down: the next attempt finds the
     BatchSettled log and confirms from that transaction, sending nothing."""
