@@ -10,10 +10,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from eth_abi.abi import decode as abi_decode
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
-
 from ledger.chain.artifacts import CONTRACT_NAMES, abi_of
 
 
@@ -177,6 +173,8 @@ def _canonical_type(param: dict[str, Any]) -> str:
 
 @cache
 def _error_table() -> dict[bytes, tuple[str, list[str], list[str]]]:
+    from eth_utils.crypto import keccak  # imported on first decode: every command imports this module
+
     table: dict[bytes, tuple[str, list[str], list[str]]] = {
         keccak(text="Error(string)")[:4]: ("Error", ["message"], ["string"]),
         keccak(text="Panic(uint256)")[:4]: ("Panic", ["code"], ["uint256"]),
@@ -199,6 +197,9 @@ def decode_revert(data: str | bytes | None, tx_hash: str | None = None) -> Contr
     known = _error_table().get(raw[:4])
     if known is None:
         return ContractRevert("", {}, hex_data, tx_hash)
+    from eth_abi.abi import decode as abi_decode
+    from eth_utils.address import to_checksum_address
+
     name, names, types = known
     try:
         values = abi_decode(types, raw[4:])

@@ -224,12 +224,14 @@ def _print_processes(processes: dict[str, Any]) -> None:
         table.add_row(follower, "[green]up[/]" if cursor is not None else "[red]?[/]", lag(cursor))
     found = processes.get("workers")
     if found is None:
-        table.add_row("workers", "[red]?[/]", "the broker could not be asked")
+        table.add_row("workers", "[red]?[/]", "the database could not be asked")
     elif not found:
-        table.add_row("workers", "[red]none[/]", "no settlement worker answers on the broker")
+        table.add_row("workers", "[red]none[/]", "no settlement worker has announced itself")
     for worker in found or []:
-        table.add_row("worker", "[green]up[/]", f"{escape(worker['name'])}, {worker['concurrency']} processes"
-                      + (", runs the beat" if worker["beat"] else ""))
+        table.add_row("worker", "[green]up[/]" if worker["up"] else "[yellow]stale[/]",
+                      f"{escape(worker['name'])}, {worker['concurrency']} processes"
+                      + (", runs the beat" if worker["beat"] else "")
+                      + ("" if worker["up"] else f", silent for {worker['heartbeat_age_seconds']} s"))
     if found is not None:
         table.add_row("beat", "[green]up[/]" if processes.get("beat") else "[red]none[/]",
                       "cuts batches" if processes.get("beat") else "no worker runs the beat: nothing gets settled")

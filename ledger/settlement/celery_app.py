@@ -20,6 +20,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger
 
+from ledger.settlement import presence  # noqa: F401  (connects the worker's announcements for `sluice status`)
 from ledger.settlement.settings import SettlementSettings, get_settlement_settings
 
 CUT_TASK = "sluice.cut_batches"

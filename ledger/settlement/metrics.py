@@ -27,7 +27,9 @@ RECENT_WINDOW_S = 300
 SNAPSHOT_SQL = """
 SELECT
     (SELECT count(*) FROM settlement_outbox),
-    (SELECT extract(epoch FROM now() - min(u.finished_at)) FROM usage_records u
+    -- clock_timestamp(), not now(): inside a transaction now() is its start, which may precede a record
+    -- committed meanwhile, and the age would come out negative.
+    (SELECT greatest(extract(epoch FROM clock_timestamp() - min(u.finished_at)), 0) FROM usage_records u
        WHERE u.status IN ('metered', 'batched')),
     (SELECT count(*) FROM settlement_batches WHERE status = 'confirmed' AND released_at IS NULL),
     (SELECT count(*) FROM settlement_attempts WHERE action = 'failed'),

@@ -1,11 +1,10 @@
 """What `sluice status` tells an operator beyond the endpoints: every process and how it is doing.
 
 The redemption service answers `/health` (its chain mirror and indexer run inside it); the
-settlement workers answer a Celery `stats` broadcast over the broker (a worker that runs the beat
-says so in its name, `sluice-beat-<pid>@host`, see ledger.cli.worker); the nodes' heartbeats,
-queue depths and the followers' cursors are read from PostgreSQL; the token's pause state from
-the chain (`paused()`). Each probe is bounded by a short timeout and reports None for what did
-not answer, never raising.
+settlement workers announce themselves in PostgreSQL (`settlement_workers`, see
+ledger.settlement.presence), which is read with the nodes' heartbeats, queue depths and the
+followers' cursors in one connection; the token's pause state comes from the chain (`paused()`).
+Each probe is bounded by a short timeout and reports None for what did not answer, never raising.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from typing import Any
 
 from ledger.stack.probes import rpc_call
 
-BEAT_MARK = "sluice-beat-"  # hostname prefix of a worker that runs the beat
-WORKER_PING_TIMEOUT_S = 0.5
+BEAT_MARK = "sluice-beat-"  # hostname prefix of a worker that runs the beat (ledger.cli.worker names it)
+WORKER_STALE_S = 10.0  # five missed heartbeats (ledger.settlement.presence.HEARTBEAT_S = 2 s)
 HEARTBEAT_STALE_S = 15.0  # a node silent this long is shown stale (the service stops routing to it)
 
 NODES_SQL = """
@@ -29,6 +28,10 @@ CURSORS_SQL = """
 SELECT 'mirror', block, head, extract(epoch FROM now() - updated_at)::float8 FROM mirror_cursor
 UNION ALL
 SELECT 'indexer', block, head, extract(epoch FROM now() - updated_at)::float8 FROM indexer_cursor
+"""
+WORKERS_SQL = """
+SELECT name, pid, concurrency, beat, extract(epoch FROM clock_timestamp() - heartbeat_at)::float8
+FROM settlement_workers ORDER BY name
 """
 PAUSED_SELECTOR = "0x5c975abb"  # paused(): the first 4 bytes of keccak256("paused()") (a test checks it)
 
@@ -53,32 +56,19 @@ def token_paused(rpc_url: str, token: str) -> bool | None:
         return None
 
 
-def workers(broker_url: str, timeout: float = WORKER_PING_TIMEOUT_S) -> list[dict[str, Any]] | None:
-    """Every settlement worker that answers over the broker, with its pid, pool size and whether it runs the
-    beat; None when the broker cannot be asked."""
-    from ledger.settlement.celery_app import make_app
-    from ledger.settlement.settings import SettlementSettings
-
-    app = make_app(SettlementSettings(broker_url=broker_url))
-    try:
-        stats = app.control.inspect(timeout=timeout).stats() or {}
-    except Exception:  # kombu's errors vary by transport; status must answer regardless
-        return None
-    finally:
-        app.close()
-    return [{"name": name, "pid": info.get("pid"), "concurrency": info.get("pool", {}).get("max-concurrency"),
-             "beat": name.startswith(BEAT_MARK)}
-            for name, info in sorted(stats.items())]
+DatabaseView = tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]]
 
 
-def database_view(url: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]] | None:
-    """The nodes with their heartbeats and queues, and the followers' cursors; None when the database is down."""
+def database_view(url: str) -> DatabaseView | None:
+    """The nodes with their heartbeats and queues, the followers' cursors and the settlement workers that
+    announced themselves (stale ones included, marked); None when the database is down."""
     import psycopg
 
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
             node_rows = conn.execute(NODES_SQL).fetchall()
             cursor_rows = conn.execute(CURSORS_SQL).fetchall()
+            worker_rows = conn.execute(WORKERS_SQL).fetchall()
     except psycopg.Error:
         return None
     nodes = [{"node": r[0], "url": r[1], "tier": r[2], "region": r[3], "capacity": int(r[4]), "running": int(r[5]),
@@ -88,4 +78,7 @@ def database_view(url: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, A
              for r in node_rows]
     cursors = {str(r[0]): {"block": int(r[1]), "head": int(r[2]), "lag_blocks": max(int(r[2]) - int(r[1]), 0),
                            "updated_seconds_ago": round(float(r[3]), 1)} for r in cursor_rows}
-    return nodes, cursors
+    workers = [{"name": str(r[0]), "pid": int(r[1]), "concurrency": int(r[2]), "beat": bool(r[3]),
+                "heartbeat_age_seconds": round(float(r[4]), 1), "up": float(r[4]) <= WORKER_STALE_S}
+               for r in worker_rows]
+    return nodes, cursors, workers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from ledger.config import Settings
 from ledger.paths import StatePaths
 from ledger.stack.probes import chain_id_at, http_ok, redact, rpc_call
 from ledger.stack.running import read_stack_record, running_pid
-from ledger.stack.services import BROKER, CHAIN, DATABASE, ENDPOINT_KEYS, default_services
+from ledger.stack.services import CHAIN, DATABASE, ENDPOINT_KEYS, default_services
 
 
 @dataclass
@@ -63,34 +62,9 @@ class StackStatus:
 _DOWN = ServiceStatus("", False, "", False)
 
 
-class _WorkerPing:
-    """Asks the workers over the broker in the background: a broadcast waits its whole timeout for replies,
-    so it runs while the other services are probed (a daemon thread: a broker that is down never holds the exit)."""
-
-    def __init__(self, broker_url: str) -> None:
-        self.found: list[dict[str, Any]] | None = None
-        self.thread = threading.Thread(target=self._ping, args=(broker_url,), name="worker-ping", daemon=True)
-        self.thread.start()
-
-    def _ping(self, broker_url: str) -> None:
-        from ledger.stack import operations
-
-        self.found = operations.workers(broker_url)
-
-    def result(self) -> list[dict[str, Any]] | None:
-        from ledger.stack.operations import WORKER_PING_TIMEOUT_S
-
-        self.thread.join(WORKER_PING_TIMEOUT_S + 5)
-        return self.found
-
-
 def stack_status(settings: Settings) -> StackStatus:
     """Probe every endpoint the settings name; deployment from the running stack or the chain's record."""
-    from ledger.stack.services import client_settings
-
     paths = StatePaths(settings.state_dir)
-    broker_url = client_settings(settings).broker_url
-    ping = _WorkerPing(broker_url) if broker_url else None
     status = StackStatus(state_dir=paths.root, pid=running_pid(paths))
     for service in default_services(settings):
         url = redact(service.url or service.address)
@@ -108,11 +82,11 @@ def stack_status(settings: Settings) -> StackStatus:
         _probe_app_services(status, record.get("endpoints", {}))
     elif status.chain_head is not None:
         status.deployment = _recorded_deployment(settings, rpc)
-    _probe_processes(status, settings, ping)
+    _probe_processes(status, settings)
     return status
 
 
-def _probe_processes(status: StackStatus, settings: Settings, ping: _WorkerPing | None) -> None:
+def _probe_processes(status: StackStatus, settings: Settings) -> None:
     """The service (with its mirror and indexer), the workers and beat, the nodes, and the token's pause state."""
     from ledger.stack import operations
     from ledger.stack.services import client_settings
@@ -124,15 +98,14 @@ def _probe_processes(status: StackStatus, settings: Settings, ping: _WorkerPing 
                                "mirror_lag_blocks": None if health is None else health.get("mirror_lag_blocks"),
                                "nodes_routed": None if health is None else health.get("nodes")}
     view = operations.database_view(clients.database_url or "") if status.services.get(DATABASE, _DOWN).up else None
-    nodes, cursors = view if view is not None else (None, {})
+    nodes, cursors, workers = view if view is not None else (None, {}, None)
     for follower in ("mirror", "indexer"):
         cursor = cursors.get(follower)
         if cursor is not None and status.chain_head is not None:
             cursor["lag_blocks"] = max(status.chain_head - cursor["block"], 0)
         status.processes[follower] = cursor
-    found = ping.result() if ping is not None and status.services.get(BROKER, _DOWN).up else None
-    status.processes["workers"] = found
-    status.processes["beat"] = None if found is None else any(w["beat"] for w in found)
+    status.processes["workers"] = workers
+    status.processes["beat"] = None if workers is None else any(w["beat"] and w["up"] for w in workers)
     status.processes["nodes"] = nodes
     token = (status.deployment or {}).get("contracts", {}).get("token")
     rpc = settings.effective_rpc_url

@@ -1,0 +1,1 @@
+DROP TABLE settlement_workers;
