@@ -1,13 +1,16 @@
 """The web portal's static files at /portal/ (built by `make setup` into portal/dist).
 
 `index.html` is revalidated on every load (`Cache-Control: no-cache`), so a new build shows at once; the
-files under `assets/` carry a content hash in their names and are cached for a year as immutable. When the
+files under `assets/` carry a content hash in their names and are cached for a year as immutable, and are
+sent gzipped (from 1 KiB) to browsers that accept it (compressed once per file and kept in memory). When the
 portal has not been built, /portal/ answers 404 with a page saying how to build it. Nothing outside the
 build directory is ever served (the path is resolved and must stay inside it).
 """
 
 from __future__ import annotations
 
+import gzip
+from functools import lru_cache
 from html import escape
 from pathlib import Path
 
@@ -43,6 +46,15 @@ NOT_FOUND = """<!doctype html>
 """
 
 
+COMPRESSIBLE = frozenset({".js", ".css", ".svg", ".json", ".html", ".map"})
+
+
+@lru_cache(maxsize=64)
+def _gzipped(path: Path, mtime_ns: int) -> bytes:
+    """The file gzipped (cached per path and modification time, so a rebuild is picked up)."""
+    return gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)
+
+
 def install_portal(app: FastAPI, dist: Path | None) -> None:
     """Serve `dist` (default: the repository's portal/dist) under /portal/."""
     root = (dist or DEFAULT_DIST).resolve()
@@ -59,8 +71,15 @@ def install_portal(app: FastAPI, dist: Path | None) -> None:
         target = (root / relative).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             return HTMLResponse(NOT_FOUND.format(path=escape(relative)), status_code=404)
-        cache = IMMUTABLE if target.parent == root / "assets" else REVALIDATE
-        return FileResponse(target, headers={"Cache-Control": cache})
+        if target.parent != root / "assets":
+            return FileResponse(target, headers={"Cache-Control": REVALIDATE})
+        headers = {"Cache-Control": IMMUTABLE, "Vary": "Accept-Encoding"}
+        if "gzip" in request.headers.get("accept-encoding", "") and target.suffix in COMPRESSIBLE \
+                and target.stat().st_size >= 1024:
+            body = _gzipped(target, target.stat().st_mtime_ns)
+            media = FileResponse(target).media_type
+            return Response(body, media_type=media, headers={**headers, "Content-Encoding": "gzip"})
+        return FileResponse(target, headers=headers)
 
     app.add_route("/portal", redirect, methods=["GET"], include_in_schema=False)
     app.add_route(PORTAL_PATH, serve, methods=["GET", "HEAD"], include_in_schema=False)

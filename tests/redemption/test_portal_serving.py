@@ -38,8 +38,23 @@ def test_the_index_and_hashed_assets_with_their_cache_headers(tmp_path: Path) ->
     assert (asset.status_code, asset.text) == (200, "console.log(1)")
     assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert asset.headers["content-type"].startswith("text/javascript")
+    assert "content-encoding" not in asset.headers  # under 1 KiB: sent as it is
     redirect = web.get("/portal")
     assert (redirect.status_code, redirect.headers["location"]) == (308, "/portal/")
+
+
+def test_assets_are_gzipped_for_browsers_that_accept_it(tmp_path: Path) -> None:
+    dist = built(tmp_path)
+    (dist / "assets" / "index-Ab12.js").write_text("console.log(1);" * 1000)
+    web = client(tmp_path, dist)
+    raw = web.get("/portal/assets/index-Ab12.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in raw.headers and len(raw.content) == 15_000
+    packed = web.get("/portal/assets/index-Ab12.js", headers={"Accept-Encoding": "gzip, br"})
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
+    assert packed.text == "console.log(1);" * 1000  # httpx decodes it
+    assert int(packed.headers["content-length"]) < 200
+    assert packed.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert packed.headers["content-type"].startswith("text/javascript")
 
 
 def test_missing_files_and_paths_outside_the_build_are_404(tmp_path: Path) -> None:
@@ -67,4 +82,4 @@ def test_the_portal_is_not_in_the_openapi_document(tmp_path: Path) -> None:
 
 
 def test_the_default_is_the_repository_build() -> None:
-    assert DEFAULT_DIST == Path(__file__).resolve().parents[2] / "portal" / "dist"
+    assert Path(__file__).resolve().parents[2] / "portal" / "dist" == DEFAULT_DIST

@@ -175,7 +175,7 @@ function BatchPanel({ ctx, batchId, setBatchId }: { ctx: PageContext; batchId: s
           </p>
           {check.problems.length > 0 ? (
             <ul data-testid="verify-problems">
-              {check.problems.map((p, i) => <li key={i} data-code={p.code}><code>{p.code}</code> {p.jobId ? <code>{short(p.jobId)}</code> : null}: {p.message}</li>)}
+              {check.problems.map((p, i) => <li key={i} data-code={p.code}><code>{p.code}</code>{p.jobId ? <> <code title={p.jobId}>{short(p.jobId)}</code></> : null}: {p.message}</li>)}
             </ul>
           ) : null}
         </div>
