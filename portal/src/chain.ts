@@ -6,19 +6,21 @@
 
 import { type Discovery, type Eip1193Provider, SluiceApiError, SluiceWalletError } from '@sluice/client';
 import {
+  type Account,
   type Address,
   BaseError,
+  type Chain as ViemChain,
   ContractFunctionRevertedError,
-  createPublicClient,
-  createWalletClient,
+  createClient,
   custom,
   type Hash,
   type Hex,
   parseAbi,
   parseSignature,
-  type PublicClient,
-  type WalletClient,
+  type PublicActions,
+  type WalletActions,
 } from 'viem';
+import { getContractEvents, readContract, signTypedData, waitForTransactionReceipt, writeContract } from 'viem/actions';
 
 import { formatUnits } from './format';
 import { WalletRequestError } from './wallet';
@@ -103,12 +105,16 @@ export const REGISTRY_ABI = parseAbi([
 
 export const TIERS = ['edge', 'regional', 'cloud'] as const;
 
+/** Only the actions the portal uses (viem's tree-shakable actions: the bundle carries no others). */
+type Reads = Pick<PublicActions, 'readContract' | 'getContractEvents' | 'waitForTransactionReceipt'>;
+type Writes = Pick<WalletActions<ViemChain, Account>, 'writeContract' | 'signTypedData'>;
+
 export interface Chain {
   doc: Discovery;
   account: Address;
   provider: Eip1193Provider;
-  read: PublicClient;
-  write: WalletClient;
+  read: Reads;
+  write: Writes;
 }
 
 export function chainOf(doc: Discovery, provider: Eip1193Provider, account: Address): Chain {
@@ -118,14 +124,17 @@ export function chainOf(doc: Discovery, provider: Eip1193Provider, account: Addr
     nativeCurrency: { name: 'Ether', symbol: 'ETH', decimals: 18 },
     rpcUrls: { default: { http: [doc.rpc_url] } },
   };
-  const transport = custom(provider as Parameters<typeof custom>[0]);
-  return {
-    doc,
-    account,
-    provider,
-    read: createPublicClient({ chain, transport }) as PublicClient,
-    write: createWalletClient({ chain, transport, account }),
-  };
+  const client = createClient({ chain, transport: custom(provider as Parameters<typeof custom>[0]), account });
+  const read = {
+    readContract: (args: never) => readContract(client, args),
+    getContractEvents: (args: never) => getContractEvents(client, args),
+    waitForTransactionReceipt: (args: never) => waitForTransactionReceipt(client, args),
+  } as unknown as Reads;
+  const write = {
+    writeContract: (args: never) => writeContract(client, args),
+    signTypedData: (args: never) => signTypedData(client, args),
+  } as unknown as Writes;
+  return { doc, account, provider, read, write };
 }
 
 export function contract(doc: Discovery, name: string): Address {
