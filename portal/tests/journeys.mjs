@@ -18,10 +18,10 @@ const step = process.argv[2];
 const origin = new URL(config.portal).origin;
 const TIMEOUT = 30_000;
 
-async function open(browser, hash, { viewport = { width: 1280, height: 900 } } = {}) {
+async function open(browser, hash, { viewport = { width: 1280, height: 900 }, decline = [] } = {}) {
   const context = await browser.newContext({ viewport });
   context.setDefaultTimeout(TIMEOUT);
-  const wallet = await installTestWallet(context, { privateKey: config.privateKey });
+  const wallet = await installTestWallet(context, { privateKey: config.privateKey, decline });
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
@@ -64,6 +64,14 @@ async function done(page, testid, previous = undefined) {
   return text;
 }
 
+/** The alert of an action that failed (a success fails the step). */
+async function refused(page, testid) {
+  await page.locator(`[data-testid="${testid}"][data-state="done"], [data-testid="${testid}"][data-state="failed"]`).waitFor();
+  const status = page.getByTestId(testid);
+  if ((await status.getAttribute('data-state')) !== 'failed') throw new Error(`${testid} succeeded: ${await status.innerText()}`);
+  return status.getByRole('alert').innerText();
+}
+
 const units = (locator) => locator.getAttribute('data-units');
 
 const steps = {
@@ -103,6 +111,16 @@ const steps = {
       loaded_ms: loaded, navigation, resources, quote, bought, escrow: await units(page.getByTestId('escrow-balance')),
       budgets, keys_offered: keysOffered, methods: [...new Set(wallet.methods())].sort(), problems, screenshots,
     };
+  },
+
+  async 'enterprise-refused'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise', { decline: config.decline ?? [] });
+    await page.getByTestId('escrow-balance').waitFor();
+    await page.getByLabel('Compute tokens to buy').fill(config.buy);
+    await page.getByTestId('quote').getByText('Costs').waitFor();
+    await page.getByRole('button', { name: 'Buy into escrow' }).click();
+    const alert = await refused(page, 'buy-status');
+    return { alert, problems, screenshots: [await shot(page, `enterprise-refused-${config.label}`)] };
   },
 
   async 'enterprise-usage'(browser) {
@@ -204,7 +222,7 @@ try {
   const run = steps[step];
   if (run === undefined) throw new Error(`no step ${step}: one of ${Object.keys(steps).join(', ')}`);
   const result = await run(browser);
-  await writeFile(join(config.out, `${step}.json`), JSON.stringify(result, null, 2));
+  await writeFile(join(config.out, `${step}${config.label ? `-${config.label}` : ''}.json`), JSON.stringify(result, null, 2));
   process.stdout.write(`${JSON.stringify(result)}\n`);
 } catch (error) {
   process.stderr.write(`${step} failed: ${error.stack ?? error}\n`);

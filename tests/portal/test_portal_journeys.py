@@ -2,12 +2,14 @@
 whole deployment (Anvil, PostgreSQL, the service serving the portal, two simulated nodes).
 
 The browser does what a user does; the test checks every figure the pages show against the chain and the
-database. Screenshots of every page visited go to `<basetemp>/.../portal-screens/` (printed with -s).
+database. Screenshots of every page visited go to `<basetemp>/.../portal-screens/` and
+`portal/test-results/journeys/` (printed with -s).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +25,13 @@ from ledger.settlement.settler import Settler
 from ledger.settlement.store import Database
 from ledger.units import ONE_TOKEN
 from redemption.sdk import SluiceAuth
-from tests.portal.support import journey, require_portal
+from tests.portal.support import PORTAL, journey, require_portal
 from tests.support import escrow
 from tests.support.audit import CHAT, settle_waiting, wait_indexed
 from tests.support.stack import SMALL_MODEL, Deployed, deployment
 
 pytestmark = pytest.mark.slow
+RESULTS = PORTAL / "test-results" / "journeys"
 
 
 class Story:
@@ -45,7 +48,7 @@ class Story:
 
     def step(self, name: str, account: LocalAccount, **config: object) -> dict[str, object]:
         result = journey(name, portal=self.portal, privateKey=self.key(account), out=str(self.out), **config)
-        self.results[name] = result
+        self.results[name + (f"-{config['label']}" if "label" in config else "")] = result
         return result
 
 
@@ -58,7 +61,9 @@ def story(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         d.ledger.mint_payment(d.operator, s.enterprise.address, 1_000 * 10**6)
         yield s
         (s.out / "journeys.json").write_text(json.dumps(s.results, indent=2))
-        print(f"\nportal screenshots and results: {s.out}")
+        # Also where the shell's browser tests leave theirs (git-ignored): portal/test-results/journeys/.
+        shutil.copytree(s.out, RESULTS, dirs_exist_ok=True)
+        print(f"\nportal screenshots and results: {s.out} and {RESULTS}")
 
 
 def test_the_portal_is_served_by_the_service(story: Story) -> None:
@@ -86,6 +91,29 @@ def test_enterprise_buys_into_escrow_and_gives_two_keys_budgets(story: Story) ->
     methods = set(shown["methods"])  # type: ignore[arg-type]
     assert {"eth_requestAccounts", "wallet_addEthereumChain", "eth_signTypedData_v4", "eth_sendTransaction"} <= methods
     assert "eth_sign" not in methods and "personal_sign" not in methods
+
+
+@pytest.mark.parametrize("case", ["not_allowlisted", "no_payment_token", "declined"])
+def test_a_refused_purchase_says_why_in_words(story: Story, case: str) -> None:
+    d = story.d
+    buyer: LocalAccount = Account.create()
+    if case != "not_allowlisted":
+        d.ledger.set_allowlisted(d.operator, buyer.address, True)
+    if case != "no_payment_token":
+        d.ledger.mint_payment(d.operator, buyer.address, 100 * 10**6)
+    cost, _ = d.ledger.quote_purchase(10 * ONE_TOKEN)
+    decline = ["eth_signTypedData_v4"] if case == "declined" else []
+    shown = story.step("enterprise-refused", buyer, buy="10", decline=decline, label=case)
+    expected = {
+        "not_allowlisted": f"The account {buyer.address} is not allowlisted, so it cannot hold compute tokens or escrow."
+                           " Ask the operator to allowlist it.",
+        "no_payment_token": f"Insufficient payment token: the purchase costs {_units(cost, 6)} and {buyer.address}"
+                            " holds or approved only 0 (payment token, 6 decimals). Add payment token to the wallet,"
+                            " or buy less.",
+        "declined": "You declined the request in your wallet. Nothing was signed or sent.",
+    }[case]
+    assert shown["alert"] == expected
+    assert d.ledger.escrow_of(buyer.address) == 0
 
 
 def test_a_developer_call_shows_in_the_chart_and_the_csv(story: Story) -> None:
@@ -166,7 +194,11 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     d.wait_rates(SMALL_MODEL, "123")
 
 
-def _tokens(units: int) -> str:
-    whole, fraction = divmod(units, ONE_TOKEN)
+def _units(units: int, decimals: int) -> str:
+    whole, fraction = divmod(units, 10**decimals)
     text = f"{whole:,}"
-    return text + ("." + str(fraction).rjust(18, "0").rstrip("0") if fraction else "")
+    return text + ("." + str(fraction).rjust(decimals, "0").rstrip("0") if fraction else "")
+
+
+def _tokens(units: int) -> str:
+    return _units(units, 18)
