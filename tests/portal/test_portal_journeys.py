@@ -105,8 +105,8 @@ def test_a_refused_purchase_says_why_in_words(story: Story, case: str) -> None:
     decline = ["eth_signTypedData_v4"] if case == "declined" else []
     shown = story.step("enterprise-refused", buyer, buy="10", decline=decline, label=case)
     expected = {
-        "not_allowlisted": f"The account {buyer.address} is not allowlisted, so it cannot hold compute tokens or escrow."
-                           " Ask the operator to allowlist it.",
+        "not_allowlisted": f"The account {buyer.address} is not allowlisted, so it cannot hold compute tokens"
+                           " or escrow. Ask the operator to allowlist it.",
         "no_payment_token": f"Insufficient payment token: the purchase costs {_units(cost, 6)} and {buyer.address}"
                             " holds or approved only 0 (payment token, 6 decimals). Add payment token to the wallet,"
                             " or buy less.",
