@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,12 +42,12 @@ class Story:
         self.dev1: LocalAccount = Account.create()
         self.dev2: LocalAccount = Account.create()
         self.portal = d.api + "/portal/"
-        self.results: dict[str, dict[str, object]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
 
     def key(self, account: LocalAccount) -> str:
         return "0x" + bytes(account.key).hex()
 
-    def step(self, name: str, account: LocalAccount, **config: object) -> dict[str, object]:
+    def step(self, name: str, account: LocalAccount, **config: object) -> dict[str, Any]:
         result = journey(name, portal=self.portal, privateKey=self.key(account), out=str(self.out), **config)
         self.results[name + (f"-{config['label']}" if "label" in config else "")] = result
         return result
@@ -83,12 +84,12 @@ def test_enterprise_buys_into_escrow_and_gives_two_keys_budgets(story: Story) ->
     assert shown["bought"].startswith("Bought 50 compute tokens into escrow. Mined in block ")
     assert shown["escrow"] == str(50 * ONE_TOKEN) == str(d.ledger.escrow_of(who.address))
     assert d.ledger.payment_balance(who.address) == 1_000 * 10**6 - cost
-    by_key = {row["spender"]: row["units"] for row in shown["budgets"]}  # type: ignore[union-attr]
+    by_key = {row["spender"]: row["units"] for row in shown["budgets"]}
     assert by_key == {story.dev1.address: str(10 * ONE_TOKEN), story.dev2.address: str(5 * ONE_TOKEN)}
     for dev, amount in ((story.dev1, 10), (story.dev2, 5)):
         assert escrow.budget_of(d.ledger, who.address, dev.address) == (amount * ONE_TOKEN, 0, 0)
     # The wallet was asked only what a browser wallet is asked: connect, chain, permit, transactions, reads.
-    methods = set(shown["methods"])  # type: ignore[arg-type]
+    methods = set(shown["methods"])
     assert {"eth_requestAccounts", "wallet_addEthereumChain", "eth_signTypedData_v4", "eth_sendTransaction"} <= methods
     assert "eth_sign" not in methods and "personal_sign" not in methods
 
@@ -173,11 +174,11 @@ def test_the_auditor_verifies_a_batch_and_sees_a_tampered_receipt_flagged(story:
     csv_lines = str(shown["csv"]).split("\r\n")
     assert csv_lines[0] == "block,log_index,timestamp,tx_hash,contract,event,accounts,args" and len(csv_lines) == 3
     verified = shown["verified"]
-    assert verified["ok"] == "true", verified  # type: ignore[index]
-    assert str(verified["text"]).startswith("Verified. 1 receipts, 2 signatures checked against 2 registered node keys")  # type: ignore[index]
+    assert verified["ok"] == "true", verified
+    assert str(verified["text"]).startswith("Verified. 1 receipts, 2 signatures checked against 2 registered node keys")
     tampered = shown["tampered"]
-    assert tampered["codes"] == ["merkle_proof", "node_signature", "merkle_root"], tampered  # type: ignore[index]
-    assert str(tampered["text"]).startswith("Verification failed.")  # type: ignore[index]
+    assert tampered["codes"] == ["merkle_proof", "node_signature", "merkle_root"], tampered
+    assert str(tampered["text"]).startswith("Verification failed.")
 
 
 def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) -> None:
@@ -189,8 +190,8 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     assert (after.input_rate, after.output_rate, after.tier) == (123, 456, before.tier)
     block = d.ledger.w3.eth.block_number
     history = shown["history"]
-    assert history[:4] == [str(block), SMALL_MODEL, "123", "456"]  # type: ignore[index]
-    assert int(shown["history_rows"]) >= 3  # type: ignore[call-overload]  # the deployment's rates, then this one
+    assert history[:4] == [str(block), SMALL_MODEL, "123", "456"]
+    assert int(shown["history_rows"]) >= 3  # the deployment's rates, then this one
     d.wait_rates(SMALL_MODEL, "123")
 
 
