@@ -202,17 +202,34 @@ const steps = {
   async 'operator'(browser) {
     const { page, problems } = await open(browser, '#/operator');
     await page.getByTestId('paused-token').waitFor();
-    await page.getByLabel('Model').fill(config.model);
+    await page.getByLabel('Model', { exact: true }).fill(config.model);
     await page.getByLabel('Input rate (base units per 1M tokens)').fill(config.input);
     await page.getByLabel('Output rate (base units per 1M tokens)').fill(config.output);
-    await page.getByLabel('Tier').selectOption(config.tier);
+    await page.getByLabel('Tier', { exact: true }).selectOption(config.tier);
     await page.getByRole('button', { name: 'Set rate' }).click();
     const status = await done(page, 'rate-status');
     const first = page.locator('[data-testid="rate-history"] tbody tr').first();
     await page.waitForFunction((m) => document.querySelector('[data-testid="rate-history"] tbody tr')?.getAttribute('data-model') === m, config.model);
     const cells = await first.locator('td').allInnerTexts();
     const nodes = await page.locator('[data-testid="nodes-table"] tbody tr').count();
-    return { status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, problems, screenshots: [await shot(page, 'operator-rate')] };
+    const screenshots = [await shot(page, 'operator-rate')];
+    // A node registered, then retired.
+    await page.getByLabel('Node key (address)').fill(config.node);
+    await page.getByLabel('Endpoint (http(s) URL)').fill(config.endpoint);
+    await page.getByLabel('Node tier').selectOption('regional');
+    await page.getByLabel('Region', { exact: true }).fill('eu-test');
+    await page.getByRole('button', { name: 'Register node' }).click();
+    const registered = await done(page, 'node-status');
+    const row = page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"]`);
+    const before = await row.getAttribute('data-status');
+    await row.getByRole('button', { name: 'Retire' }).click();
+    const retired = await done(page, 'node-status', registered);
+    await page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"][data-status="retired"]`).waitFor();
+    screenshots.push(await shot(page, 'operator-nodes'));
+    return {
+      status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes,
+      node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
+    };
   },
 };
 

@@ -185,14 +185,22 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     d = story.d
     before = d.ledger.rate(SMALL_MODEL)
     tier = ["edge", "regional", "cloud"][int(before.tier)]
-    shown = story.step("operator", d.operator, model=SMALL_MODEL, input="123", output="456", tier=tier)
+    node = Account.create().address
+    shown = story.step("operator", d.operator, model=SMALL_MODEL, input="123", output="456", tier=tier, node=node,
+                       endpoint="http://127.0.0.1:9/")
     after = d.ledger.rate(SMALL_MODEL)
     assert (after.input_rate, after.output_rate, after.tier) == (123, 456, before.tier)
-    block = d.ledger.w3.eth.block_number
+    block = d.ledger.node_registry.w3.eth.block_number - 2  # then the node's register and retire
+    assert shown["status"] == f"Rate of {SMALL_MODEL} set. Mined in block {block}: see it in the history."
     history = shown["history"]
     assert history[:4] == [str(block), SMALL_MODEL, "123", "456"]
     assert int(shown["history_rows"]) >= 3  # the deployment's rates, then this one
     d.wait_rates(SMALL_MODEL, "123")
+    assert shown["nodes"] == 2  # the embedded nodes
+    assert shown["node"]["before"] == "active" and shown["node"]["registered"].startswith("Node ")
+    assert shown["node"]["row"].split("\t")[1:5] == ["retired", "http://127.0.0.1:9/", "regional", "eu-test"]
+    record = d.ledger.node_registry.functions.nodeOf(node).call()
+    assert (record[0], record[3], record[4], record[5]) == (2, "http://127.0.0.1:9/", "regional", "eu-test")
 
 
 def _units(units: int, decimals: int) -> str:
