@@ -99,6 +99,14 @@ export const RATE_CARD_ABI = parseAbi([
 
 export const REGISTRY_ABI = parseAbi([
   ...COMMON_ERRORS,
+  'error NodeRegistryAlreadyRegistered(address node)',
+  'error NodeRegistryInvalidEndpoint(string endpoint)',
+  'error NodeRegistryInvalidNode(address node)',
+  'error NodeRegistryInvalidTier(string tier)',
+  'error NodeRegistryNodeRetired(address node)',
+  'error NodeRegistryNotActive(address node)',
+  'function register(address node, string endpoint, string tier, string region)',
+  'function retire(address node)',
   'function nodes() view returns (address[])',
   'function nodeOf(address node) view returns ((uint8 status, uint64 registeredBlock, uint64 retiredBlock, string endpoint, string tier, string region))',
 ]);
@@ -230,6 +238,14 @@ function describeRevert(name: string, args: readonly unknown[]): string {
       return `The escrow holds only ${a(2)} base units, less than the ${a(1)} requested.`;
     case 'SettlementInvalidSpender':
       return `${a(0)} cannot be given a budget: it is the payer itself or the zero address.`;
+    case 'NodeRegistryAlreadyRegistered':
+      return `The node ${a(0)} is registered already.`;
+    case 'NodeRegistryNodeRetired':
+      return `The node ${a(0)} was retired; a retired key is never registered again: give the node a new key.`;
+    case 'NodeRegistryInvalidEndpoint':
+      return `The endpoint "${a(0)}" is not an http(s) URL.`;
+    case 'NodeRegistryInvalidTier':
+      return `The tier "${a(0)}" is not one of edge, regional, cloud.`;
     case 'EnforcedPause':
       return 'The contract is paused by the operator: try again once it is unpaused.';
     case 'AccessControlUnauthorizedAccount':

@@ -18,10 +18,10 @@ const step = process.argv[2];
 const origin = new URL(config.portal).origin;
 const TIMEOUT = 30_000;
 
-async function open(browser, hash, { viewport = { width: 1280, height: 900 } } = {}) {
+async function open(browser, hash, { viewport = { width: 1280, height: 900 }, decline = [] } = {}) {
   const context = await browser.newContext({ viewport });
   context.setDefaultTimeout(TIMEOUT);
-  const wallet = await installTestWallet(context, { privateKey: config.privateKey });
+  const wallet = await installTestWallet(context, { privateKey: config.privateKey, decline });
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
@@ -64,6 +64,14 @@ async function done(page, testid, previous = undefined) {
   return text;
 }
 
+/** The alert of an action that failed (a success fails the step). */
+async function refused(page, testid) {
+  await page.locator(`[data-testid="${testid}"][data-state="done"], [data-testid="${testid}"][data-state="failed"]`).waitFor();
+  const status = page.getByTestId(testid);
+  if ((await status.getAttribute('data-state')) !== 'failed') throw new Error(`${testid} succeeded: ${await status.innerText()}`);
+  return status.getByRole('alert').innerText();
+}
+
 const units = (locator) => locator.getAttribute('data-units');
 
 const steps = {
@@ -103,6 +111,16 @@ const steps = {
       loaded_ms: loaded, navigation, resources, quote, bought, escrow: await units(page.getByTestId('escrow-balance')),
       budgets, keys_offered: keysOffered, methods: [...new Set(wallet.methods())].sort(), problems, screenshots,
     };
+  },
+
+  async 'enterprise-refused'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise', { decline: config.decline ?? [] });
+    await page.getByTestId('escrow-balance').waitFor();
+    await page.getByLabel('Compute tokens to buy').fill(config.buy);
+    await page.getByTestId('quote').getByText('Costs').waitFor();
+    await page.getByRole('button', { name: 'Buy into escrow' }).click();
+    const alert = await refused(page, 'buy-status');
+    return { alert, problems, screenshots: [await shot(page, `enterprise-refused-${config.label}`)] };
   },
 
   async 'enterprise-usage'(browser) {
@@ -184,17 +202,34 @@ const steps = {
   async 'operator'(browser) {
     const { page, problems } = await open(browser, '#/operator');
     await page.getByTestId('paused-token').waitFor();
-    await page.getByLabel('Model').fill(config.model);
+    await page.getByLabel('Model', { exact: true }).fill(config.model);
     await page.getByLabel('Input rate (base units per 1M tokens)').fill(config.input);
     await page.getByLabel('Output rate (base units per 1M tokens)').fill(config.output);
-    await page.getByLabel('Tier').selectOption(config.tier);
+    await page.getByLabel('Tier', { exact: true }).selectOption(config.tier);
     await page.getByRole('button', { name: 'Set rate' }).click();
     const status = await done(page, 'rate-status');
     const first = page.locator('[data-testid="rate-history"] tbody tr').first();
     await page.waitForFunction((m) => document.querySelector('[data-testid="rate-history"] tbody tr')?.getAttribute('data-model') === m, config.model);
     const cells = await first.locator('td').allInnerTexts();
     const nodes = await page.locator('[data-testid="nodes-table"] tbody tr').count();
-    return { status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, problems, screenshots: [await shot(page, 'operator-rate')] };
+    const screenshots = [await shot(page, 'operator-rate')];
+    // A node registered, then retired.
+    await page.getByLabel('Node key (address)').fill(config.node);
+    await page.getByLabel('Endpoint (http(s) URL)').fill(config.endpoint);
+    await page.getByLabel('Node tier').selectOption('regional');
+    await page.getByLabel('Region', { exact: true }).fill('eu-test');
+    await page.getByRole('button', { name: 'Register node' }).click();
+    const registered = await done(page, 'node-status');
+    const row = page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"]`);
+    const before = await row.getAttribute('data-status');
+    await row.getByRole('button', { name: 'Retire' }).click();
+    const retired = await done(page, 'node-status', registered);
+    await page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"][data-status="retired"]`).waitFor();
+    screenshots.push(await shot(page, 'operator-nodes'));
+    return {
+      status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes,
+      node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
+    };
   },
 };
 
@@ -204,7 +239,7 @@ try {
   const run = steps[step];
   if (run === undefined) throw new Error(`no step ${step}: one of ${Object.keys(steps).join(', ')}`);
   const result = await run(browser);
-  await writeFile(join(config.out, `${step}.json`), JSON.stringify(result, null, 2));
+  await writeFile(join(config.out, `${step}${config.label ? `-${config.label}` : ''}.json`), JSON.stringify(result, null, 2));
   process.stdout.write(`${JSON.stringify(result)}\n`);
 } catch (error) {
   process.stderr.write(`${step} failed: ${error.stack ?? error}\n`);

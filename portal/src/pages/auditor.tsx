@@ -134,7 +134,7 @@ function BatchPanel({ ctx, batchId, setBatchId }: { ctx: PageContext; batchId: s
         domain: ctx.doc.eip712_domain, receiptsRoot: log.args.receiptsRoot as Hex, items: log.args.items as bigint, nodeKeys,
       });
       setCheck({ ...result, onChainRoot: log.args.receiptsRoot as Hex, nodes: nodeKeys.length });
-      return { message: result.ok ? 'The batch verifies.' : `${result.problems.length} problems found.` };
+      return { message: result.ok ? 'The batch verifies.' : `The check ran: ${result.problems.length} problems found, listed below.` };
     });
   return (
     <Panel title="Batch" id="batch">

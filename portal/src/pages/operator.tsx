@@ -1,7 +1,7 @@
 /** Operator: the rate card (set a rate, every change from the chain), the nodes, pause and unpause. */
 
 import { useCallback, useEffect, useState } from 'preact/hooks';
-import type { Address, Hex } from 'viem';
+import { type Address, getAddress, type Hex, isAddress } from 'viem';
 
 import { contract, mined, RATE_CARD_ABI, REGISTRY_ABI, SETTLEMENT_ABI, TIERS, TOKEN_ABI } from '../chain';
 import type { PageContext } from '../context';
@@ -110,15 +110,40 @@ function RatesPanel({ ctx }: { ctx: PageContext }) {
 function NodesPanel({ ctx }: { ctx: PageContext }) {
   const [nodes, setNodes] = useState<NodeRow[]>();
   const [health, setHealth] = useState<{ nodes: number; mirror_lag_blocks: number | null; indexer_lag_blocks: number | null }>();
-  useEffect(() => {
-    const registry = contract(ctx.doc, 'node_registry');
+  const [form, setForm] = useState({ node: '', endpoint: '', tier: 'regional', region: '' });
+  const action = useAction();
+  const registry = contract(ctx.doc, 'node_registry');
+  const refresh = useCallback(async () => {
     const { read } = ctx.chain;
-    read
-      .readContract({ address: registry, abi: REGISTRY_ABI, functionName: 'nodes' })
-      .then((list) => Promise.all(list.map(async (node) => ({ node, ...(await read.readContract({ address: registry, abi: REGISTRY_ABI, functionName: 'nodeOf', args: [node] })) }))))
-      .then(setNodes, () => setNodes([]));
-    fetch('/health').then((r) => r.json()).then(setHealth, () => setHealth(undefined));
-  }, [ctx]);
+    const list = await read.readContract({ address: registry, abi: REGISTRY_ABI, functionName: 'nodes' });
+    setNodes(await Promise.all(list.map(async (node) => ({ node, ...(await read.readContract({ address: registry, abi: REGISTRY_ABI, functionName: 'nodeOf', args: [node] })) }))));
+    setHealth(await fetch('/health').then((r) => r.json()));
+  }, [ctx, registry]);
+  useEffect(() => void refresh().catch(() => setNodes([])), [refresh]);
+  const send = (what: string, done: string, call: () => Promise<Hex>) =>
+    void action.run(async (step) => {
+      step.wallet(what);
+      const hash = await call();
+      step.pending(done, hash);
+      const block = await mined(ctx.chain, hash);
+      await refresh();
+      return { message: done, hash, block };
+    });
+  const register = () => {
+    if (!isAddress(form.node.trim(), { strict: false })) return;
+    const node = getAddress(form.node.trim());
+    send(
+      `Confirm the transaction: register node key ${node} as serving at ${form.endpoint} (${form.tier}, ${form.region}). The service routes to it once it sends heartbeats signed by that key.`,
+      `Node ${short(node)} registered.`,
+      () => ctx.chain.write.writeContract({ address: registry, abi: REGISTRY_ABI, functionName: 'register', args: [node, form.endpoint.trim(), form.tier, form.region.trim()], chain: null, account: ctx.account }),
+    );
+  };
+  const retire = (node: Address) =>
+    send(
+      `Confirm the transaction: retire node key ${node} for good. It gets no more work, its receipts already settled stay valid, and the key can never be registered again.`,
+      `Node ${short(node)} retired.`,
+      () => ctx.chain.write.writeContract({ address: registry, abi: REGISTRY_ABI, functionName: 'retire', args: [node], chain: null, account: ctx.account }),
+    );
   return (
     <Panel title="Nodes" id="nodes">
       {health !== undefined ? (
@@ -127,17 +152,32 @@ function NodesPanel({ ctx }: { ctx: PageContext }) {
         </p>
       ) : null}
       <table class="data" data-testid="nodes-table">
-        <thead><tr><th scope="col">Node key</th><th scope="col">Status</th><th scope="col">Endpoint</th><th scope="col">Tier</th><th scope="col">Region</th><th scope="col">Registered in block</th></tr></thead>
+        <thead><tr><th scope="col">Node key</th><th scope="col">Status</th><th scope="col">Endpoint</th><th scope="col">Tier</th><th scope="col">Region</th><th scope="col">Registered in block</th><th scope="col" /></tr></thead>
         <tbody>
           {nodes?.map((n) => (
-            <tr key={n.node}>
+            <tr key={n.node} data-node={n.node} data-status={STATUS[n.status] ?? String(n.status)}>
               <td><code title={n.node}>{short(n.node)}</code></td><td>{STATUS[n.status] ?? n.status}</td><td>{n.endpoint}</td>
               <td>{n.tier}</td><td>{n.region}</td><td>{n.registeredBlock.toString()}</td>
+              <td>{n.status === 1 ? <button type="button" class="secondary" disabled={action.busy} onClick={() => retire(n.node)}>Retire</button> : null}</td>
             </tr>
           ))}
         </tbody>
       </table>
-      <p class="muted">Register and retire nodes, and see queue depth per node, with <code>sluice admin nodes</code> and <code>sluice status</code>.</p>
+      <form onSubmit={(e) => { e.preventDefault(); register(); }}>
+        <label for="node-key">Node key (address)</label>
+        <input id="node-key" spellcheck={false} value={form.node} onInput={(e) => setForm({ ...form, node: (e.target as HTMLInputElement).value })} />
+        <label for="node-endpoint">Endpoint (http(s) URL)</label>
+        <input id="node-endpoint" value={form.endpoint} onInput={(e) => setForm({ ...form, endpoint: (e.target as HTMLInputElement).value })} />
+        <label for="node-tier">Node tier</label>
+        <select id="node-tier" value={form.tier} onChange={(e) => setForm({ ...form, tier: (e.target as HTMLSelectElement).value })}>
+          {TIERS.map((t) => <option key={t} value={t}>{t}</option>)}
+        </select>
+        <label for="node-region">Region</label>
+        <input id="node-region" value={form.region} onInput={(e) => setForm({ ...form, region: (e.target as HTMLInputElement).value })} />
+        <button type="submit" disabled={action.busy || !isAddress(form.node.trim(), { strict: false })}>Register node</button>
+      </form>
+      <ActionStatus state={action.state} testid="node-status" />
+      <p class="muted">Queue depth per node and the settlement backlog: <code>sluice status</code>.</p>
     </Panel>
   );
 }
