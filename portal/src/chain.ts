@@ -62,6 +62,7 @@ export const SETTLEMENT_ABI = parseAbi([
   'error SettlementZeroAmount()',
   'event BudgetSet(address indexed payer, address indexed spender, uint256 amount, uint64 effectiveAt)',
   'event BatchSettled(bytes32 indexed batchId, bytes32 receiptsRoot, uint256 items, uint256 total)',
+  'event Shortfall(bytes32 indexed batchId, address indexed payer, address indexed spender, uint256 owed, uint256 paid)',
   'function escrowOf(address) view returns (uint256)',
   'function pendingWithdrawalOf(address) view returns (uint256 amount, uint64 unlocksAt)',
   'function budgetOf(address payer, address spender) view returns (uint256 remaining, uint256 scheduled, uint64 effectiveAt)',

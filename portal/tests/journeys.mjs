@@ -241,6 +241,7 @@ const steps = {
     await page.waitForFunction((m) => document.querySelector('[data-testid="rate-history"] tbody tr')?.getAttribute('data-model') === m, config.model);
     const cells = await first.locator('td').allInnerTexts();
     const nodes = await page.locator('[data-testid="nodes-table"] tbody tr').count();
+    const shortfalls = await page.getByTestId('shortfalls').locator('[data-testid="no-shortfalls"], [data-testid="shortfalls-table"]').innerText();
     const screenshots = [await shot(page, 'operator-rate')];
     // A node registered, then retired.
     await page.getByLabel('Node key (address)').fill(config.node);
@@ -256,7 +257,7 @@ const steps = {
     await page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"][data-status="retired"]`).waitFor();
     screenshots.push(await shot(page, 'operator-nodes'));
     return {
-      status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes,
+      status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, shortfalls,
       node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
     };
   },
