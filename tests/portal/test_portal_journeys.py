@@ -216,7 +216,8 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     d.wait_rates(SMALL_MODEL, "123")
     assert shown["nodes"] == 2  # the embedded nodes
     shortfalls = d.ledger.settlement.events.Shortfall().get_logs(from_block=0, to_block="latest")
-    assert len(shortfalls) == 0 and shown["shortfalls"] == "No settlement has fallen short: every batch was paid in full."
+    assert len(shortfalls) == 0
+    assert shown["shortfalls"] == "No settlement has fallen short: every batch was paid in full."
     assert shown["node"]["before"] == "active" and shown["node"]["registered"].startswith("Node ")
     assert shown["node"]["row"].split("\t")[1:5] == ["retired", "http://127.0.0.1:9/", "regional", "eu-test"]
     record = d.ledger.node_registry.functions.nodeOf(node).call()
