@@ -21,6 +21,7 @@ from ledger.chain.views import read_direct
 from ledger.domain import ChainFigures
 from ledger.followers.indexer import ChainIndexer
 from ledger.followers.mirror import ChainMirror
+from ledger.followers.shared import SharedFollower
 from ledger.keys import KeyUnavailable
 from ledger.keys import dispatch_key as ticket_key
 from ledger.protocol.eip712 import Domains
@@ -53,6 +54,7 @@ class ServiceState:
     dispatch_signer: str
     mirror: ChainMirror | None = None
     indexer: ChainIndexer | None = None
+    follower: SharedFollower | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
     unlock_period: int = 0
     token: TokenInfo = field(default_factory=lambda: TokenInfo(name="", symbol="", decimals=18))

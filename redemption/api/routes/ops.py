@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,8 +18,11 @@ router = APIRouter(tags=["ops"])
 @router.get("/health")
 async def health(state: State) -> dict[str, Any]:
     indexed = None if state.indexer is None else state.indexer.last_status
+    follower = state.follower
     return {"status": "ok", "mirror_lag_blocks": state.mirror_lag(), "nodes": len(state.registry.nodes),
-            "models": sorted(state.rates), "indexer_lag_blocks": None if indexed is None else indexed.lag}
+            "models": sorted(state.rates), "indexer_lag_blocks": None if indexed is None else indexed.lag,
+            "pid": os.getpid(), "chain_follower": follower is not None and follower.is_follower,
+            "chain_follower_pid": None if follower is None else follower.follower_pid}
 
 
 @router.get("/metrics")
