@@ -30,4 +30,8 @@ async def metrics(state: State) -> Response:
     """Prometheus metrics; not here when SLUICE_METRICS_PORT gives them an operator-only listener."""
     if state.settings.metrics_port is not None:
         raise errors.NotFound("metrics are served on the operator's metrics address, not on the API")
+    if state.settings.api_workers > 1:
+        raise errors.NotFound(f"this service runs {state.settings.api_workers} workers, each counting alone: one "
+                              "worker's figures would mislead; run one worker per process (each with its own "
+                              "SLUICE_METRICS_PORT) to scrape them")
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
