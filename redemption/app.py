@@ -24,14 +24,14 @@ from redemption.api.cors import PublicCors
 from redemption.api.error_handlers import install_error_handlers
 from redemption.api.openapi import install_docs
 from redemption.api.portal import install_portal
-from redemption.api.routes import audit, catalog, completions, internal, ops, usage
+from redemption.api.routes import audit, catalog, completions, internal, keys, ops, usage
 from redemption.background import refresh_catalog, start_follower, start_housekeeping, wait_for_mirror
 from redemption.config import ServiceSettings
 from redemption.metrics import CallCounter, ServiceMetrics
 from redemption.state import build_state
 
 # Every route of the service (tests/redemption/test_public_api.py checks that OpenAPI documents each one).
-ROUTERS = tuple(resource.router for resource in (catalog, completions, internal, audit, usage, ops))
+ROUTERS = tuple(resource.router for resource in (catalog, completions, internal, audit, usage, keys, ops))
 DESCRIPTION = (
     "OpenAI-compatible inference paid in compute tokens. Every billable call, account read and audit read is "
     "signed: five Sluice-* headers carrying an EIP-712 `Redemption(payer, bodyHash, maxCost, nonce, deadline)` "

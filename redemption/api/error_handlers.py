@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def error_response(exc: errors.ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
