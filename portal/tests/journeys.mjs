@@ -225,7 +225,16 @@ const steps = {
       codes: await page.locator('[data-testid="verify-problems"] li').evaluateAll((items) => items.map((i) => i.getAttribute('data-code'))),
     };
     screenshots.push(await shot(page, 'auditor-tampered'));
-    return { events, csv, receipts, verified, tampered, problems, screenshots };
+    await page.getByRole('button', { name: 'Show reconciliation' }).click();
+    await done(page, 'reconciliation-status');
+    const reconciliation = {
+      balanced: await page.getByTestId('reconciliation-table').getAttribute('data-balanced'),
+      rows: await page.locator('[data-testid="reconciliation-table"] tbody tr').evaluateAll((rows) =>
+        rows.map((r) => ({ payer: r.getAttribute('data-payer'), spender: r.getAttribute('data-spender'), units: [...r.querySelectorAll('[data-units]')].map((e) => e.getAttribute('data-units')) })),
+      ),
+    };
+    screenshots.push(await shot(page, 'auditor-reconciliation'));
+    return { events, csv, receipts, verified, tampered, reconciliation, problems, screenshots };
   },
 
   async 'operator'(browser) {

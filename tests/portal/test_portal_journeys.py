@@ -179,6 +179,11 @@ def test_the_auditor_verifies_a_batch_and_sees_a_tampered_receipt_flagged(story:
     tampered = shown["tampered"]
     assert tampered["codes"] == ["merkle_proof", "node_signature", "merkle_root"], tampered
     assert str(tampered["text"]).startswith("Verification failed.")
+    cost = int(d.sql("SELECT cost FROM usage_records WHERE job_id = %s", job)[0][0])
+    # metered, settled, redeemed, short unpaid, difference: the one call, settled and burned in full
+    assert shown["reconciliation"] == {"balanced": "true", "rows": [
+        {"payer": story.enterprise.address, "spender": story.dev1.address,
+         "units": [str(cost), str(cost), str(cost), "0", "0"]}]}
 
 
 def test_the_enterprise_withdraws_after_the_unlock_period_and_deposits_again(story: Story) -> None:
