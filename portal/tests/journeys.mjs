@@ -152,6 +152,20 @@ const steps = {
     };
   },
 
+  async 'enterprise-key-policy'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise');
+    await page.getByRole('button', { name: 'Show key policies' }).waitFor();
+    await page.getByLabel('Developer key to name and limit (address)').fill(config.key);
+    await page.getByLabel('Name', { exact: true }).fill(config.label);
+    await page.getByLabel('Requests per minute (empty: no limit)').fill(config.rpm);
+    await page.getByRole('button', { name: 'Save policy' }).click();
+    const saved = await done(page, 'policy-status');
+    await page.getByRole('button', { name: 'Show key policies' }).click();
+    await done(page, 'policy-status', saved);
+    const row = await page.locator(`[data-testid="policies-table"] tr[data-spender="${config.key}"]`).locator('td').allInnerTexts();
+    return { saved, row, problems, screenshots: [await shot(page, 'enterprise-key-policy')] };
+  },
+
   async 'enterprise-usage'(browser) {
     const { page, problems } = await open(browser, '#/enterprise');
     await page.getByRole('button', { name: 'Show usage' }).click();

@@ -88,6 +88,8 @@ def test_enterprise_buys_into_escrow_and_gives_two_keys_budgets(story: Story) ->
     assert by_key == {story.dev1.address: str(10 * ONE_TOKEN), story.dev2.address: str(5 * ONE_TOKEN)}
     for dev, amount in ((story.dev1, 10), (story.dev2, 5)):
         assert escrow.budget_of(d.ledger, who.address, dev.address) == (amount * ONE_TOKEN, 0, 0)
+    offered = "/v1/keys" in httpx.get(d.api + "/openapi.json", timeout=10).json()["paths"]
+    assert shown["keys_offered"] is offered
     # The wallet was asked only what a browser wallet is asked: connect, chain, permit, transactions, reads.
     methods = set(shown["methods"])
     assert {"eth_requestAccounts", "wallet_addEthereumChain", "eth_signTypedData_v4", "eth_sendTransaction"} <= methods
