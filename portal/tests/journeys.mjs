@@ -279,7 +279,17 @@ const steps = {
     const retired = await done(page, 'node-status', registered);
     await page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"][data-status="retired"]`).waitFor();
     screenshots.push(await shot(page, 'operator-nodes'));
+    // Pause the settlement contract, then unpause it.
+    const settlement = page.getByTestId('paused-settlement');
+    await settlement.getByRole('button', { name: 'Pause' }).click();
+    const paused = await done(page, 'pause-status');
+    await settlement.getByText('Settlement: paused').waitFor();
+    const whilePaused = await settlement.innerText();
+    await settlement.getByRole('button', { name: 'Unpause' }).click();
+    const unpaused = await done(page, 'pause-status', paused);
+    await settlement.getByText('Settlement: running').waitFor();
     return {
+      pause: { paused, whilePaused, unpaused },
       status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, shortfalls,
       node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
     };

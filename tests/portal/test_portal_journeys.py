@@ -215,7 +215,7 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
                        endpoint="http://127.0.0.1:9/")
     after = d.ledger.rate(SMALL_MODEL)
     assert (after.input_rate, after.output_rate, after.tier) == (123, 456, before.tier)
-    block = d.ledger.node_registry.w3.eth.block_number - 2  # then the node's register and retire
+    block = d.ledger.w3.eth.block_number - 4  # then the node's register and retire, pause and unpause
     assert shown["status"] == f"Rate of {SMALL_MODEL} set. Mined in block {block}: see it in the history."
     history = shown["history"]
     assert history[:4] == [str(block), SMALL_MODEL, "123", "456"]
@@ -227,6 +227,13 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     assert shown["shortfalls"] == "No settlement has fallen short: every batch was paid in full."
     assert shown["node"]["before"] == "active" and shown["node"]["registered"].startswith("Node ")
     assert shown["node"]["row"].split("\t")[1:5] == ["retired", "http://127.0.0.1:9/", "regional", "eu-test"]
+    pause = shown["pause"]
+    assert pause["paused"].startswith("settlement paused. Mined in block ")
+    assert pause["whilePaused"] == "Settlement: paused Unpause"
+    assert pause["unpaused"].startswith("settlement unpaused. Mined in block ")
+    assert d.ledger.settlement.functions.paused().call() is False
+    paused_logs = d.ledger.settlement.events.Paused().get_logs(from_block=0, to_block="latest")
+    assert [e["args"]["account"] for e in paused_logs] == [d.operator.address]
     record = d.ledger.node_registry.functions.nodeOf(node).call()
     assert (record[0], record[3], record[4], record[5]) == (2, "http://127.0.0.1:9/", "regional", "eu-test")
 
