@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.db import migrate
 from ledger.errors import LedgerError
+from redemption.api.billable import ServiceApp, billable_app
 from redemption.api.cors import PublicCors
 from redemption.api.error_handlers import install_error_handlers
 from redemption.api.openapi import install_docs
@@ -85,8 +86,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await client.close()
             await pool.close()
 
-    app = FastAPI(title="Sluice redemption service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=DESCRIPTION)
+    app = ServiceApp(title="Sluice redemption service", version="1", lifespan=lifespan, docs_url=None,
+                     redoc_url=None, description=DESCRIPTION)
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)
@@ -94,6 +95,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.add_middleware(CallCounter, metrics=lambda: _metrics_of(app))
     # Added last, so outermost: a preflight is answered before anything counts it.
     app.add_middleware(PublicCors, origins=settings.allowed_origins)
+    app.billable = billable_app(app, settings.allowed_origins, lambda: _metrics_of(app))
     return app
 
 

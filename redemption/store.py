@@ -75,6 +75,12 @@ class Store:
             ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
             sort_key=(0, 1), first_arg=2,
         )
+        # The dispatch bindings of concurrent calls share one UPDATE per round trip (sorted by job id).
+        self._bind = StatementBatcher(
+            pool, "bind_dispatch", ("bytea", "bytea", "integer", "integer"), sort_key=(0,),
+            statement="UPDATE holds SET node = t.c1, max_tokens = t.c2, prompt_bound = t.c3 FROM unnest({arrays})"
+                      " WITH ORDINALITY AS t({columns}, ord) WHERE holds.job_id = t.c0 RETURNING t.ord, true",
+        )
 
     async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, window: Window,
                            figures: ChainFigures | None) -> str:
@@ -112,11 +118,7 @@ class Store:
     async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
         """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
         receipt, within them, meters it."""
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE holds SET node = %s, max_tokens = %s, prompt_bound = %s WHERE job_id = %s",
-                (addr(node), max_tokens, prompt_bound, job_id),
-            )
+        await self._bind.call(job_id, addr(node), max_tokens, prompt_bound)
 
     async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
         """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this

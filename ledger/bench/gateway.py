@@ -178,7 +178,7 @@ def gateway_stack(report: Report = print, env: dict[str, str] | None = None) -> 
             node = EmbeddedNode("bench-1", "edge", "bench", 10, (0,))
             register_embedded_nodes(settings, deployment.to_json(), (node,))  # the service trusts registered nodes only
             api = api_service(settings, deployment.to_json())
-            if env:
+            if env and api.launch is not None:
                 api = replace(api, launch=replace(api.launch, env={**(api.launch.env or {}), **env}))
             services = [api, *node_services(settings, deployment.to_json(), (node,),
                                             {"ttft_seconds": 0, "per_token_seconds": 0})]
@@ -207,7 +207,6 @@ def gateway_stack(report: Report = print, env: dict[str, str] | None = None) -> 
 
 
 def run(calls_per_leg: int = 3000, report: Report = print, concurrency: int = CONCURRENCY) -> dict[str, Any]:
-    import httpx
 
     with gateway_stack(report) as bench:
         report(f"signing {3 * calls_per_leg} calls and tickets ...")
