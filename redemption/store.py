@@ -22,6 +22,12 @@ from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
 from redemption.models import SpenderUsage
 
+# A hold's commit need not wait for its WAL flush: no node sees the job before `bind_dispatch` commits
+# synchronously on the other pool, and that commit flushes the WAL up to it, the hold's record included.
+# So a hold is durable before any work is dispatched for it, one fsync sooner; a refusal's nonce may be
+# lost in a database crash (the call did nothing). Metering always commits synchronously.
+HOLD_POOL_OPTIONS = "-c synchronous_commit=off"
+
 
 def addr(address: str) -> bytes:
     return bytes.fromhex(address[2:])
@@ -61,11 +67,12 @@ USAGE_BY_SPENDER = (
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], hold_pool: AsyncConnectionPool[Any] | None = None) -> None:
+        """`hold_pool` (connections with synchronous_commit off) takes the holds, see `HOLD_POOL_OPTIONS`."""
         self.pool = pool
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
-            pool, "reserve_hold",
+            hold_pool or pool, "reserve_hold",
             ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
              "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer"),
             sort_key=(4, 5),

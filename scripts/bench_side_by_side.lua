@@ -42,9 +42,24 @@ function request()
   return reqs[i]
 end
 
+refused = 0
+first_refusal = ""
+
+function response(status, headers, body)
+  if status >= 300 then
+    refused = refused + 1
+    if refused == 1 then first_refusal = status .. " " .. string.sub(body, 1, 300) end
+  end
+end
+
 function done(summary, latency, requests)
   local wraps = 0
-  for _, thread in ipairs(threads) do wraps = wraps + (thread:get("wrapped") or 0) end
+  local refusal = ""
+  for _, thread in ipairs(threads) do
+    wraps = wraps + (thread:get("wrapped") or 0)
+    if refusal == "" then refusal = thread:get("first_refusal") or "" end
+  end
+  io.write("WRKREFUSAL " .. refusal .. "\n")
   local e = summary.errors
   io.write(string.format(
     'WRKJSON {"requests":%d,"duration_us":%d,"non2xx":%d,"socket_errors":%d,"p50_us":%d,"p90_us":%d,' ..

@@ -146,6 +146,8 @@ def wrk(url: str, headers_file: Path, concurrency: int, seconds: float) -> dict[
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("WRKJSON "))
     figures: dict[str, Any] = json.loads(line[len("WRKJSON "):])
+    refusal = next(line for line in out.splitlines() if line.startswith("WRKREFUSAL"))
+    figures["first_refusal"] = refusal[len("WRKREFUSAL "):] or None
     return figures
 
 
@@ -283,7 +285,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,64", help="comma-separated connection counts (1 and/or 64)")
     parser.add_argument("--legs", default=",".join(LEGS), help=f"comma-separated legs of {', '.join(LEGS)}")
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None, metavar="RAW",
-                        help="record the service's profile during its c=64 leg of the first repeat to this file")
+                        help="record the service's profile during its legs of the first repeat to RAW.c1, RAW.c64")
     parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -320,12 +322,14 @@ def main() -> int:
                 for leg in order:
                     result: dict[str, Any] = {"repeat": repeat, "leg": leg}
                     for concurrency in concurrencies:
-                        profile = args.py_spy if (leg == "sluice" and concurrency == 64 and repeat == 1) else None
+                        profile = (args.py_spy.with_name(f"{args.py_spy.name}.c{concurrency}")
+                                   if args.py_spy is not None and leg == "sluice" and repeat == 1 else None)
                         figures = run_leg(stack, leg, concurrency, args.seconds, gateways, workdir, profile)
                         result[f"c{concurrency}"] = figures
                         print(f"repeat {repeat}  {TITLES[leg]:30} c={concurrency:<3} {figures['calls_per_s']:>8,.0f} "
                               f"calls/s  p50 {figures['p50_us'] / 1e3:7.2f} ms  p99 {figures['p99_us'] / 1e3:8.2f} ms"
-                              f"  non-2xx {figures['non2xx']}  wrapped {figures['wrapped']}  CPU ms/call "
+                              f"  non-2xx {figures['non2xx']} {figures['first_refusal'] or ''}"
+                              f"  wrapped {figures['wrapped']}  CPU ms/call "
                               f"{figures['cpu_ms_per_call']}  load {figures['loadavg']:.2f}", flush=True)
                     results.append(result)
         finally:
@@ -342,13 +346,16 @@ def main() -> int:
         print(f"skipped {leg}: {why}")
     figures_out: dict[str, Any] = {"seconds": args.seconds, "body_bytes": len(BODY), "results": results,
                                    "goals": summary, "skipped": skipped, "cpus": os.cpu_count()}
-    if args.py_spy is not None and args.py_spy.exists():
-        figures_out["profile"] = profile_summary(args.py_spy)
-        print("\nprofile of the service at c=64 (share of samples through each part):")
-        for part, share in figures_out["profile"]["through"].items():
+    for concurrency in concurrencies if args.py_spy is not None else []:
+        raw = args.py_spy.with_name(f"{args.py_spy.name}.c{concurrency}")
+        if not raw.exists():
+            continue
+        profile = figures_out.setdefault("profile", {})[f"c{concurrency}"] = profile_summary(raw)
+        print(f"\nprofile of the service at c={concurrency} ({profile['samples']} samples; share through each part):")
+        for part, share in profile["through"].items():
             print(f"  {share:5.1f} %  {part}")
         print("top functions by own samples:")
-        for frame, share in figures_out["profile"]["top_own"]:
+        for frame, share in profile["top_own"]:
             print(f"  {share:5.1f} %  {frame}")
     if args.json_path is not None:
         args.json_path.write_text(json.dumps(figures_out, indent=2) + "\n")
