@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: setup demo test test-fast test-vllm vllm-setup lint compile clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed portal/dist/index.html
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Sluice needs Python 3.11 or newer (set PYTHON=python3.x)")'
@@ -24,6 +24,19 @@ $(VENV)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || (echo "Sluice needs Node.js 20 or newer" && exit 1)
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The JavaScript client and the web portal (served by the service at /portal/): installed from their lock
+# files, then built into clients/js/dist and portal/dist; rebuilt when a source file changes.
+PORTAL_SOURCES := $(shell find portal/src clients/js/src -type f 2>/dev/null) portal/index.html portal/vite.config.ts
+
+portal/node_modules/.installed: portal/package.json portal/package-lock.json clients/js/package.json clients/js/package-lock.json
+	npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
+	npm ci --prefix portal --no-audit --no-fund --loglevel=error
+	@touch $@
+
+portal/dist/index.html: portal/node_modules/.installed $(PORTAL_SOURCES)
+	npm --prefix portal run build --silent
 	@touch $@
 
 demo: setup
@@ -55,4 +68,4 @@ compile: setup
 	$(BIN)/python scripts/compile_contracts.py
 
 clean:
-	rm -rf $(VENV) node_modules .sluice
+	rm -rf $(VENV) node_modules .sluice portal/node_modules portal/dist clients/js/node_modules clients/js/dist

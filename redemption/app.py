@@ -24,6 +24,7 @@ from redemption.api.billable import ServiceApp, billable_app
 from redemption.api.cors import PublicCors
 from redemption.api.error_handlers import install_error_handlers
 from redemption.api.openapi import install_docs
+from redemption.api.portal import install_portal
 from redemption.api.routes import audit, catalog, completions, internal, ops, usage
 from redemption.background import refresh_catalog, start_housekeeping, start_indexer, start_mirror, wait_for_mirror
 from redemption.config import ServiceSettings
@@ -100,6 +101,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.include_router(router)
     install_error_handlers(app)
     install_docs(app)
+    install_portal(app, settings.portal_dir)
     app.add_middleware(CallCounter, metrics=lambda: _metrics_of(app))
     # Added last, so outermost: a preflight is answered before anything counts it.
     app.add_middleware(PublicCors, origins=settings.allowed_origins)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr
 
@@ -42,6 +43,8 @@ class ServiceSettings(Settings):
     chain_name: str = Field("Sluice", description="the chain's name in discovery's wallet_add_ethereum_chain")
     native_currency_name: str = Field("Ether", description="the chain's gas currency, for wallets")
     native_currency_symbol: str = Field("ETH", description="the chain's gas currency symbol, for wallets")
+    portal_dir: Path | None = Field(None, description="the built web portal served at /portal/ "
+                                    "(default: the repository's portal/dist)")
 
     @property
     def allowed_origins(self) -> frozenset[str]:

@@ -150,6 +150,27 @@ class SpenderUsage(BaseModel):
     last_call: datetime
 
 
+class ModelUsage(BaseModel):
+    spender: str = Field(description="the developer key (the payer itself for its own calls)")
+    model: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    metered: str = Field(description="cost of every metered call of this key on this model, base units")
+
+
+class DailyUsage(BaseModel):
+    day: str = Field(description="UTC date of the calls' end, YYYY-MM-DD")
+    spender: str
+    model: str
+    calls: int
+    metered: str = Field(description="base units (decimal string)")
+
+
 class Usage(BaseModel):
     payer: str
     spenders: list[SpenderUsage]
+    models: list[ModelUsage] = Field(default_factory=list,
+                                     description="the same spend per (developer key, model), largest first")
+    days: list[DailyUsage] = Field(default_factory=list,
+                                   description="the spend per UTC day, developer key and model, oldest first")

@@ -20,7 +20,7 @@ from ledger.domain import ChainFigures, tier_label
 from ledger.window import Window
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
-from redemption.models import SpenderUsage
+from redemption.models import DailyUsage, ModelUsage, SpenderUsage
 
 # A hold's commit need not wait for its WAL flush: no node sees the job before `bind_dispatch` commits
 # synchronously on the other pool, and that commit flushes the WAL up to it, the hold's record included.
@@ -63,6 +63,17 @@ USAGE_BY_SPENDER = (
     " coalesce(sum(cost), 0), coalesce(sum(cost) FILTER (WHERE status IN ('settled', 'released')), 0),"
     " max(finished_at)"
     " FROM usage_records WHERE payer = %s GROUP BY spender ORDER BY sum(cost) DESC, spender"
+)
+
+USAGE_BY_MODEL = (
+    "SELECT spender, model, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+    " coalesce(sum(cost), 0) FROM usage_records WHERE payer = %s GROUP BY spender, model"
+    " ORDER BY sum(cost) DESC, spender, model"
+)
+USAGE_BY_DAY = (
+    "SELECT to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, spender, model, count(*),"
+    " coalesce(sum(cost), 0) FROM usage_records WHERE payer = %s GROUP BY day, spender, model"
+    " ORDER BY day, spender, model"
 )
 
 
@@ -245,6 +256,18 @@ class Store:
              "capacity": r[5], "running": r[6], "waiting": r[7], "age": float(r[8] or Decimal(0)), "retired": r[9]}
             for r in rows
         ]
+
+    async def usage_by_model(self, payer: str) -> tuple[list[ModelUsage], list[DailyUsage]]:
+        """The payer's spend per (spender, model), and per (UTC day, spender, model)."""
+        async with self.pool.connection() as conn:
+            models = await (await conn.execute(USAGE_BY_MODEL, (addr(payer),))).fetchall()
+            days = await (await conn.execute(USAGE_BY_DAY, (addr(payer),))).fetchall()
+        return (
+            [ModelUsage(spender=to_checksum_address(bytes(r[0])), model=r[1], calls=r[2], prompt_tokens=int(r[3]),
+                        completion_tokens=int(r[4]), metered=str(int(r[5]))) for r in models],
+            [DailyUsage(day=r[0], spender=to_checksum_address(bytes(r[1])), model=r[2], calls=r[3],
+                        metered=str(int(r[4]))) for r in days],
+        )
 
     async def open_hold(self, job_id: bytes) -> OpenHold | None:
         async with self.pool.connection() as conn:

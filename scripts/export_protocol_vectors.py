@@ -30,9 +30,9 @@ from ledger.protocol.eip712 import (
     Domains,
     Redemption,
     UsageReceipt,
-    keccak,
     typed_digest,
 )
+from ledger.protocol.keccak import keccak256 as keccak
 from ledger.protocol.merkle import build_tree, receipt_leaf, verify_proof
 from ledger.protocol.secp256k1 import HALF_N, SECP256K1_N, SignatureError, recover_digest, sign_digest
 from ledger.units import format_amount, parse_amount

@@ -194,6 +194,8 @@ def _print_ready(record: dict[str, Any]) -> None:
     for name, url in endpoints.items():
         if name not in ("rpc", "database", "broker"):
             table.add_row(name, ", ".join(url) if isinstance(url, list) else url)
+        if name == "api" and isinstance(url, str):
+            table.add_row("portal", url.rstrip("/") + "/portal/")
     table.add_row("", "")
     for name, address in record["contracts"].items():
         table.add_row(name, address)

@@ -1,9 +1,14 @@
 /** The portal shell: header with the sections and the wallet, the wallet's state, the current section. */
 
 import { type Discovery, fetchDiscovery } from '@sluice/client';
-import { useEffect, useRef, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 
-import { hrefOf, type RouteId, SECTIONS, useRoute } from './routes';
+import { pageContext, type PageContext } from './context';
+import { AuditorPage } from './pages/auditor';
+import { DeveloperPage } from './pages/developer';
+import { EnterprisePage } from './pages/enterprise';
+import { OperatorPage } from './pages/operator';
+import { hrefOf, type RouteId, type Section, SECTIONS, useRoute } from './routes';
 import { DeploymentFacts, HomePage, NotFoundPage, SectionPage } from './sections';
 import { useWallet, type WalletSession } from './use-wallet';
 import { shortAddress } from './wallet';
@@ -138,6 +143,13 @@ function WalletPanel({ wallet, discovery }: { wallet: WalletSession; discovery: 
   );
 }
 
+function Page({ id, ctx }: { id: Section['id']; ctx: PageContext }) {
+  if (id === 'enterprise') return <EnterprisePage ctx={ctx} />;
+  if (id === 'developer') return <DeveloperPage ctx={ctx} />;
+  if (id === 'auditor') return <AuditorPage ctx={ctx} />;
+  return <OperatorPage ctx={ctx} />;
+}
+
 export function App() {
   const route = useRoute();
   const discovery = useDiscovery();
@@ -156,6 +168,13 @@ export function App() {
   }, [route]);
 
   const section = SECTIONS.find((s) => s.id === route);
+  const doc = discovery.kind === 'ready' ? discovery.discovery : undefined;
+  const status = wallet.status;
+  const onChain = status.kind === 'connected' && doc !== undefined && status.chainId === doc.chain_id;
+  const ctx = useMemo(
+    () => (onChain && status.kind === 'connected' && doc !== undefined ? pageContext(doc, status.wallet, status.account) : undefined),
+    [onChain, doc, status.kind === 'connected' ? status.account : undefined, status.kind === 'connected' ? status.wallet : undefined],
+  );
   return (
     <>
       <a class="skip-link" href="#main" onClick={(e) => {
@@ -174,7 +193,16 @@ export function App() {
       <main id="main">
         <WalletPanel wallet={wallet} discovery={discovery} />
         {section !== undefined ? (
-          <SectionPage section={section} headingRef={heading} />
+          <SectionPage section={section} headingRef={heading}>
+            {ctx === undefined ? (
+              <p class="muted" data-testid="needs-wallet">
+                Connect a wallet on the Sluice network (above) to use this page: it reads the chain through your wallet
+                and signs with it.
+              </p>
+            ) : (
+              <Page id={section.id} ctx={ctx} key={`${section.id}-${ctx.account}`} />
+            )}
+          </SectionPage>
         ) : route === 'home' ? (
           <HomePage headingRef={heading} />
         ) : (

@@ -18,7 +18,7 @@ export const SECTIONS: readonly Section[] = [
 export type RouteId = Section['id'] | 'home' | 'not-found';
 
 export function routeOf(hash: string): RouteId {
-  const path = hash.replace(/^#\/?/, '').replace(/\/+$/, '');
+  const path = hash.replace(/^#\/?/, '').split('?')[0]!.replace(/\/+$/, '');
   if (path === '') return 'home';
   return SECTIONS.find((s) => s.id === path)?.id ?? 'not-found';
 }

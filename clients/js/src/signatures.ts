@@ -32,7 +32,7 @@ function parts(signature: Hex | Uint8Array, strict: boolean): Parts {
   if (bytes.length !== 65) throw new SluiceSignatureError(`a signature is 65 bytes, got ${bytes.length}`);
   const v = bytes[64] as number;
   const yParity = v >= 27 ? v - 27 : v;
-  if (yParity !== 0 && yParity !== 1) throw new SluiceSignatureError('signature v must be 27 or 28');
+  if (yParity !== 0 && yParity !== 1) throw new SluiceSignatureError(`signature v must be 27 or 28 (or 0 or 1), got ${v}`);
   const r = BigInt(bytesToHex(bytes.subarray(0, 32)));
   const s = BigInt(bytesToHex(bytes.subarray(32, 64)));
   if (!(s > 0n && s <= (strict ? HALF_N : SECP256K1_N - 1n))) {
@@ -40,7 +40,7 @@ function parts(signature: Hex | Uint8Array, strict: boolean): Parts {
       strict ? 'signature s must be in the lower half of the curve order (low-s)' : 'signature s is out of range',
     );
   }
-  if (!(r > 0n && r < SECP256K1_N)) throw new SluiceSignatureError('signature r is out of range');
+  if (!(r > 0n && r < SECP256K1_N)) throw new SluiceSignatureError('signature r is out of range (1 .. n-1)');
   return { r, s, yParity };
 }
 

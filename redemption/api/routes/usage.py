@@ -20,10 +20,12 @@ router = APIRouter(tags=["usage"])
 
 @router.get("/v1/usage")
 async def usage(request: Request, state: State, payer: str = Query(..., max_length=42)) -> Usage:
-    """Metered and settled compute-token spend of each developer key a payer approved (signed read)."""
+    """Metered and settled compute-token spend of each developer key a payer approved (signed read), also per
+    model and per UTC day."""
     if not is_hex_address(payer) or not payer.startswith("0x"):
         raise errors.InvalidRequest("payer must be a 0x address", "payer")
     payer = to_checksum_address(payer)
     await verify_reader(request, roles=state.auditors, store=state.store, separator=state.domains.redemption,
                         max_deadline_seconds=state.settings.max_deadline_seconds, holders=(payer,))
-    return Usage(payer=payer, spenders=await state.store.usage_by_spender(payer))
+    models, days = await state.store.usage_by_model(payer)
+    return Usage(payer=payer, spenders=await state.store.usage_by_spender(payer), models=models, days=days)

@@ -353,13 +353,13 @@ def test_commands_wait_for_the_confirmations_asked_for(home: Path, ledger: Ledge
 
 
 # -- usage -----------------------------------------------------------------------------------
-def record_usage(db: str, payer: str, spender: str, cost: int, status: str) -> None:
+def record_usage(db: str, payer: str, spender: str, cost: int, status: str, model: str = "m") -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO usage_records (job_id, payer, spender, model, prompt_tokens, completion_tokens, cost,"
             " max_cost, node, body_hash, nonce, deadline, request_signature, request_digest, receipt_signature,"
-            " started_at, status) VALUES (%s, %s, %s, 'm', 10, 20, %s, %s, %s, %s, 1, 0, %s, %s, %s, now(), %s)",
-            (uuid4().bytes * 2, bytes.fromhex(payer[2:]), bytes.fromhex(spender[2:]), cost, cost, b"\x01" * 20,
+            " started_at, status) VALUES (%s, %s, %s, %s, 10, 20, %s, %s, %s, %s, 1, 0, %s, %s, %s, now(), %s)",
+            (uuid4().bytes * 2, bytes.fromhex(payer[2:]), bytes.fromhex(spender[2:]), model, cost, cost, b"\x01" * 20,
              b"\x02" * 32, b"\x03" * 65, b"\x04" * 32, b"\x05" * 65, status),
         )
 
@@ -422,3 +422,27 @@ def test_usage_per_developer_key_from_the_service(home: Path, fresh_db: str, ser
     bad = httpx.get(f"{service}/v1/usage", params={"payer": "0x12"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
     assert "does not answer" in refused("wallet", "usage", payer, "--api", f"http://127.0.0.1:{free_port()}")
+
+
+def test_usage_per_model_and_day_from_the_service(fresh_db: str, service: str, actors: Actors) -> None:
+    payer, first, second = actors.enterprise.address, actors.developer.address, actors.other.address
+    seed_usage(fresh_db, payer, first, second)
+    record_usage(fresh_db, payer, first, 4 * ONE_TOKEN, "metered", model="big")
+    record_usage(fresh_db, payer, first, 2 * ONE_TOKEN, "metered", model="big")
+    shown = httpx.get(f"{service}/v1/usage", params={"payer": payer}, auth=reader_auth(actors.enterprise)).json()
+    assert shown["models"] == [
+        {"spender": first, "model": "m", "calls": 3, "prompt_tokens": 30, "completion_tokens": 60,
+         "metered": str(22 * ONE_TOKEN)},
+        {"spender": first, "model": "big", "calls": 2, "prompt_tokens": 20, "completion_tokens": 40,
+         "metered": str(6 * ONE_TOKEN)},
+        {"spender": second, "model": "m", "calls": 1, "prompt_tokens": 10, "completion_tokens": 20,
+         "metered": str(3 * ONE_TOKEN)},
+    ]
+    today = psycopg.connect(fresh_db).execute(
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD')").fetchone()[0]  # type: ignore[index]
+    assert shown["days"] == [
+        {"day": today, "spender": s, "model": m, "calls": n, "metered": str(c * ONE_TOKEN)}
+        for s, m, n, c in sorted([(first, "big", 2, 6), (first, "m", 3, 22), (second, "m", 1, 3)],
+                                 key=lambda row: (row[0].lower(), row[1]))  # PostgreSQL orders the bytes
+    ]
+    assert sum(int(r["metered"]) for r in shown["models"]) == sum(int(r["metered"]) for r in shown["spenders"])
