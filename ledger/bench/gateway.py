@@ -169,8 +169,10 @@ def gateway_stack(report: Report = print, env: dict[str, str] | None = None) -> 
                        postgres_service(paths)], lambda m: report(f"  {m}"))
         stack.start()
         try:
+            # No settlement worker runs here: an hour's unlock period and a half-hour settlement bound keep
+            # the service admitting (it refuses with settlement_overdue once usage waits past the bound).
             settings = Settings(home=home, rpc_url=f"http://127.0.0.1:{chain_port}", api_port=free_port(),
-                                database_url=stack.url("database"), node_base_port=free_port())
+                                database_url=stack.url("database"), node_base_port=free_port(), unlock_period=3600)
             w3 = connect(settings.effective_rpc_url)
             operator = embedded_account(0)
             deployment = deploy_all(settings, w3, operator, embedded_account(1))
@@ -178,8 +180,9 @@ def gateway_stack(report: Report = print, env: dict[str, str] | None = None) -> 
             node = EmbeddedNode("bench-1", "edge", "bench", 10, (0,))
             register_embedded_nodes(settings, deployment.to_json(), (node,))  # the service trusts registered nodes only
             api = api_service(settings, deployment.to_json())
-            if env and api.launch is not None:
-                api = replace(api, launch=replace(api.launch, env={**(api.launch.env or {}), **env}))
+            knobs = {"SLUICE_SETTLEMENT_BOUND_SECONDS": "1800", **(env or {})}
+            if api.launch is not None:
+                api = replace(api, launch=replace(api.launch, env={**(api.launch.env or {}), **knobs}))
             services = [api, *node_services(settings, deployment.to_json(), (node,),
                                             {"ttft_seconds": 0, "per_token_seconds": 0})]
             stack.start_services(services)
