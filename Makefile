@@ -2,6 +2,7 @@
 #   make demo   start the embedded stack and walk the whole token lifecycle
 #   make test   run every test (unit, contract, integration, property, fault)
 #   make test-fast  the same without the slow tests, in parallel (pytest-xdist)
+#   make test-blocks  the CLI, settlement and end-to-end suites on a chain with 1 s blocks
 # Both set up what they need first: a virtualenv in .venv and node_modules.
 #   make test-vllm  the real-vLLM tier (pytest -m vllm): installs a CPU vLLM into its own cached
 #                   virtualenv first (scripts/vllm/setup.sh), then runs the agent and the whole story on it
@@ -10,7 +11,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-fast test-vllm vllm-setup lint compile clean
+.PHONY: setup demo test test-fast test-blocks test-vllm vllm-setup lint compile clean
 
 setup: $(VENV)/.installed node_modules/.installed portal/dist/index.html
 
@@ -49,6 +50,13 @@ test: setup
 # each with its own Anvil, PostgreSQL and Redis on free ports under its own basetemp subdirectory.
 test-fast: setup
 	./scripts/run-tests.sh -m 'not slow and not vllm' -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The suites where block cadence matters (CLI writes waiting for receipts and confirmations, settlement
+# batches, the end-to-end journeys and paid calls) again on a chain that makes a block every second, as a
+# QBFT chain does (Anvil's interval mining): waits and races that instant mining hides.
+BLOCK_SUITES := tests/ledger/cli tests/ledger/settlement tests/test_readme_journeys.py tests/redemption/test_admitted_is_paid.py
+test-blocks: setup
+	SLUICE_BLOCK_TIME=1 ./scripts/run-tests.sh -m 'not slow and not vllm' -n 2 --dist loadfile $(BLOCK_SUITES) $(PYTEST_ARGS)
 
 # vLLM's own virtualenv and the tiny model, under ~/.cache/sluice (SLUICE_VLLM_HOME); a no-op once done.
 vllm-setup:

@@ -41,11 +41,20 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, validation_alias=AliasChoices("BROKER_URL", "SLUICE_BROKER_URL"), description="Celery broker URL"
     )
+    chain_ws_url: str | None = Field(
+        None, description="websocket endpoint of the chain for newHeads (default: the RPC URL as ws://, as Anvil "
+        "serves it; without one the followers poll eth_blockNumber every 0.25 s)",
+    )
     chain_port: int = Field(8545, description="port of the embedded Anvil chain")
     api_port: int = Field(8000, description="port of the redemption service")
     node_base_port: int = Field(8100, description="first port of the embedded simulated nodes")
     worker_metrics_port: int = Field(9808, ge=0, description="Prometheus port of the settlement worker (0: none)")
     chain_id: int = Field(31337, description="chain id of the embedded Anvil chain")
+    block_time: float = Field(
+        0.0, ge=0, le=60,
+        description="seconds between blocks of the embedded Anvil chain (interval mining, like a QBFT chain's "
+        "block period); 0: a block per transaction",
+    )
     anvil_bin: Path | None = Field(None, description="Anvil binary (default: the pinned npm package in node_modules)")
     operator_key: SecretStr | None = Field(None, description="operator private key (default: embedded key #0)")
     settler_key: SecretStr | None = Field(None, description="settler private key (default: embedded key #1)")

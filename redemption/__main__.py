@@ -7,8 +7,8 @@ import sys
 
 from ledger.keys import KeyUnavailable
 from redemption.config import get_service_settings
-from redemption.server import run_service
-from redemption.state import resolve_dispatch_key
+from redemption.server import check_workers, run_service
+from redemption.state import WorkersWithMetricsPort, resolve_dispatch_key
 
 
 def main() -> None:
@@ -17,6 +17,11 @@ def main() -> None:
     try:
         resolve_dispatch_key(settings)  # before serving: a process with a well-known key must not start
     except KeyUnavailable as exc:
+        print(f"redemption service refused to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        check_workers(settings)
+    except WorkersWithMetricsPort as exc:
         print(f"redemption service refused to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     run_service(settings)

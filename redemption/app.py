@@ -1,7 +1,7 @@
 """The redemption service's app factory: state built once in the lifespan, one error envelope.
 
 `create_app(settings)` wires the routes; the lifespan connects to the chain, the
-database (migrating it) and the nodes, starts the chain mirror and indexer threads
+database (migrating it) and the nodes, starts the chain follower thread (mirror and indexer)
 and the housekeeping loops (`redemption.background`), and stops them all on the way out.
 """
 
@@ -26,7 +26,7 @@ from redemption.api.error_handlers import install_error_handlers
 from redemption.api.openapi import install_docs
 from redemption.api.portal import install_portal
 from redemption.api.routes import audit, catalog, completions, internal, ops, usage
-from redemption.background import refresh_catalog, start_housekeeping, start_indexer, start_mirror, wait_for_mirror
+from redemption.background import refresh_catalog, start_follower, start_housekeeping, wait_for_mirror
 from redemption.config import ServiceSettings
 from redemption.metrics import CallCounter, ServiceMetrics
 from redemption.state import build_state
@@ -66,8 +66,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
         state = build_state(settings, pool, client, hold_pool)
         app.state.sluice = state
-        mirror_thread = start_mirror(state) if settings.run_mirror else None
-        indexer_thread = start_indexer(state) if settings.run_indexer else None
+        follower_thread = start_follower(state)
         if state.mirror is not None:
             await wait_for_mirror(state, 30.0)
         await refresh_catalog(state)
@@ -87,10 +86,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             for task in state.tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if mirror_thread is not None:
-                await asyncio.to_thread(mirror_thread.join, 10)
-            if indexer_thread is not None:
-                await asyncio.to_thread(indexer_thread.join, 10)
+            if follower_thread is not None:
+                await asyncio.to_thread(follower_thread.join, 10)
             await client.close()
             await hold_pool.close()
             await pool.close()

@@ -1,4 +1,4 @@
-"""What the service does besides answering calls: the chain mirror and indexer threads, and the
+"""What the service does besides answering calls: the chain follower thread (mirror and indexer), and the
 housekeeping loops (rates and node registry refresh, expired holds, settled reservations, old nonces).
 
 Each loop outlives a database or chain hiccup: a failed round is logged and tried again next period.
@@ -13,8 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ledger.followers.heads import Heads, websocket_url
 from ledger.followers.indexer import ChainIndexer
 from ledger.followers.mirror import ChainMirror
+from ledger.followers.shared import Job, SharedFollower
 from redemption.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -42,22 +44,35 @@ async def refresh_catalog(state: ServiceState) -> None:
 async def follow_node_registry(state: ServiceState) -> None:
     """Catch up with NodeRegistry's logs; a retired or moved node is dropped from routing at once."""
     chain = state.registry.chain
-    if chain is not None:
-        state.registry.apply_chain(await asyncio.to_thread(chain.sync))
+    if chain is None:
+        return
+    follower = state.follower
+    head = None if follower is None or state.mirror_lag() is None else follower.head
+    if head is not None and chain.next_block > head:
+        return  # the follower's current figures say no block came since the last read
+    state.registry.apply_chain(await asyncio.to_thread(chain.sync))
 
 
-def start_mirror(state: ServiceState) -> threading.Thread:
-    mirror = ChainMirror(state.ledger.w3, state.ledger, state.settings.database_url or "",
-                         confirmations=state.settings.confirmations)
-    state.mirror = mirror
-    # The poll interval bounds how far the mirror trails the chain; an idle poll costs ~1.3 ms.
-    return mirror.spawn(state.stop, interval=0.05)
-
-
-def start_indexer(state: ServiceState) -> threading.Thread:
-    indexer = ChainIndexer(state.ledger, state.settings.database_url or "")
-    state.indexer = indexer
-    return indexer.spawn(state.stop)
+def start_follower(state: ServiceState) -> threading.Thread | None:
+    """The chain mirror and indexer, followed once per new block by one service process of the database."""
+    settings = state.settings
+    db_url = settings.database_url or ""
+    jobs: list[Job] = []
+    names: list[str] = []
+    if settings.run_mirror:
+        state.mirror = ChainMirror(state.ledger.w3, state.ledger, db_url, confirmations=settings.confirmations)
+        jobs.append(state.mirror)
+        names.append("mirror")
+    if settings.run_indexer:
+        state.indexer = ChainIndexer(state.ledger, db_url)
+        jobs.append(state.indexer)
+        names.append("indexer")
+    if not jobs:
+        return None
+    rpc_url = settings.effective_rpc_url
+    heads = Heads(rpc_url, settings.chain_ws_url or websocket_url(rpc_url))
+    state.follower = SharedFollower(db_url, heads, jobs, names)
+    return state.follower.spawn(state.stop)
 
 
 async def wait_for_mirror(state: ServiceState, timeout: float) -> None:

@@ -20,6 +20,9 @@ class ServiceSettings(Settings):
     node_stale_seconds: float = Field(10.0, gt=0, description="a node silent this long is not routed to")
     dispatch_key: SecretStr | None = Field(None,
                                         description="key signing dispatch tickets (required off the embedded chain)")
+    api_workers: int = Field(
+        1, ge=1, le=64, description="service processes sharing the API port (uvicorn workers); one of them follows "
+        "the chain for all")
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections of the service")
     node_timeout_seconds: float = Field(30.0, gt=0, description="wait this long for a node's first byte")
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")

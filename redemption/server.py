@@ -17,8 +17,9 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from redemption.app import create_app
-from redemption.config import ServiceSettings
+from redemption.config import ServiceSettings, get_service_settings
 from redemption.errors import error_body
+from redemption.state import WorkersWithMetricsPort
 
 
 def _response(status: int, reason: str, code: str, message: str) -> bytes:
@@ -87,7 +88,36 @@ def guarded_protocol(settings: ServiceSettings) -> type[GuardedProtocol]:
     return type("ServiceProtocol", (GuardedProtocol,), attrs)
 
 
+def app_from_environment() -> Any:
+    """The app of one uvicorn worker, from the SLUICE_* environment (`SLUICE_API_WORKERS` > 1)."""
+    return create_app(get_service_settings())
+
+
+def __getattr__(name: str) -> Any:
+    # uvicorn workers import their protocol by name: the limits come from the worker's environment.
+    if name == "EnvironmentProtocol":
+        return guarded_protocol(get_service_settings())
+    raise AttributeError(name)
+
+
+def check_workers(settings: ServiceSettings) -> None:
+    """Several workers cannot share one metrics listener; say so before starting any."""
+    if settings.api_workers > 1 and settings.metrics_port is not None:
+        raise WorkersWithMetricsPort(
+            f"SLUICE_API_WORKERS={settings.api_workers} with SLUICE_METRICS_PORT={settings.metrics_port}: every "
+            "worker keeps its own metrics and only one could listen on that port; run one worker per process "
+            "instead (several `python -m redemption` on their own SLUICE_API_PORT and SLUICE_METRICS_PORT behind "
+            "a balancer), or unset SLUICE_METRICS_PORT")
+
+
 def run_service(settings: ServiceSettings, *, log_level: str = "warning") -> None:
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=log_level,
-                loop="auto", http=guarded_protocol(settings), access_log=False, timeout_graceful_shutdown=5,
-                backlog=max(settings.max_connections, 128))
+    """Serve `settings` in this process, or in `api_workers` processes (which read the environment)."""
+    check_workers(settings)
+    options: dict[str, Any] = {"host": settings.api_host, "port": settings.api_port, "log_level": log_level,
+                               "loop": "auto", "access_log": False, "timeout_graceful_shutdown": 5,
+                               "backlog": max(settings.max_connections, 128)}
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), http=guarded_protocol(settings), **options)
+        return
+    uvicorn.run("redemption.server:app_from_environment", factory=True, workers=settings.api_workers,
+                http="redemption.server:EnvironmentProtocol", **options)

@@ -19,8 +19,10 @@ from ledger.chain.registry_events import RegistryLog
 from ledger.chain.rpc import JsonRpc
 from ledger.chain.views import read_direct
 from ledger.domain import ChainFigures
+from ledger.errors import LedgerError
 from ledger.followers.indexer import ChainIndexer
 from ledger.followers.mirror import ChainMirror
+from ledger.followers.shared import SharedFollower
 from ledger.keys import KeyUnavailable
 from ledger.keys import dispatch_key as ticket_key
 from ledger.protocol.eip712 import Domains
@@ -32,6 +34,11 @@ from redemption.metrics import ServiceMetrics
 from redemption.models import TokenInfo
 from redemption.routing import NodeRegistry
 from redemption.store import ModelRate, Store
+
+
+class WorkersWithMetricsPort(LedgerError):
+    """SLUICE_API_WORKERS > 1 together with a fixed SLUICE_METRICS_PORT."""
+
 
 # A mirror that has not completed a sync for this long is treated as lagging (never longer than the
 # window's mirror lag allowance).
@@ -53,6 +60,7 @@ class ServiceState:
     dispatch_signer: str
     mirror: ChainMirror | None = None
     indexer: ChainIndexer | None = None
+    follower: SharedFollower | None = None
     rates: dict[str, ModelRate] = field(default_factory=dict)
     unlock_period: int = 0
     token: TokenInfo = field(default_factory=lambda: TokenInfo(name="", symbol="", decimals=18))

@@ -116,7 +116,7 @@ def redis_server_binary() -> Path:
 # --------------------------------------------------------------------------- Anvil
 
 
-def anvil_service(paths: StatePaths, *, port: int, chain_id: int, binary: Path) -> Service:
+def anvil_service(paths: StatePaths, *, port: int, chain_id: int, binary: Path, block_time: float = 0.0) -> Service:
     """Anvil as a zero-gas permissioned chain with its state persisted under `paths`.
 
     `--gas-price 0 --block-base-fee-per-gas 0 --disable-min-priority-fee` make the
@@ -131,9 +131,12 @@ def anvil_service(paths: StatePaths, *, port: int, chain_id: int, binary: Path) 
     on purpose: it adds a full state snapshot per block to every dump (about 70 MB
     after 600 blocks, growing without bound); without it `eth_call` at a block from
     before the restart answers BlockOutOfRangeError.
+
+    `block_time` > 0 (SLUICE_BLOCK_TIME) mines a block every that many seconds instead of one per
+    transaction, as a permissioned QBFT chain does with its block period.
     """
     url = f"http://127.0.0.1:{port}"
-    argv = (
+    argv: tuple[str, ...] = (
         str(binary),
         "--host", "127.0.0.1",
         "--port", str(port),
@@ -145,6 +148,8 @@ def anvil_service(paths: StatePaths, *, port: int, chain_id: int, binary: Path) 
         "--state", str(paths.chain_state),
         "--state-interval", str(ANVIL_STATE_INTERVAL_S),
     )  # fmt: skip
+    if block_time:
+        argv += ("--block-time", f"{block_time:g}")
 
     def prepare() -> None:
         if not binary.is_file():
@@ -359,7 +364,8 @@ def default_services(settings: Settings) -> list[Service]:
         chain = external_service(CHAIN, "chain", rpc_url, "RPC_URL", lambda: chain_id_at(rpc_url) is not None)
     else:
         chain = anvil_service(
-            paths, port=settings.chain_port, chain_id=settings.chain_id, binary=anvil_binary(settings)
+            paths, port=settings.chain_port, chain_id=settings.chain_id, binary=anvil_binary(settings),
+            block_time=settings.block_time,
         )
     if settings.database_url:
         db_url = settings.database_url

@@ -60,8 +60,10 @@ def running_on_free_port(build: Callable[[int], Service]) -> Iterator[Service]:
 
 def anvil_at(state_dir: Path) -> Callable[[int], Service]:
     """Builds the embedded Anvil (zero gas, state persisted in `state_dir`) for a given port."""
-    binary = anvil_binary(Settings())
-    return lambda port: anvil_service(StatePaths(state_dir), port=port, chain_id=TEST_CHAIN_ID, binary=binary)
+    settings = Settings()
+    binary = anvil_binary(settings)
+    return lambda port: anvil_service(StatePaths(state_dir), port=port, chain_id=TEST_CHAIN_ID, binary=binary,
+                                      block_time=settings.block_time)
 
 
 @pytest.fixture(scope="session")

@@ -92,10 +92,12 @@ class Restartable:
 
 
 def start_chain(state_dir: Path) -> Restartable:
-    binary = anvil_binary(Settings())
+    settings = Settings()
+    binary = anvil_binary(settings)
     for attempt in range(3):
         try:
-            return Restartable(anvil_service(StatePaths(state_dir), port=free_port(), chain_id=CHAIN_ID, binary=binary))
+            return Restartable(anvil_service(StatePaths(state_dir), port=free_port(), chain_id=CHAIN_ID, binary=binary,
+                                             block_time=settings.block_time))
         except Exception:
             if attempt == 2:
                 raise

@@ -188,7 +188,7 @@ def deployment(postgres_url: str, home: Path, *, models: str | None = None,
     """
     chain_port = free_port()
     chain = anvil_service(StatePaths(home), port=chain_port, chain_id=31337,
-                          binary=anvil_binary(Settings(home=home)))
+                          binary=anvil_binary(Settings(home=home)), block_time=Settings().block_time)
     name = f"redemption_{uuid4().hex[:10]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}".encode())

@@ -15,6 +15,7 @@ import pytest
 from web3 import Web3
 
 from ledger.chain.client import SettlementItem
+from ledger.config import Settings
 from ledger.errors import BatchAlreadySettled, SettlementPending
 from ledger.keys import embedded_account
 from ledger.settlement.metrics import SettlementCollector, settlement_status, status_lines
@@ -129,7 +130,10 @@ def test_a_stuck_transaction_is_sent_again_at_its_nonce(world: World) -> None:
     conn = settler.db.conn()
     cut = cut_batch(conn, 500, 400)
     assert cut is not None
+    block_time = Settings().block_time
     world.rpc("evm_setAutomine", [False])  # nothing is mined: the transaction stays pending
+    if block_time:  # SLUICE_BLOCK_TIME: interval mining stops too
+        world.rpc("evm_setIntervalMining", [0])
     with pytest.raises(SettlementPending):
         settler.settle(cut.batch_id)
     first = load_batch(conn, cut.batch_id)
@@ -142,7 +146,10 @@ def test_a_stuck_transaction_is_sent_again_at_its_nonce(world: World) -> None:
     with pytest.raises(SettlementPending):
         settler.settle(cut.batch_id)  # not in the pool, nonce unused: the same nonce again
     world.rpc("evm_mine")
-    world.rpc("evm_setAutomine", [True])
+    if block_time:
+        world.rpc("evm_setIntervalMining", [int(block_time) if block_time.is_integer() else block_time])
+    else:
+        world.rpc("evm_setAutomine", [True])
     assert settler.settle(cut.batch_id) == "confirmed"
     attempts = world.query("SELECT action, nonce FROM settlement_attempts WHERE batch_id = %s ORDER BY id",
                            cut.batch_id)
