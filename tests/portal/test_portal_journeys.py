@@ -119,6 +119,15 @@ def test_a_refused_purchase_says_why_in_words(story: Story, case: str) -> None:
     assert d.ledger.escrow_of(buyer.address) == 0
 
 
+def test_the_enterprise_names_a_key_and_limits_it(story: Story) -> None:
+    shown = story.step("enterprise-key-policy", story.enterprise, key=story.dev2.address, label="batch jobs", rpm="30")
+    assert shown["row"] == [story.dev2.address, "batch jobs", "30", "no limit", "never"]
+    listed = httpx.get(story.d.api + "/v1/keys", auth=SluiceAuth(story.enterprise, max_cost=0), timeout=10).json()
+    policy = next(k for k in listed["keys"] if k["spender"] == story.dev2.address)
+    assert (policy["label"], policy["requests_per_minute"], policy["tokens_per_minute"], policy["expires_at"]) == (
+        "batch jobs", 30, None, None)
+
+
 def test_a_developer_call_shows_in_the_chart_and_the_csv(story: Story) -> None:
     d = story.d
     d.wait_mirrored()
