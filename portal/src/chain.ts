@@ -20,7 +20,7 @@ import {
   type PublicActions,
   type WalletActions,
 } from 'viem';
-import { getContractEvents, readContract, signTypedData, waitForTransactionReceipt, writeContract } from 'viem/actions';
+import { getBlock, getContractEvents, readContract, signTypedData, waitForTransactionReceipt, writeContract } from 'viem/actions';
 
 import { formatUnits } from './format';
 import { WalletRequestError } from './wallet';
@@ -62,6 +62,7 @@ export const SETTLEMENT_ABI = parseAbi([
   'error SettlementZeroAmount()',
   'event BudgetSet(address indexed payer, address indexed spender, uint256 amount, uint64 effectiveAt)',
   'event BatchSettled(bytes32 indexed batchId, bytes32 receiptsRoot, uint256 items, uint256 total)',
+  'event Shortfall(bytes32 indexed batchId, address indexed payer, address indexed spender, uint256 owed, uint256 paid)',
   'function escrowOf(address) view returns (uint256)',
   'function pendingWithdrawalOf(address) view returns (uint256 amount, uint64 unlocksAt)',
   'function budgetOf(address payer, address spender) view returns (uint256 remaining, uint256 scheduled, uint64 effectiveAt)',
@@ -114,7 +115,7 @@ export const REGISTRY_ABI = parseAbi([
 export const TIERS = ['edge', 'regional', 'cloud'] as const;
 
 /** Only the actions the portal uses (viem's tree-shakable actions: the bundle carries no others). */
-type Reads = Pick<PublicActions, 'readContract' | 'getContractEvents' | 'waitForTransactionReceipt'>;
+type Reads = Pick<PublicActions, 'readContract' | 'getContractEvents' | 'waitForTransactionReceipt' | 'getBlock'>;
 type Writes = Pick<WalletActions<ViemChain, Account>, 'writeContract' | 'signTypedData'>;
 
 export interface Chain {
@@ -137,6 +138,7 @@ export function chainOf(doc: Discovery, provider: Eip1193Provider, account: Addr
     readContract: (args: never) => readContract(client, args),
     getContractEvents: (args: never) => getContractEvents(client, args),
     waitForTransactionReceipt: (args: never) => waitForTransactionReceipt(client, args),
+    getBlock: (args: never) => getBlock(client, args),
   } as unknown as Reads;
   const write = {
     writeContract: (args: never) => writeContract(client, args),
@@ -174,6 +176,12 @@ export async function signPermit(c: Chain, token: Address, spender: Address, val
   });
   const { v, r, s, yParity } = parseSignature(signature);
   return { v: Number(v ?? BigInt(27 + (yParity ?? 0))), r, s };
+}
+
+/** A permit's deadline: ten minutes after the chain's latest block (the chain's clock decides, not this computer's). */
+export async function permitDeadline(c: Chain): Promise<bigint> {
+  const block = await c.read.getBlock({ blockTag: 'latest' });
+  return block.timestamp + 600n;
 }
 
 /** Wait for a sent transaction; a reverted one throws. */
@@ -228,6 +236,8 @@ function describeRevert(name: string, args: readonly unknown[]): string {
       return `Insufficient payment token: the purchase costs ${formatUnits(args[1] as bigint, 6)} and ${a(0)} holds or approved only ${formatUnits(args[2] as bigint, 6)} (payment token, 6 decimals). Add payment token to the wallet, or buy less.`;
     case 'TokenSaleCostAboveMax':
       return `The price moved: the purchase now costs ${a(0)} payment units, above the ${a(1)} you accepted. Quote again.`;
+    case 'ERC20InsufficientAllowance':
+      return `The contract ${a(0)} may take only ${a(1)} of the ${a(2)} base units it needs: the permit was not accepted (expired, or signed for another account or chain). Try again.`;
     case 'ERC20InsufficientBalance':
       return `Insufficient balance: ${a(0)} holds ${a(1)} base units, ${a(2)} are needed.`;
     case 'SettlementWithdrawalLocked':

@@ -123,6 +123,35 @@ const steps = {
     return { alert, problems, screenshots: [await shot(page, `enterprise-refused-${config.label}`)] };
   },
 
+  async 'enterprise-request-withdrawal'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise');
+    await page.getByTestId('escrow-balance').waitFor();
+    await page.getByLabel('Request a withdrawal').fill(config.amount);
+    await page.getByRole('button', { name: 'Request withdrawal' }).click();
+    const status = await done(page, 'escrow-status');
+    await page.getByTestId('pending-withdrawal').getByText('unlocks at').waitFor();
+    const locked = await page.getByRole('button', { name: 'Complete withdrawal' }).isDisabled();
+    return { status, pending: await page.getByTestId('pending-withdrawal').innerText(), locked, problems, screenshots: [await shot(page, 'enterprise-withdrawal-requested')] };
+  },
+
+  async 'enterprise-withdraw-and-deposit'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise');
+    await page.getByTestId('pending-withdrawal').getByText('unlocked since').waitFor();
+    const pending = await page.getByTestId('pending-withdrawal').innerText();
+    await page.getByRole('button', { name: 'Complete withdrawal' }).click();
+    const withdrawn = await done(page, 'escrow-status');
+    await page.waitForFunction(() => document.querySelector('[data-testid="pending-withdrawal"]')?.textContent === 'none');
+    const wallet = await units(page.getByTestId('wallet-balance'));
+    await page.getByLabel('Deposit compute tokens from the wallet').fill(config.deposit);
+    await page.getByRole('button', { name: 'Deposit', exact: true }).click();
+    const deposited = await done(page, 'escrow-status', withdrawn);
+    await page.waitForFunction((w) => document.querySelector('[data-testid="wallet-balance"]')?.getAttribute('data-units') !== w, wallet);
+    return {
+      pending, withdrawn, deposited, wallet_after_withdraw: wallet, wallet: await units(page.getByTestId('wallet-balance')),
+      escrow: await units(page.getByTestId('escrow-balance')), problems, screenshots: [await shot(page, 'enterprise-deposited')],
+    };
+  },
+
   async 'enterprise-usage'(browser) {
     const { page, problems } = await open(browser, '#/enterprise');
     await page.getByRole('button', { name: 'Show usage' }).click();
@@ -212,6 +241,7 @@ const steps = {
     await page.waitForFunction((m) => document.querySelector('[data-testid="rate-history"] tbody tr')?.getAttribute('data-model') === m, config.model);
     const cells = await first.locator('td').allInnerTexts();
     const nodes = await page.locator('[data-testid="nodes-table"] tbody tr').count();
+    const shortfalls = await page.getByTestId('shortfalls').locator('[data-testid="no-shortfalls"], [data-testid="shortfalls-table"]').innerText();
     const screenshots = [await shot(page, 'operator-rate')];
     // A node registered, then retired.
     await page.getByLabel('Node key (address)').fill(config.node);
@@ -227,7 +257,7 @@ const steps = {
     await page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"][data-status="retired"]`).waitFor();
     screenshots.push(await shot(page, 'operator-nodes'));
     return {
-      status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes,
+      status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, shortfalls,
       node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
     };
   },

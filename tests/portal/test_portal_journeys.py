@@ -181,6 +181,24 @@ def test_the_auditor_verifies_a_batch_and_sees_a_tampered_receipt_flagged(story:
     assert str(tampered["text"]).startswith("Verification failed.")
 
 
+def test_the_enterprise_withdraws_after_the_unlock_period_and_deposits_again(story: Story) -> None:
+    d, who = story.d, story.enterprise
+    escrow_before = d.ledger.escrow_of(who.address)
+    shown = story.step("enterprise-request-withdrawal", who, amount="5")
+    amount, unlocks_at = escrow.pending_withdrawal_of(d.ledger, who.address)
+    assert amount == 5 * ONE_TOKEN
+    assert unlocks_at == int(d.ledger.w3.eth.get_block("latest")["timestamp"]) + d.ledger.unlock_period()
+    iso = datetime.fromtimestamp(unlocks_at, UTC).isoformat().replace("+00:00", "Z")
+    assert shown["pending"] == f"5 SCT, unlocks at {iso} (in 24 h)" and shown["locked"] is True
+    escrow.advance_time(d.ledger, d.ledger.unlock_period())
+    shown = story.step("enterprise-withdraw-and-deposit", who, deposit="2")
+    assert str(shown["pending"]).startswith(f"5 SCT, unlocked since {iso} (")
+    assert shown["wallet_after_withdraw"] == str(5 * ONE_TOKEN)
+    assert shown["wallet"] == str(3 * ONE_TOKEN) == str(d.ledger.balance_of(who.address))
+    assert shown["escrow"] == str(escrow_before - 3 * ONE_TOKEN) == str(d.ledger.escrow_of(who.address))
+    assert str(shown["deposited"]).startswith("Deposited 2 compute tokens. Mined in block ")
+
+
 def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) -> None:
     d = story.d
     before = d.ledger.rate(SMALL_MODEL)
@@ -197,6 +215,9 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     assert int(shown["history_rows"]) >= 3  # the deployment's rates, then this one
     d.wait_rates(SMALL_MODEL, "123")
     assert shown["nodes"] == 2  # the embedded nodes
+    shortfalls = d.ledger.settlement.events.Shortfall().get_logs(from_block=0, to_block="latest")
+    assert len(shortfalls) == 0
+    assert shown["shortfalls"] == "No settlement has fallen short: every batch was paid in full."
     assert shown["node"]["before"] == "active" and shown["node"]["registered"].startswith("Node ")
     assert shown["node"]["row"].split("\t")[1:5] == ["retired", "http://127.0.0.1:9/", "regional", "eu-test"]
     record = d.ledger.node_registry.functions.nodeOf(node).call()

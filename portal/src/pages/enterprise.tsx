@@ -4,7 +4,7 @@ import { parseTokens } from '@sluice/client';
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { type Address, getAddress, isAddress } from 'viem';
 
-import { contract, mined, SALE_ABI, SETTLEMENT_ABI, signPermit, TOKEN_ABI } from '../chain';
+import { contract, mined, permitDeadline, SALE_ABI, SETTLEMENT_ABI, signPermit, TOKEN_ABI } from '../chain';
 import { type PageContext, servicePaths, signedRead } from '../context';
 import { describeTime, formatUnits, toCsv } from '../format';
 import { ActionStatus, Amount, BarChart, CsvLink, Panel, short, useAction } from '../ui';
@@ -18,6 +18,8 @@ interface Balances {
   payment: bigint;
   paymentSymbol: string;
   paymentDecimals: number;
+  /** The latest block's time: unlocks and cuts follow the chain's clock, not this computer's. */
+  chainNow: bigint;
 }
 
 interface KeyBudget {
@@ -35,15 +37,16 @@ function useBalances(ctx: PageContext) {
     const token = contract(ctx.doc, 'token');
     const settlement = contract(ctx.doc, 'settlement');
     const payment = contract(ctx.doc, 'payment_token');
-    const [wallet, escrow, [pending, unlocksAt], paymentBalance, paymentSymbol, paymentDecimals] = await Promise.all([
+    const [wallet, escrow, [pending, unlocksAt], paymentBalance, paymentSymbol, paymentDecimals, block] = await Promise.all([
       read.readContract({ address: token, abi: TOKEN_ABI, functionName: 'balanceOf', args: [ctx.account] }),
       read.readContract({ address: settlement, abi: SETTLEMENT_ABI, functionName: 'escrowOf', args: [ctx.account] }),
       read.readContract({ address: settlement, abi: SETTLEMENT_ABI, functionName: 'pendingWithdrawalOf', args: [ctx.account] }),
       read.readContract({ address: payment, abi: TOKEN_ABI, functionName: 'balanceOf', args: [ctx.account] }),
       read.readContract({ address: payment, abi: TOKEN_ABI, functionName: 'symbol' }),
       read.readContract({ address: payment, abi: TOKEN_ABI, functionName: 'decimals' }),
+      read.getBlock({ blockTag: 'latest' }),
     ]);
-    setBalances({ wallet, escrow, pending, unlocksAt, payment: paymentBalance, paymentSymbol, paymentDecimals });
+    setBalances({ wallet, escrow, pending, unlocksAt, payment: paymentBalance, paymentSymbol, paymentDecimals, chainNow: block.timestamp });
     const logs = await read.getContractEvents({
       address: settlement, abi: SETTLEMENT_ABI, eventName: 'BudgetSet', args: { payer: ctx.account }, fromBlock: 0n,
     });
@@ -94,7 +97,7 @@ function BalancesPanel({ balances }: { balances: Balances | undefined }) {
             <dt>Pending withdrawal</dt>
             <dd data-testid="pending-withdrawal">
               {balances.pending === 0n ? 'none' : (
-                <><Amount units={balances.pending} />, unlocks at {describeTime(balances.unlocksAt)}</>
+                <><Amount units={balances.pending} />, {balances.unlocksAt <= balances.chainNow ? 'unlocked since' : 'unlocks at'} {describeTime(balances.unlocksAt, Number(balances.chainNow) * 1000)}</>
               )}
             </dd>
           </div>
@@ -143,7 +146,7 @@ function BuyPanel({ ctx, balances, onDone }: { ctx: PageContext; balances: Balan
   const buy = () =>
     void action.run(async (step) => {
       if (quote === undefined) throw new Error('Enter an amount of compute tokens to buy.');
-      const deadline = BigInt(Math.floor(Date.now() / 1000) + 600);
+      const deadline = await permitDeadline(ctx.chain);
       step.wallet(
         `Sign a permit (EIP-2612) letting the TokenSale take ${formatUnits(quote.cost, decimals)} ${symbol} from this wallet, valid for 10 minutes. Signing moves nothing by itself.`,
       );
@@ -211,7 +214,7 @@ function EscrowPanel({ ctx, balances, onDone }: { ctx: PageContext; balances: Ba
     const amount = parse(depositText);
     if (amount === undefined) return;
     void action.run(async (step) => {
-      const deadline = BigInt(Math.floor(Date.now() / 1000) + 600);
+      const deadline = await permitDeadline(ctx.chain);
       step.wallet(`Sign a permit (EIP-2612) letting the Settlement contract take ${formatUnits(amount, 18)} compute tokens from your wallet into your escrow.`);
       const p = await signPermit(ctx.chain, contract(ctx.doc, 'token'), settlement, amount, deadline);
       step.wallet(`Confirm the transaction: deposit ${formatUnits(amount, 18)} compute tokens into escrow.`);
@@ -234,7 +237,7 @@ function EscrowPanel({ ctx, balances, onDone }: { ctx: PageContext; balances: Ba
       () => ctx.chain.write.writeContract({ address: settlement, abi: SETTLEMENT_ABI, functionName: 'requestWithdrawal', args: [amount], chain: null, account: ctx.account }),
     );
   };
-  const unlocked = balances !== undefined && balances.pending > 0n && balances.unlocksAt * 1000n <= BigInt(Date.now());
+  const unlocked = balances !== undefined && balances.pending > 0n && balances.unlocksAt <= balances.chainNow;
   return (
     <Panel title="Escrow" id="escrow">
       <form onSubmit={(e) => { e.preventDefault(); deposit(); }}>

@@ -5,7 +5,7 @@ import { type Address, getAddress, type Hex, isAddress } from 'viem';
 
 import { contract, mined, RATE_CARD_ABI, REGISTRY_ABI, SETTLEMENT_ABI, TIERS, TOKEN_ABI } from '../chain';
 import type { PageContext } from '../context';
-import { ActionStatus, Panel, short, useAction } from '../ui';
+import { ActionStatus, Amount, Panel, short, useAction } from '../ui';
 
 interface RateChange {
   block: bigint;
@@ -31,6 +31,7 @@ export function OperatorPage({ ctx }: { ctx: PageContext }) {
     <>
       <RatesPanel ctx={ctx} />
       <NodesPanel ctx={ctx} />
+      <ShortfallsPanel ctx={ctx} />
       <PausePanel ctx={ctx} />
     </>
   );
@@ -178,6 +179,49 @@ function NodesPanel({ ctx }: { ctx: PageContext }) {
       </form>
       <ActionStatus state={action.state} testid="node-status" />
       <p class="muted">Queue depth per node and the settlement backlog: <code>sluice status</code>.</p>
+    </Panel>
+  );
+}
+
+interface ShortfallRow {
+  block: bigint;
+  batchId: Hex;
+  payer: Address;
+  spender: Address;
+  owed: bigint;
+  paid: bigint;
+}
+
+function ShortfallsPanel({ ctx }: { ctx: PageContext }) {
+  const [rows, setRows] = useState<ShortfallRow[]>();
+  useEffect(() => {
+    ctx.chain.read
+      .getContractEvents({ address: contract(ctx.doc, 'settlement'), abi: SETTLEMENT_ABI, eventName: 'Shortfall', fromBlock: 0n })
+      .then((logs) => setRows(logs.map((l) => ({
+        block: l.blockNumber, batchId: l.args.batchId as Hex, payer: l.args.payer as Address, spender: l.args.spender as Address,
+        owed: l.args.owed as bigint, paid: l.args.paid as bigint,
+      })).reverse()), () => setRows([]));
+  }, [ctx]);
+  return (
+    <Panel title="Shortfalls" id="shortfalls">
+      {rows === undefined ? <p>Reading the chain…</p> : rows.length === 0 ? (
+        <p data-testid="no-shortfalls">No settlement has fallen short: every batch was paid in full.</p>
+      ) : (
+        <table class="data" data-testid="shortfalls-table">
+          <caption>Settlements the payer's escrow or budget could not cover (Shortfall logs), newest first</caption>
+          <thead><tr><th scope="col">Block</th><th scope="col">Batch</th><th scope="col">Payer / key</th><th scope="col">Owed</th><th scope="col">Paid</th></tr></thead>
+          <tbody>
+            {rows.map((r) => (
+              <tr key={`${r.batchId}-${r.payer}-${r.spender}`}>
+                <td>{r.block.toString()}</td><td><a href={`#/auditor?batch=${r.batchId}`}><code>{short(r.batchId)}</code></a></td>
+                <td><code title={r.payer}>{short(r.payer)}</code> / <code title={r.spender}>{short(r.spender)}</code></td>
+                <td><Amount units={r.owed} /></td><td><Amount units={r.paid} /></td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <p class="muted">Suspended accounts, outstanding debts and the settlement backlog: <code>sluice status</code> and <code>sluice admin debts</code>.</p>
     </Panel>
   );
 }
