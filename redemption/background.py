@@ -98,4 +98,10 @@ def start_housekeeping(state: ServiceState) -> list[asyncio.Task[None]]:
             60.0, state.stop,
             lambda: state.store.prune_nonces(int(time.time()) - settings.max_deadline_seconds - 3600),
             "nonce pruning")),
+        # A window is read by admissions while current and trued by the holds taken in it until they close.
+        asyncio.create_task(every(
+            60.0, state.stop,
+            lambda: state.store.prune_rate_windows(int(time.time()) - settings.rate_window_seconds
+                                                   - settings.window.hold_lifetime - settings.window.receipt_allowance),
+            "rate window pruning")),
     ]

@@ -79,9 +79,10 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
                      rate.input_rate, rate.output_rate, prompt_bound=bound)
     figures = await state.chain_figures(call.payer, call.spender)
     job_id = job_id_for(call.spender, call.digest)
-    outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.window, figures)
+    outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.window, figures,
+                                             plan.prompt_bound + plan.max_tokens, settings.rate_window_seconds)
     if outcome != "ok":
-        raise errors.hold_refusal(outcome)
+        raise errors.hold_refusal(outcome, settings.rate_window_seconds)
     held = HeldCall(job_id, call, path, payload, rate, plan, parsed.stream, tier, region, received)
     if parsed.stream:
         return await state.dispatcher.stream(held)

@@ -43,6 +43,9 @@ class ServiceSettings(Settings):
     cors_origins: str = Field(
         "", description="comma-separated browser origins allowed to call the public API (/v1, /.well-known, "
         "/audit), or * for any; empty: no CORS headers and preflights refused")
+    rate_window_seconds: int = Field(
+        60, ge=1, le=3600, description="length of the fixed windows key policies count requests and tokens in "
+        "(60: the limits are per minute)")
     chain_name: str = Field("Sluice", description="the chain's name in discovery's wallet_add_ethereum_chain")
     native_currency_name: str = Field("Ether", description="the chain's gas currency, for wallets")
     native_currency_symbol: str = Field("ETH", description="the chain's gas currency symbol, for wallets")

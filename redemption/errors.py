@@ -15,10 +15,12 @@ class ApiError(Exception):
     type: ClassVar[str] = "invalid_request_error"
     code: ClassVar[str] = "invalid_request"
 
-    def __init__(self, message: str, param: str | None = None, *, code: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, *, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
         if code is not None:
             self.code = code  # type: ignore[misc]
 
@@ -168,6 +170,25 @@ class NotAuditor(Forbidden):
     code = "not_auditor"
 
 
+class KeyExpired(Forbidden):
+    code = "key_expired"
+
+
+# 429: a key's limits (the payer's key policy), with Retry-After
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int, param: str | None = None) -> None:
+        super().__init__(message, param, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class TokenRateLimited(RateLimited):
+    code = "token_rate_limited"
+
+
 # 503 / 502
 class Unavailable(ApiError):
     status = 503
@@ -210,6 +231,7 @@ HOLD_REFUSALS: dict[str, type[ApiError]] = {
     "not_allowlisted": NotAllowlisted,
     "suspended": Suspended,
     "settlement_overdue": SettlementOverdue,
+    "key_expired": KeyExpired,
     "insufficient_escrow": InsufficientEscrow,
     "insufficient_budget": InsufficientBudget,
 }
@@ -228,6 +250,10 @@ HOLD_MESSAGES: dict[str, str] = {
         "settlement is behind: usage older than the settlement bound is not burned yet, so no new call is "
         "admitted until it is; nothing was charged, retry shortly"
     ),
+    "key_expired": (
+        "the payer's policy for this key has expired (its expires_at has passed); ask the payer to extend it "
+        "(`sluice wallet keys limit SPENDER --expires ...`) or use another key"
+    ),
     "insufficient_escrow": (
         "this call needs a hold of {needed} base units but the payer's escrow, less its pending withdrawal, open "
         "holds and unsettled usage, has {available}; deposit more (`sluice wallet deposit` or `sluice wallet buy`), "
@@ -241,9 +267,34 @@ HOLD_MESSAGES: dict[str, str] = {
 }
 
 
-def hold_refusal(outcome: str) -> ApiError:
-    """The error for a `reserve_hold` refusal ('code' or 'code needed available')."""
+RATE_MESSAGES: dict[str, str] = {
+    "rate_limited": (
+        "this key may make {limit} calls per {window} s window for this payer (the payer's key policy) and has "
+        "used them; retry after {retry_after} s (Retry-After), or ask the payer to raise the limit "
+        "(`sluice wallet keys limit SPENDER --rpm N`); nothing was charged"
+    ),
+    "token_rate_limited": (
+        "this call may use up to {needed} model tokens (prompt bound + max_tokens) but this key has {left} of its "
+        "{limit} tokens per {window} s window left for this payer (the payer's key policy); retry after "
+        "{retry_after} s (Retry-After), lower max_tokens, or ask the payer to raise the limit "
+        "(`sluice wallet keys limit SPENDER --tpm N`); nothing was charged"
+    ),
+}
+
+
+def hold_refusal(outcome: str, rate_window_seconds: int = 60) -> ApiError:
+    """The error for a `reserve_hold` refusal ('code', 'code needed available', or a rate limit's figures)."""
     code, *figures = outcome.split()
+    if code == "rate_limited":
+        retry, limit = figures
+        return RateLimited(RATE_MESSAGES[code].format(limit=limit, window=rate_window_seconds, retry_after=retry),
+                           int(retry))
+    if code == "token_rate_limited":
+        retry, needed, used, limit = figures
+        left = max(int(limit) - int(used), 0)
+        return TokenRateLimited(RATE_MESSAGES[code].format(needed=needed, left=left, limit=limit,
+                                                           window=rate_window_seconds, retry_after=retry),
+                                int(retry), "max_tokens")
     message = HOLD_MESSAGES[code]
     if figures:
         message = message.format(needed=figures[0], available=figures[1])

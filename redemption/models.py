@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class ChatCompletionRequest(BaseModel):
@@ -137,6 +137,63 @@ class Budget(BaseModel):
     budget_available: str | None = Field(
         description="the spender's effective budget (a pending cut counts at once) less its open holds and "
         "unsettled usage; null when the spender is the payer")
+    label: str | None = Field(None, description="the payer's name for this key (key policy)")
+    requests_per_minute: int | None = Field(None, description="calls per rate window (key policy); null: no limit")
+    tokens_per_minute: int | None = Field(None, description="model tokens per rate window (key policy); null: none")
+    expires_at: int | None = Field(None, description="unix time the key stops being admitted (key policy)")
+    rate_window_seconds: int = Field(60, description="length of the window the limits count in (60: per minute)")
+
+
+# Key policies (KEYS_API.md): a payer's names and limits for the developer keys it gave budgets.
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+class KeyPolicyUpdate(BaseModel):
+    """`PUT /v1/keys/{spender}`: an absent field stays as it is, null clears it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, max_length=64, pattern=LABEL_PATTERN,
+                              description="a name for the key, at most 64 characters, no control characters")
+    requests_per_minute: StrictInt | None = Field(None, gt=0, le=INT32_MAX, description="calls per rate window")
+    tokens_per_minute: StrictInt | None = Field(None, gt=0, le=INT64_MAX,
+                                                description="model tokens per rate window (worst case while a call "
+                                                "runs: prompt bound + max_tokens, trued when it is metered)")
+    expires_at: StrictInt | None = Field(None, ge=0, le=INT64_MAX,
+                                         description="unix time after which the key's calls get 403 key_expired")
+
+
+class PendingCut(BaseModel):
+    amount: str = Field(description="the budget the pending cut lowers it to, base units")
+    effective_at: int = Field(description="unix time the cut takes effect on chain (admission counts it at once)")
+
+
+class KeyBudget(BaseModel):
+    effective: str = Field(description="the budget admission counts (a pending cut counts at once), base units")
+    reserved: str = Field(description="held by open calls and unsettled usage, base units")
+    available: str = Field(description="effective less reserved, base units")
+    pending_cut: PendingCut | None
+
+
+class KeyPolicy(BaseModel):
+    spender: str
+    label: str | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    expires_at: int | None
+    updated_at: int | None = Field(description="unix time of the last change; null: the key has a budget, no policy")
+    budget: KeyBudget | None = Field(description="the key's budget from the payer (mirror); null: none given")
+
+
+class KeyList(BaseModel):
+    payer: str
+    keys: list[KeyPolicy]
+
+
+class KeyDeleted(BaseModel):
+    deleted: bool
 
 
 class SpenderUsage(BaseModel):

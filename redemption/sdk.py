@@ -16,7 +16,8 @@ chunk has been read); `auth.total_cost` adds them up.
 Refusals carry the OpenAI error envelope with a stable `code`; `error_from_response` turns
 one into a typed `SluiceError` (`InsufficientEscrow`, `NoBudget`, `NotAllowlisted`, …), and
 `SluiceAuth(..., raise_errors=True)` raises it from the auth flow itself. `fetch_discovery`
-reads the discovery document; `fetch_budget` makes the signed budget lookup; `reader_auth(key)` signs any
+reads the discovery document; `fetch_budget` makes the signed budget lookup; `fetch_keys`, `set_key_policy` and
+`delete_key_policy` read and change a payer's key policies (names, limits, expiry); `reader_auth(key)` signs any
 account-data or audit read: `httpx.get(base + "/v1/usage", params={"payer": address}, auth=reader_auth(key))`.
 
 This module imports only the protocol core (`ledger.protocol`), httpx and the standard
@@ -126,6 +127,12 @@ class NotAccountHolder(PermissionDenied):
     code = "not_account_holder"
 
 
+class KeyExpired(PermissionDenied):
+    """The payer's policy for the signing key has expired (`expires_at` passed)."""
+
+    code = "key_expired"
+
+
 class NodeRetired(PermissionDenied):
     """Node-facing routes: the node's key was retired in NodeRegistry."""
 
@@ -145,7 +152,10 @@ class EndpointMismatch(PermissionDenied):
 
 
 class RateLimited(SluiceError):
-    """429: over a key's limit; `retry_after` is the Retry-After header in seconds, when given."""
+    """429: over a key's requests per window (the payer's key policy); `retry_after` is the Retry-After header in
+    seconds, when given."""
+
+    code = "rate_limited"
 
     @property
     def retry_after(self) -> float | None:
@@ -154,6 +164,12 @@ class RateLimited(SluiceError):
             return float(value) if value is not None else None
         except ValueError:
             return None
+
+
+class TokenRateLimited(RateLimited):
+    """429: this call's worst case (prompt bound + max_tokens) is over the key's model tokens left in the window."""
+
+    code = "token_rate_limited"
 
 
 class Unavailable(SluiceError):
@@ -165,8 +181,8 @@ ERRORS_BY_STATUS: dict[int, type[SluiceError]] = {
 }
 ERRORS_BY_CODE: dict[str, type[SluiceError]] = {
     cls.code: cls for cls in (InsufficientEscrow, InsufficientBudget, MaxCostTooLow, NoBudget, NotAllowlisted,
-                              Paused, Suspended, NotAuditor, NotAccountHolder, NodeRetired, NodeNotRegistered,
-                              EndpointMismatch) if cls.code
+                              Paused, Suspended, NotAuditor, NotAccountHolder, KeyExpired, NodeRetired,
+                              NodeNotRegistered, EndpointMismatch, RateLimited, TokenRateLimited) if cls.code
 }
 
 
@@ -360,12 +376,19 @@ class Budget:
     spender: str
     escrow_available: int
     budget_available: int | None  # None when the spender is the payer
+    # The payer's key policy for the spender (None: not set); the limits count per `rate_window_seconds`.
+    label: str | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    expires_at: int | None = None
+    rate_window_seconds: int = 60
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Budget:
         budget = body.get("budget_available")
         return cls(body["payer"], body["spender"], int(body["escrow_available"]),
-                   None if budget is None else int(budget))
+                   None if budget is None else int(budget), body.get("label"), body.get("requests_per_minute"),
+                   body.get("tokens_per_minute"), body.get("expires_at"), int(body.get("rate_window_seconds", 60)))
 
 
 def reader_auth(key: Key, *, domains: Domains | None = None) -> SluiceAuth:
@@ -398,6 +421,52 @@ async def async_fetch_budget(base_url: str, key: Key, client: httpx.AsyncClient,
     auth, params = _budget_request(key, payer)
     response = await client.get(base_url.rstrip("/") + BUDGET_PATH, params=params, auth=auth)
     return Budget.from_json(raise_for_error(response).json())
+
+
+# -- key policies (signed by the payer: the five headers over the body, Sluice-Max-Cost 0) -------------------
+
+KEYS_PATH = "/v1/keys"
+POLICY_FIELDS = ("label", "requests_per_minute", "tokens_per_minute", "expires_at")
+_UNSET: Any = object()
+
+
+def fetch_keys(base_url: str, key: Key, *, client: httpx.Client | None = None,
+               timeout: float = 30) -> dict[str, Any]:
+    """The signed `GET /v1/keys` of the payer `key`: `{"payer", "keys": [policy, ...]}` (KEYS_API.md)."""
+    return _keys_call(base_url, "GET", KEYS_PATH, key, None, client, timeout)
+
+
+def set_key_policy(base_url: str, key: Key, spender: str, *, label: str | None = _UNSET,
+                   requests_per_minute: int | None = _UNSET, tokens_per_minute: int | None = _UNSET,
+                   expires_at: int | None = _UNSET, client: httpx.Client | None = None,
+                   timeout: float = 30) -> dict[str, Any]:
+    """`PUT /v1/keys/{spender}` signed by the payer `key`: fields not given stay as they are, None clears them."""
+    given = {"label": label, "requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute,
+             "expires_at": expires_at}
+    body = {name: value for name, value in given.items() if value is not _UNSET}
+    return _keys_call(base_url, "PUT", f"{KEYS_PATH}/{to_checksum_address(spender)}", key, body, client, timeout)
+
+
+def delete_key_policy(base_url: str, key: Key, spender: str, *, client: httpx.Client | None = None,
+                      timeout: float = 30) -> bool:
+    """`DELETE /v1/keys/{spender}` signed by the payer `key`; False when the key had no policy."""
+    answer = _keys_call(base_url, "DELETE", f"{KEYS_PATH}/{to_checksum_address(spender)}", key, None, client,
+                        timeout)
+    return bool(answer["deleted"])
+
+
+def _keys_call(base_url: str, method: str, path: str, key: Key, body: dict[str, Any] | None,
+               client: httpx.Client | None, timeout: float) -> dict[str, Any]:
+    content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+    headers = {} if body is None else {"content-type": "application/json"}
+    url, auth = base_url.rstrip("/") + path, reader_auth(key)
+    if client is None:
+        with httpx.Client(timeout=timeout) as own:
+            response = own.request(method, url, content=content, headers=headers, auth=auth)
+    else:
+        response = client.request(method, url, content=content, headers=headers, auth=auth)
+    answer: dict[str, Any] = raise_for_error(response).json()
+    return answer
 
 
 # -- openai helpers (pip install 'sluice[openai]') ----------------------------------------------------------

@@ -20,7 +20,13 @@ from ledger.domain import ChainFigures, tier_label
 from ledger.window import Window
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
-from redemption.models import DailyUsage, ModelUsage, SpenderUsage
+from redemption.models import DailyUsage, KeyBudget, KeyPolicy, ModelUsage, PendingCut, SpenderUsage
+
+# A hold's commit need not wait for its WAL flush: no node sees the job before `bind_dispatch` commits
+# synchronously on the other pool, and that commit flushes the WAL up to it, the hold's record included.
+# So a hold is durable before any work is dispatched for it, one fsync sooner; a refusal's nonce may be
+# lost in a database crash (the call did nothing). Metering always commits synchronously.
+HOLD_POOL_OPTIONS = "-c synchronous_commit=off"
 
 
 def addr(address: str) -> bytes:
@@ -71,14 +77,52 @@ USAGE_BY_DAY = (
 )
 
 
+# Key policies (KEYS_API.md). A change names which fields it sets (`set_*`): an absent field stays as it is.
+UPSERT_POLICY = (
+    "INSERT INTO key_policies AS k (payer, spender, label, requests_per_minute, tokens_per_minute, expires_at,"
+    " updated_at) VALUES (%(payer)s, %(spender)s, %(label)s, %(rpm)s, %(tpm)s, %(expires_at)s, %(now)s)"
+    " ON CONFLICT (payer, spender) DO UPDATE SET"
+    " label = CASE WHEN %(set_label)s THEN EXCLUDED.label ELSE k.label END,"
+    " requests_per_minute = CASE WHEN %(set_rpm)s THEN EXCLUDED.requests_per_minute ELSE k.requests_per_minute END,"
+    " tokens_per_minute = CASE WHEN %(set_tpm)s THEN EXCLUDED.tokens_per_minute ELSE k.tokens_per_minute END,"
+    " expires_at = CASE WHEN %(set_expires_at)s THEN EXCLUDED.expires_at ELSE k.expires_at END,"
+    " updated_at = EXCLUDED.updated_at"
+)
+# Every key of a payer: those with a policy and those it gave a budget (the mirror), with the budget's figures.
+KEY_POLICIES = (
+    "SELECT coalesce(k.spender, b.spender) AS spender, k.label, k.requests_per_minute, k.tokens_per_minute,"
+    " k.expires_at, k.updated_at, effective_budget(b.remaining, b.scheduled, b.effective_at),"
+    " coalesce(r.reserved, 0), b.scheduled, b.effective_at, b.payer IS NOT NULL"
+    " FROM (SELECT * FROM key_policies WHERE payer = %(payer)s) k"
+    " FULL JOIN (SELECT * FROM mirror_budgets WHERE payer = %(payer)s AND (granted > 0 OR remaining > 0)) b"
+    " ON b.spender = k.spender"
+    " LEFT JOIN reserved_pair r ON r.payer = %(payer)s AND r.spender = coalesce(k.spender, b.spender)"
+    " WHERE %(spender)s::bytea IS NULL OR coalesce(k.spender, b.spender) = %(spender)s::bytea"
+    " ORDER BY k.label NULLS LAST, 1"
+)
+
+
+def _policy(row: tuple[Any, ...]) -> KeyPolicy:
+    budget = None
+    if row[10]:
+        effective, reserved = int(row[6]), int(row[7])
+        cut = None if not row[9] else PendingCut(amount=str(int(row[8])), effective_at=int(row[9]))
+        budget = KeyBudget(effective=str(effective), reserved=str(reserved),
+                           available=str(max(effective - reserved, 0)), pending_cut=cut)
+    return KeyPolicy(spender=to_checksum_address(bytes(row[0])), label=row[1], requests_per_minute=row[2],
+                     tokens_per_minute=row[3], expires_at=row[4], updated_at=row[5], budget=budget)
+
+
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], hold_pool: AsyncConnectionPool[Any] | None = None) -> None:
+        """`hold_pool` (connections with synchronous_commit off) takes the holds, see `HOLD_POOL_OPTIONS`."""
         self.pool = pool
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
-            pool, "reserve_hold",
+            hold_pool or pool, "reserve_hold",
             ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
-             "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer"),
+             "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer",
+             "bigint", "integer"),
             sort_key=(4, 5),
         )
         self._meter = StatementBatcher(
@@ -86,12 +130,20 @@ class Store:
             ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
             sort_key=(0, 1), first_arg=2,
         )
+        # The dispatch bindings of concurrent calls share one UPDATE per round trip (sorted by job id).
+        self._bind = StatementBatcher(
+            pool, "bind_dispatch", ("bytea", "bytea", "integer", "integer"), sort_key=(0,),
+            statement="UPDATE holds SET node = t.c1, max_tokens = t.c2, prompt_bound = t.c3 FROM unnest({arrays})"
+                      " WITH ORDINALITY AS t({columns}, ord) WHERE holds.job_id = t.c0 RETURNING t.ord, true",
+        )
 
     async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, window: Window,
-                           figures: ChainFigures | None) -> str:
+                           figures: ChainFigures | None, tokens: int, rate_window_seconds: int) -> str:
         """Consume the nonce and take the hold H = `amount` in one atomic call; 'ok' or the refusal.
 
         The hold lives the call's lifetime plus the receipt allowance: the call is cut at its lifetime.
+        `tokens` (the prompt bound + the clamped max_tokens) counts against the key's tokens per window of
+        `rate_window_seconds`, with one request, when its payer set limits on it.
         """
         result = await self._reserve.call(
             job_id, addr(call.spender), call.nonce, call.deadline, addr(call.payer), addr(call.spender),
@@ -100,7 +152,7 @@ class Store:
             None if figures is None else figures.escrow, None if figures is None else figures.pending,
             None if figures is None else figures.budget,
             None if figures is None else figures.allowlisted, None if figures is None else figures.paused,
-            window.settlement_bound,
+            window.settlement_bound, tokens, rate_window_seconds,
         )
         return str(result)
 
@@ -123,11 +175,7 @@ class Store:
     async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
         """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
         receipt, within them, meters it."""
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE holds SET node = %s, max_tokens = %s, prompt_bound = %s WHERE job_id = %s",
-                (addr(node), max_tokens, prompt_bound, job_id),
-            )
+        await self._bind.call(job_id, addr(node), max_tokens, prompt_bound)
 
     async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
         """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this
@@ -189,6 +237,46 @@ class Store:
             cur = await conn.execute("SELECT release_settled()")
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
+
+    async def put_policy(self, payer: str, spender: str, changes: dict[str, Any], now: int) -> KeyPolicy:
+        """Create or change the (payer, spender) key policy; only the fields in `changes` are set."""
+        params = {"payer": addr(payer), "spender": addr(spender), "now": now,
+                  "label": changes.get("label"), "rpm": changes.get("requests_per_minute"),
+                  "tpm": changes.get("tokens_per_minute"), "expires_at": changes.get("expires_at"),
+                  "set_label": "label" in changes, "set_rpm": "requests_per_minute" in changes,
+                  "set_tpm": "tokens_per_minute" in changes, "set_expires_at": "expires_at" in changes}
+        async with self.pool.connection() as conn:
+            await conn.execute(UPSERT_POLICY, params)
+        policies = await self.policies(payer, spender)
+        return policies[0]
+
+    async def delete_policy(self, payer: str, spender: str) -> bool:
+        """Drop the key's policy (its budget stays on chain); False when it had none."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM key_policies WHERE payer = %s AND spender = %s",
+                                     (addr(payer), addr(spender)))
+            return bool(cur.rowcount == 1)
+
+    async def policies(self, payer: str, spender: str | None = None) -> list[KeyPolicy]:
+        """The payer's keys (or one of them): policy fields and budget figures."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(KEY_POLICIES, {"payer": addr(payer),
+                                                    "spender": None if spender is None else addr(spender)})
+            rows = await cur.fetchall()
+        return [_policy(r) for r in rows]
+
+    async def is_allowlisted(self, account: str) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT allowed FROM mirror_allowlist WHERE account = %s", (addr(account),))
+            row = await cur.fetchone()
+        return bool(row is not None and row[0])
+
+    async def prune_rate_windows(self, before_unix: int) -> int:
+        """Drop the rate windows that started before `before_unix` (no admission reads them again)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM key_rate_windows WHERE window_start < %s", (before_unix,))
+            deleted: int = cur.rowcount
+            return deleted
 
     async def prune_nonces(self, before_unix: int) -> int:
         async with self.pool.connection() as conn:

@@ -152,7 +152,7 @@ async def _meter_async(db_url: str, prepared: list[tuple[Any, ...]], in_flight: 
 
         async def lane() -> None:
             for job, call, max_cost, node, prompt, completion, cost, receipt_signature in calls:
-                outcome = await store.reserve_hold(job, call, max_cost, MODEL, BENCH_WINDOW, None)
+                outcome = await store.reserve_hold(job, call, max_cost, MODEL, BENCH_WINDOW, None, 0, 60)
                 if outcome != "ok":
                     raise RuntimeError(f"hold refused: {outcome}")
                 await store.meter_hold(job, call.payer, call.spender, node, prompt, completion, cost,

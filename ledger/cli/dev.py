@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="A developer's commands: a signed call from the shell.", no_args_is_help=True)
+app = typer.Typer(help="A developer's commands: your budgets, a signed call from the shell.", no_args_is_help=True)
+
+
+def _register_budgets() -> None:
+    from ledger.cli.keys import dev_budgets
+
+    app.command("budgets")(dev_budgets)
+
+
+_register_budgets()
 
 
 @app.command("call", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

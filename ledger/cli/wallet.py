@@ -619,8 +619,10 @@ USAGE_FIELDS = ("spender", "calls", "prompt_tokens", "completion_tokens", "meter
 
 def _register_escrow() -> None:
     from ledger.cli import escrow
+    from ledger.cli.keys import keys_app
 
     escrow.register(app)
+    app.add_typer(keys_app, name="keys")
 
 
 _register_escrow()

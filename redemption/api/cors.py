@@ -21,7 +21,7 @@ from ledger.protocol.signed_call import SIGNED_HEADERS
 from redemption.errors import error_body
 
 PUBLIC_PREFIXES = ("/v1/", "/.well-known/", "/audit/")
-ALLOWED_METHODS = "GET, POST, OPTIONS"
+ALLOWED_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 ALLOWED_HEADERS = ", ".join((*SIGNED_HEADERS, "Sluice-Tier", "Sluice-Region", "Content-Type", "Authorization"))
 EXPOSED_HEADERS = "Sluice-Job-Id, Sluice-Cost, Retry-After"
 MAX_AGE = "600"

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from ledger.protocol.signed_call import SIGNED_HEADERS
 from redemption import errors
-from redemption.models import ChatCompletionRequest, CompletionRequest
+from redemption.models import ChatCompletionRequest, CompletionRequest, KeyPolicyUpdate
 
 ASSETS_PATH = "/docs-assets"
 SECURITY = {
@@ -96,6 +96,8 @@ GENERATION = {
                         "A text completion (optionally streamed), paid from Sluice-Payer's escrow."),
 }
 GENERATION_ERRORS = ("400", "401", "402", "403", "404", "413", "429", "502", "503", "504")
+RATE_LIMITED = {"Retry-After": {"description": "429: whole seconds until the key's rate window opens again",
+                                "schema": {"type": "integer"}}}
 SIGNED_READ_ERRORS = ("400", "401", "403", "404", "429")
 PLAIN_ERRORS = ("400",)
 RESPONSE_HEADERS = {
@@ -120,7 +122,7 @@ def _add_schemas(components: dict[str, Any], *models: type[BaseModel]) -> None:
 
 def _generation_operation(path: str) -> dict[str, Any]:
     request, response, summary, description = GENERATION[path]
-    return {"post": {
+    operation: dict[str, Any] = {"post": {
         "tags": ["inference"], "summary": summary, "description": description,
         "operationId": path.strip("/").replace("/", "_"),
         "security": SIGNED_CALL,
@@ -135,10 +137,12 @@ def _generation_operation(path: str) -> dict[str, Any]:
             **_error_responses(GENERATION_ERRORS),
         },
     }}
+    operation["post"]["responses"]["429"]["headers"] = RATE_LIMITED
+    return operation
 
 
 def _is_signed(path: str) -> bool:
-    return path.startswith(("/audit/", "/v1/budget", "/v1/usage"))
+    return path.startswith(("/audit/", "/v1/budget", "/v1/usage", "/v1/keys"))
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:
@@ -149,7 +153,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
-    _add_schemas(schemas, ChatCompletionRequest, CompletionRequest, ChatCompletion, Completion, ErrorEnvelope)
+    _add_schemas(schemas, ChatCompletionRequest, CompletionRequest, ChatCompletion, Completion, ErrorEnvelope,
+                 KeyPolicyUpdate)
     components["securitySchemes"] = {
         name.replace("-", ""): {"type": "apiKey", "in": "header", "name": name, "description": SECURITY[name]}
         for name in SIGNED_HEADERS

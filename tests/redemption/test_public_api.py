@@ -36,7 +36,7 @@ def test_a_preflight_from_the_allowed_origin_is_answered_on_every_public_route(d
         assert r.status_code == 204, (path, r.text)
         assert cors_headers(r) == {
             "access-control-allow-origin": PORTAL_ORIGIN,
-            "access-control-allow-methods": "GET, POST, OPTIONS",
+            "access-control-allow-methods": "GET, POST, PUT, DELETE, OPTIONS",
             "access-control-allow-headers": ALLOWED_HEADERS,
             "access-control-max-age": "600",
         }

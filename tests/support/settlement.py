@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 RESERVE_SQL = (
     "SELECT reserve_hold(%s, %s, %s::numeric, %s, %s, %s, %s::numeric, %s, %s, %s,"
-    " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s::numeric, %s, %s, %s)"
+    " %s::numeric, %s, %s, %s, %s::numeric, %s::numeric, %s::numeric, %s, %s, %s, %s, %s)"
 )
 METER_SQL = "SELECT meter_hold(%s, %s, %s, %s, %s::numeric, %s, %s, %s)"
 
@@ -350,6 +350,7 @@ class World:
         outcome = self._call(RESERVE_SQL, (
             job_id, raw(pair.spender.address), nonce, deadline, raw(pair.payer.address), raw(pair.spender.address),
             max_cost, MODEL, 300, 330, max_cost, body_hash, signature, digest, None, None, None, None, None, 3600,
+            0, 60,
         ))
         return job_id, str(outcome)
 

@@ -41,6 +41,7 @@ export type SluiceErrorCode =
   | 'node_retired'
   | 'node_not_registered'
   | 'endpoint_mismatch'
+  | 'key_expired'
   // 404
   | 'model_not_found'
   | 'not_found'
@@ -54,6 +55,9 @@ export type SluiceErrorCode =
   | 'body_too_large'
   // 422
   | 'receipt_refused'
+  // 429
+  | 'rate_limited'
+  | 'token_rate_limited'
   // 502
   | 'upstream_error'
   | 'upstream_dropped'
@@ -118,9 +122,28 @@ export class SluicePermissionError extends SluiceApiError {
   override name = 'SluicePermissionError';
 }
 
-/** 429: over a rate limit. */
+/** 403 `key_expired`: the payer's policy for the signing key has expired. */
+export class SluiceKeyExpiredError extends SluicePermissionError {
+  override name = 'SluiceKeyExpiredError';
+}
+
+/**
+ * 429: over a key's limit from its payer's key policy: `rate_limited` (calls per window) or `token_rate_limited`
+ * (model tokens per window). `retryAfter` is the Retry-After header in whole seconds, when the answer had one.
+ */
 export class SluiceRateLimitError extends SluiceApiError {
   override name = 'SluiceRateLimitError';
+  retryAfter: number | undefined;
+
+  constructor(status: number, envelope: ErrorEnvelope, retryAfter?: number) {
+    super(status, envelope);
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** 429 `token_rate_limited`: the call's worst case (prompt bound + max_tokens) is over the tokens left. */
+export class SluiceTokenRateLimitError extends SluiceRateLimitError {
+  override name = 'SluiceTokenRateLimitError';
 }
 
 /**
@@ -194,16 +217,29 @@ export function errorEnvelope(body: unknown): ErrorEnvelope | undefined {
   };
 }
 
-/** The typed error for a status and a parsed body (any body: a proxy's HTML page becomes code `http_error`). */
-export function apiError(status: number, body: unknown, fallbackText = ''): SluiceApiError {
+/**
+ * The typed error for a status and a parsed body (any body: a proxy's HTML page becomes code `http_error`);
+ * `retryAfter` is a 429's Retry-After header in seconds.
+ */
+export function apiError(status: number, body: unknown, fallbackText = '', retryAfter?: number): SluiceApiError {
   const envelope = errorEnvelope(body) ?? {
     message: `HTTP ${status}${fallbackText ? `: ${fallbackText.slice(0, 200)}` : ''}`,
     type: 'api_error',
     param: null,
     code: 'http_error',
   };
+  if (status === 403 && envelope.code === 'key_expired') return new SluiceKeyExpiredError(status, envelope);
+  if (status === 429) {
+    const Limit = envelope.code === 'token_rate_limited' ? SluiceTokenRateLimitError : SluiceRateLimitError;
+    return new Limit(status, envelope, retryAfter);
+  }
   const Kind = BY_STATUS[status] ?? SluiceApiError;
   return new Kind(status, envelope);
+}
+
+/** A Retry-After header's whole seconds (the delta form the service sends), else undefined. */
+export function retryAfterSeconds(header: string | null): number | undefined {
+  return header !== null && /^[0-9]+$/.test(header.trim()) ? Number(header.trim()) : undefined;
 }
 
 /** Read a failed response's body and turn it into the matching `SluiceApiError` subclass. */
@@ -215,7 +251,7 @@ export async function apiErrorFromResponse(response: Response): Promise<SluiceAp
   } catch {
     body = undefined;
   }
-  return apiError(response.status, body, text);
+  return apiError(response.status, body, text, retryAfterSeconds(response.headers.get('retry-after')));
 }
 
 /** The EIP-1193 error of a wallet, as a `SluiceWalletError`. */

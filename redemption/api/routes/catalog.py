@@ -80,5 +80,11 @@ async def budget(request: Request, state: State, payer: str = Query(..., max_len
     await verify_reader(request, roles=state.auditors, store=state.store, separator=state.domains.redemption,
                         max_deadline_seconds=state.settings.max_deadline_seconds, holders=(payer, spender))
     escrow, budget = await state.store.available(payer, spender)
-    return Budget(payer=payer, spender=spender, escrow_available=str(escrow),
-                  budget_available=None if budget is None else str(budget))
+    answer = Budget(payer=payer, spender=spender, escrow_available=str(escrow),
+                    budget_available=None if budget is None else str(budget),
+                    rate_window_seconds=state.settings.rate_window_seconds)
+    if spender != payer:
+        for policy in await state.store.policies(payer, spender):
+            answer.label, answer.expires_at = policy.label, policy.expires_at
+            answer.requests_per_minute, answer.tokens_per_minute = policy.requests_per_minute, policy.tokens_per_minute
+    return answer
