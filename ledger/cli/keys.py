@@ -78,7 +78,8 @@ def _show_policy(key: dict[str, Any], as_json: bool) -> None:
     limits = ", ".join(f"{name} {key[field]:,}" for name, field in (("rpm", "requests_per_minute"),
                                                                     ("tpm", "tokens_per_minute"))
                        if key[field] is not None) or "no limits"
-    console.print(f"{key['spender']} {key['label'] or '(no label)'}: {limits}, expires {when(key['expires_at'])}",
+    expires = "never" if key["expires_at"] is None else when(key["expires_at"]) + " UTC"
+    console.print(f"{key['spender']} {key['label'] or '(no label)'}: {limits}, expires {expires}",
                   highlight=False, soft_wrap=True)
 
 
@@ -106,13 +107,13 @@ def keys_list(keystore: str | None = KeystoreOpt, api: str | None = ApiOpt, as_c
         console.print(f"{answer['payer']} has no developer keys (give one a budget: `sluice wallet budget set`)",
                       highlight=False)
         return
-    console.print(f"developer keys of {answer['payer']} (limits per minute; available in compute tokens):",
-                  highlight=False)
+    console.print(f"developer keys of {answer['payer']}:", highlight=False)
     print_fitted(KEY_COLUMNS, [
         (r["spender"], r["label"] or "-", "-" if r["requests_per_minute"] is None else f"{r['requests_per_minute']:,}",
          "-" if r["tokens_per_minute"] is None else f"{r['tokens_per_minute']:,}", when(r["expires_at"]),
          "-" if r["budget_available"] is None else format_tokens(int(r["budget_available"])))
         for r in rows])
+    console.print("limits are per minute; available in compute tokens (--json: base units)", highlight=False)
 
 
 def _put(keystore: str | None, api: str | None, spender: str, fields: dict[str, Any], as_json: bool) -> None:
