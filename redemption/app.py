@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.db import migrate
 from ledger.errors import LedgerError
+from redemption.api.billable import ServiceApp, billable_app
 from redemption.api.cors import PublicCors
 from redemption.api.error_handlers import install_error_handlers
 from redemption.api.openapi import install_docs
@@ -29,6 +30,7 @@ from redemption.background import refresh_catalog, start_follower, start_houseke
 from redemption.config import ServiceSettings
 from redemption.metrics import CallCounter, ServiceMetrics
 from redemption.state import build_state
+from redemption.store import HOLD_POOL_OPTIONS
 
 # Every route of the service (tests/redemption/test_public_api.py checks that OpenAPI documents each one).
 ROUTERS = tuple(resource.router for resource in (catalog, completions, internal, audit, usage, keys, ops))
@@ -51,12 +53,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             kwargs={"autocommit": True},
         )
         await pool.open(wait=True, timeout=30)
+        # The holds' own connections (redemption.store.HOLD_POOL_OPTIONS); the batcher uses at most two.
+        hold_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url, min_size=2, max_size=2, open=False,
+            kwargs={"autocommit": True, "options": HOLD_POOL_OPTIONS},
+        )
+        await hold_pool.open(wait=True, timeout=30)
         client = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=600.0),
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
             auto_decompress=False,
         )
-        state = build_state(settings, pool, client)
+        state = build_state(settings, pool, client, hold_pool)
         app.state.sluice = state
         follower_thread = start_follower(state)
         if state.mirror is not None:
@@ -81,10 +89,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if follower_thread is not None:
                 await asyncio.to_thread(follower_thread.join, 10)
             await client.close()
+            await hold_pool.close()
             await pool.close()
 
-    app = FastAPI(title="Sluice redemption service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=DESCRIPTION)
+    app = ServiceApp(title="Sluice redemption service", version="1", lifespan=lifespan, docs_url=None,
+                     redoc_url=None, description=DESCRIPTION)
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)
@@ -93,6 +102,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.add_middleware(CallCounter, metrics=lambda: _metrics_of(app))
     # Added last, so outermost: a preflight is answered before anything counts it.
     app.add_middleware(PublicCors, origins=settings.allowed_origins)
+    app.billable = billable_app(app, settings.allowed_origins, lambda: _metrics_of(app))
     return app
 
 

@@ -21,14 +21,20 @@ from psycopg_pool import AsyncConnectionPool
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+CALL_EACH = "SELECT ord, {function}({args}) FROM unnest({arrays}) WITH ORDINALITY AS t({columns}, ord)"
 
 
 class StatementBatcher:
     """Runs `function` over many argument rows per round trip; at most `in_flight` statements at a time."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], function: str, casts: Sequence[str], *,
-                 sort_key: tuple[int, ...], first_arg: int = 0, max_batch: int = 256, in_flight: int = 2) -> None:
-        """`casts` types the function's arguments; rows may lead with `first_arg` sort-only values."""
+                 sort_key: tuple[int, ...], first_arg: int = 0, max_batch: int = 256, in_flight: int = 2,
+                 statement: str = CALL_EACH) -> None:
+        """`casts` types the function's arguments; rows may lead with `first_arg` sort-only values.
+
+        `statement` may replace the default `SELECT ord, function(...)`: it gets `{function}`, `{args}`,
+        `{arrays}` and `{columns}` filled in and returns (ord, result) rows; a row it returns nothing
+        for gets None."""
         self.pool = pool
         self.max_batch = max_batch
         self.sort_key = sort_key
@@ -41,8 +47,7 @@ class StatementBatcher:
         arrays = ", ".join("%s::text[]::numeric[]" if cast == "numeric" else f"%s::{cast}[]" for cast in casts)
         self._numeric = [i for i, cast in enumerate(casts) if cast == "numeric"]
         args = ", ".join(f"c{i}" for i in range(len(casts)))
-        self.sql = (f"SELECT ord, {function}({args}) FROM unnest({arrays}) WITH ORDINALITY AS t({columns}, ord)"
-                    .encode())
+        self.sql = statement.format(function=function, args=args, arrays=arrays, columns=columns).encode()
 
     async def call(self, *args: Any) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -87,4 +92,4 @@ class StatementBatcher:
         results = {int(ordinal): value for ordinal, value in rows}
         for i, (_, future) in enumerate(batch, start=1):
             if not future.done():
-                future.set_result(results[i])
+                future.set_result(results.get(i))

@@ -22,6 +22,12 @@ from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
 from redemption.models import DailyUsage, KeyBudget, KeyPolicy, ModelUsage, PendingCut, SpenderUsage
 
+# A hold's commit need not wait for its WAL flush: no node sees the job before `bind_dispatch` commits
+# synchronously on the other pool, and that commit flushes the WAL up to it, the hold's record included.
+# So a hold is durable before any work is dispatched for it, one fsync sooner; a refusal's nonce may be
+# lost in a database crash (the call did nothing). Metering always commits synchronously.
+HOLD_POOL_OPTIONS = "-c synchronous_commit=off"
+
 
 def addr(address: str) -> bytes:
     return bytes.fromhex(address[2:])
@@ -108,11 +114,12 @@ def _policy(row: tuple[Any, ...]) -> KeyPolicy:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], hold_pool: AsyncConnectionPool[Any] | None = None) -> None:
+        """`hold_pool` (connections with synchronous_commit off) takes the holds, see `HOLD_POOL_OPTIONS`."""
         self.pool = pool
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
-            pool, "reserve_hold",
+            hold_pool or pool, "reserve_hold",
             ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
              "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer",
              "bigint", "integer"),
@@ -122,6 +129,12 @@ class Store:
             pool, "meter_hold",
             ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
             sort_key=(0, 1), first_arg=2,
+        )
+        # The dispatch bindings of concurrent calls share one UPDATE per round trip (sorted by job id).
+        self._bind = StatementBatcher(
+            pool, "bind_dispatch", ("bytea", "bytea", "integer", "integer"), sort_key=(0,),
+            statement="UPDATE holds SET node = t.c1, max_tokens = t.c2, prompt_bound = t.c3 FROM unnest({arrays})"
+                      " WITH ORDINALITY AS t({columns}, ord) WHERE holds.job_id = t.c0 RETURNING t.ord, true",
         )
 
     async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, window: Window,
@@ -162,11 +175,7 @@ class Store:
     async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
         """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
         receipt, within them, meters it."""
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE holds SET node = %s, max_tokens = %s, prompt_bound = %s WHERE job_id = %s",
-                (addr(node), max_tokens, prompt_bound, job_id),
-            )
+        await self._bind.call(job_id, addr(node), max_tokens, prompt_bound)
 
     async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
         """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this

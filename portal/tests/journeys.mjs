@@ -152,6 +152,20 @@ const steps = {
     };
   },
 
+  async 'enterprise-key-policy'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise');
+    await page.getByRole('button', { name: 'Show key policies' }).waitFor();
+    await page.getByLabel('Developer key to name and limit (address)').fill(config.key);
+    await page.getByLabel('Name', { exact: true }).fill(config.label);
+    await page.getByLabel('Requests per minute (empty: no limit)').fill(config.rpm);
+    await page.getByRole('button', { name: 'Save policy' }).click();
+    const saved = await done(page, 'policy-status');
+    await page.getByRole('button', { name: 'Show key policies' }).click();
+    await done(page, 'policy-status', saved);
+    const row = await page.locator(`[data-testid="policies-table"] tr[data-spender="${config.key}"]`).locator('td').allInnerTexts();
+    return { saved, row, problems, screenshots: [await shot(page, 'enterprise-key-policy')] };
+  },
+
   async 'enterprise-usage'(browser) {
     const { page, problems } = await open(browser, '#/enterprise');
     await page.getByRole('button', { name: 'Show usage' }).click();
@@ -225,7 +239,16 @@ const steps = {
       codes: await page.locator('[data-testid="verify-problems"] li').evaluateAll((items) => items.map((i) => i.getAttribute('data-code'))),
     };
     screenshots.push(await shot(page, 'auditor-tampered'));
-    return { events, csv, receipts, verified, tampered, problems, screenshots };
+    await page.getByRole('button', { name: 'Show reconciliation' }).click();
+    await done(page, 'reconciliation-status');
+    const reconciliation = {
+      balanced: await page.getByTestId('reconciliation-table').getAttribute('data-balanced'),
+      rows: await page.locator('[data-testid="reconciliation-table"] tbody tr').evaluateAll((rows) =>
+        rows.map((r) => ({ payer: r.getAttribute('data-payer'), spender: r.getAttribute('data-spender'), units: [...r.querySelectorAll('[data-units]')].map((e) => e.getAttribute('data-units')) })),
+      ),
+    };
+    screenshots.push(await shot(page, 'auditor-reconciliation'));
+    return { events, csv, receipts, verified, tampered, reconciliation, problems, screenshots };
   },
 
   async 'operator'(browser) {
@@ -256,7 +279,17 @@ const steps = {
     const retired = await done(page, 'node-status', registered);
     await page.locator(`[data-testid="nodes-table"] tr[data-node="${config.node}"][data-status="retired"]`).waitFor();
     screenshots.push(await shot(page, 'operator-nodes'));
+    // Pause the settlement contract, then unpause it.
+    const settlement = page.getByTestId('paused-settlement');
+    await settlement.getByRole('button', { name: 'Pause' }).click();
+    const paused = await done(page, 'pause-status');
+    await settlement.getByText('Settlement: paused').waitFor();
+    const whilePaused = await settlement.innerText();
+    await settlement.getByRole('button', { name: 'Unpause' }).click();
+    const unpaused = await done(page, 'pause-status', paused);
+    await settlement.getByText('Settlement: running').waitFor();
     return {
+      pause: { paused, whilePaused, unpaused },
       status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, shortfalls,
       node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
     };

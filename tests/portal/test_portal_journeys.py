@@ -88,6 +88,8 @@ def test_enterprise_buys_into_escrow_and_gives_two_keys_budgets(story: Story) ->
     assert by_key == {story.dev1.address: str(10 * ONE_TOKEN), story.dev2.address: str(5 * ONE_TOKEN)}
     for dev, amount in ((story.dev1, 10), (story.dev2, 5)):
         assert escrow.budget_of(d.ledger, who.address, dev.address) == (amount * ONE_TOKEN, 0, 0)
+    offered = "/v1/keys" in httpx.get(d.api + "/openapi.json", timeout=10).json()["paths"]
+    assert shown["keys_offered"] is offered
     # The wallet was asked only what a browser wallet is asked: connect, chain, permit, transactions, reads.
     methods = set(shown["methods"])
     assert {"eth_requestAccounts", "wallet_addEthereumChain", "eth_signTypedData_v4", "eth_sendTransaction"} <= methods
@@ -115,6 +117,15 @@ def test_a_refused_purchase_says_why_in_words(story: Story, case: str) -> None:
     }[case]
     assert shown["alert"] == expected
     assert d.ledger.escrow_of(buyer.address) == 0
+
+
+def test_the_enterprise_names_a_key_and_limits_it(story: Story) -> None:
+    shown = story.step("enterprise-key-policy", story.enterprise, key=story.dev2.address, label="batch jobs", rpm="30")
+    assert shown["row"] == [story.dev2.address, "batch jobs", "30", "no limit", "never"]
+    listed = httpx.get(story.d.api + "/v1/keys", auth=SluiceAuth(story.enterprise, max_cost=0), timeout=10).json()
+    policy = next(k for k in listed["keys"] if k["spender"] == story.dev2.address)
+    assert (policy["label"], policy["requests_per_minute"], policy["tokens_per_minute"], policy["expires_at"]) == (
+        "batch jobs", 30, None, None)
 
 
 def test_a_developer_call_shows_in_the_chart_and_the_csv(story: Story) -> None:
@@ -179,6 +190,11 @@ def test_the_auditor_verifies_a_batch_and_sees_a_tampered_receipt_flagged(story:
     tampered = shown["tampered"]
     assert tampered["codes"] == ["merkle_proof", "node_signature", "merkle_root"], tampered
     assert str(tampered["text"]).startswith("Verification failed.")
+    cost = int(d.sql("SELECT cost FROM usage_records WHERE job_id = %s", job)[0][0])
+    # metered, settled, redeemed, short unpaid, difference: the one call, settled and burned in full
+    assert shown["reconciliation"] == {"balanced": "true", "rows": [
+        {"payer": story.enterprise.address, "spender": story.dev1.address,
+         "units": [str(cost), str(cost), str(cost), "0", "0"]}]}
 
 
 def test_the_enterprise_withdraws_after_the_unlock_period_and_deposits_again(story: Story) -> None:
@@ -208,7 +224,7 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
                        endpoint="http://127.0.0.1:9/")
     after = d.ledger.rate(SMALL_MODEL)
     assert (after.input_rate, after.output_rate, after.tier) == (123, 456, before.tier)
-    block = d.ledger.node_registry.w3.eth.block_number - 2  # then the node's register and retire
+    block = d.ledger.w3.eth.block_number - 4  # then the node's register and retire, pause and unpause
     assert shown["status"] == f"Rate of {SMALL_MODEL} set. Mined in block {block}: see it in the history."
     history = shown["history"]
     assert history[:4] == [str(block), SMALL_MODEL, "123", "456"]
@@ -220,6 +236,13 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     assert shown["shortfalls"] == "No settlement has fallen short: every batch was paid in full."
     assert shown["node"]["before"] == "active" and shown["node"]["registered"].startswith("Node ")
     assert shown["node"]["row"].split("\t")[1:5] == ["retired", "http://127.0.0.1:9/", "regional", "eu-test"]
+    pause = shown["pause"]
+    assert pause["paused"].startswith("settlement paused. Mined in block ")
+    assert pause["whilePaused"] == "Settlement: paused Unpause"
+    assert pause["unpaused"].startswith("settlement unpaused. Mined in block ")
+    assert d.ledger.settlement.functions.paused().call() is False
+    paused_logs = d.ledger.settlement.events.Paused().get_logs(from_block=0, to_block="latest")
+    assert [e["args"]["account"] for e in paused_logs] == [d.operator.address]
     record = d.ledger.node_registry.functions.nodeOf(node).call()
     assert (record[0], record[3], record[4], record[5]) == (2, "http://127.0.0.1:9/", "regional", "eu-test")
 

@@ -100,6 +100,7 @@ export function AuditorPage({ ctx }: { ctx: PageContext }) {
         ) : null}
       </Panel>
       <BatchPanel ctx={ctx} batchId={batchId} setBatchId={setBatchId} />
+      <ReconciliationPanel ctx={ctx} />
     </>
   );
 }
@@ -179,6 +180,46 @@ function BatchPanel({ ctx, batchId, setBatchId }: { ctx: PageContext; batchId: s
             </ul>
           ) : null}
         </div>
+      ) : null}
+    </Panel>
+  );
+}
+
+interface Reconciliation {
+  balanced: boolean;
+  rows: { payer: string; spender: string; receipts: number; metered: string; settled: string; redeemed: string; shortfall_unpaid: string; difference: string }[];
+}
+
+function ReconciliationPanel({ ctx }: { ctx: PageContext }) {
+  const [doc, setDoc] = useState<Reconciliation>();
+  const action = useAction();
+  const load = () =>
+    void action.run(async (step) => {
+      step.wallet(signedRead('/audit/reconciliation', 'metered, settled and redeemed amounts per payer and key'));
+      const answer = await ctx.api.auditReconciliation<Reconciliation>();
+      setDoc(answer);
+      return { message: answer.balanced ? 'Every pair balances.' : 'Some pairs do not balance: see the difference column.' };
+    });
+  return (
+    <Panel title="Reconciliation" id="reconciliation">
+      <button type="button" onClick={load} disabled={action.busy}>Show reconciliation</button>
+      <ActionStatus state={action.state} testid="reconciliation-status" />
+      {doc !== undefined ? (
+        <table class="data" data-testid="reconciliation-table" data-balanced={String(doc.balanced)}>
+          <caption>Per payer and key: metered by the service, settled (the database), redeemed (the chain's Redeemed logs)</caption>
+          <thead><tr><th scope="col">Payer / key</th><th scope="col">Receipts</th><th scope="col">Metered</th><th scope="col">Settled</th><th scope="col">Redeemed</th><th scope="col">Short, unpaid</th><th scope="col">Difference</th></tr></thead>
+          <tbody>
+            {doc.rows.map((r) => (
+              <tr key={`${r.payer}-${r.spender}`} data-payer={r.payer} data-spender={r.spender}>
+                <td><code title={r.payer}>{short(r.payer)}</code> / <code title={r.spender}>{short(r.spender)}</code></td>
+                <td>{r.receipts}</td>
+                <td><Amount units={BigInt(r.metered)} /></td><td><Amount units={BigInt(r.settled)} /></td>
+                <td><Amount units={BigInt(r.redeemed)} /></td><td><Amount units={BigInt(r.shortfall_unpaid)} /></td>
+                <td data-units={r.difference}>{r.difference === '0' ? '0' : <Amount units={BigInt(r.difference)} />}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
       ) : null}
     </Panel>
   );

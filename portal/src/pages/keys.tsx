@@ -67,11 +67,11 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
     <Panel title="Key names, limits and expiry" id="key-policies">
       <button type="button" onClick={load} disabled={action.busy}>Show key policies</button>
       {policies !== undefined ? (
-        <table class="data">
+        <table class="data" data-testid="policies-table">
           <thead><tr><th scope="col">Key</th><th scope="col">Name</th><th scope="col">Requests/min</th><th scope="col">Tokens/min</th><th scope="col">Expires</th></tr></thead>
           <tbody>
             {policies.map((p) => (
-              <tr key={p.spender}>
+              <tr key={p.spender} data-spender={p.spender}>
                 <td><code>{p.spender}</code></td><td>{p.label ?? '—'}</td><td>{p.requests_per_minute ?? 'no limit'}</td>
                 <td>{p.tokens_per_minute ?? 'no limit'}</td><td>{p.expires_at === null ? 'never' : describeTime(p.expires_at)}</td>
               </tr>
@@ -80,7 +80,7 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
         </table>
       ) : null}
       <form onSubmit={(e) => { e.preventDefault(); save(); }}>
-        {field('spender', 'Developer key (address)')}
+        {field('spender', 'Developer key to name and limit (address)')}
         {field('label', 'Name')}
         {field('rpm', 'Requests per minute (empty: no limit)')}
         {field('tpm', 'Model tokens per minute (empty: no limit)')}
