@@ -141,10 +141,15 @@ class TxSender:
             return decode_revert(None, tx_hash)
         call = {k: v for k, v in dict(tx).items() if k in ("to", "data", "value")}
         call["from"] = self.address
-        try:  # replay against the state the transaction saw to learn its revert reason
-            self.w3.eth.call(call, int(receipt["blockNumber"]) - 1)  # type: ignore[arg-type]
-        except ContractLogicError as exc:
-            return revert_from(exc, tx_hash)
+        mined = int(receipt["blockNumber"])
+        # Replay to learn the revert reason: first against the state before the block, then against the
+        # state after it — a transaction ahead of this one in the same block (a settlement burning the
+        # escrow a withdrawal asked for, on a chain with a block time) is only in the latter.
+        for block in (mined - 1, mined):
+            try:
+                self.w3.eth.call(call, block)  # type: ignore[arg-type]
+            except ContractLogicError as exc:
+                return revert_from(exc, tx_hash)
         return decode_revert(None, tx_hash)
 
 

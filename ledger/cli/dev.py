@@ -1,5 +1,6 @@
-"""`sluice dev`: a developer's commands. `sluice dev call` lives in ledger.cli.dev_call, on the light client
-alone; the launcher runs it without this app, and this group only lists it in `sluice --help`."""
+"""`sluice dev`: a developer's commands. `sluice dev call` (ledger.cli.dev_call) and `sluice dev budgets`
+(ledger.cli.dev_budgets) run on the light client alone; the launcher runs them without this app, and this
+group only lists them in `sluice --help`."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import typer
 app = typer.Typer(help="A developer's commands: your budgets, a signed call from the shell.", no_args_is_help=True)
 
 
-def _register_budgets() -> None:
-    from ledger.cli.keys import dev_budgets
+@app.command("budgets", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                          "help_option_names": []}, add_help_option=False)
+def budgets(ctx: typer.Context) -> None:
+    """Every payer that gave this key a budget: what is left, and the payer's limits on it
+    (`sluice dev budgets --help` lists the options)."""
+    from ledger.cli.dev_budgets import main
 
-    app.command("budgets")(dev_budgets)
-
-
-_register_budgets()
+    raise typer.Exit(main(ctx.args))
 
 
 @app.command("call", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

@@ -1,25 +1,19 @@
-"""`sluice wallet keys` (a payer's names and limits for its developer keys) and `sluice dev budgets` (every
-budget a developer key was given, what is left of it, and its limits).
-
-Both talk to the redemption service with signed requests (KEYS_API.md): the payer signs its key policy
-changes and reads with its wallet's key, the developer its budget reads. `dev budgets` finds its payers
-in Settlement's BudgetSet logs (the spender is an indexed topic), read without web3.
+"""`sluice wallet keys`: a payer's names and limits for its developer keys (KEYS_API.md), set and read with
+requests signed by the wallet's key. `sluice dev budgets` (ledger.cli.dev_budgets) shows a developer the same
+limits from the other side.
 """
 
 from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from ledger.cli.common import JsonOpt, Refused, checksum_address, explained
 from ledger.cli.output import Column, console, print_fitted, print_json
 from ledger.units import format_tokens
-
-if TYPE_CHECKING:
-    from ledger.chain.client import Ledger
 
 keys_app = typer.Typer(help="Name your developer keys and limit them (calls and model tokens per minute, "
                        "expiry): stored by the service, enforced on every call.", no_args_is_help=True)
@@ -33,11 +27,6 @@ KEY_FIELDS = ("spender", "label", "requests_per_minute", "tokens_per_minute", "e
 KEY_COLUMNS = (Column("developer key"), Column("label", wrap=True, min_width=8), Column("rpm", "right"),
                Column("tpm", "right", drop=2), Column("expires (UTC)", drop=3),
                Column("available", "right", drop=1))
-BUDGET_FIELDS = ("payer", "label", "budget_available", "escrow_available", "requests_per_minute",
-                 "tokens_per_minute", "expires_at", "rate_window_seconds")
-BUDGET_COLUMNS = (Column("payer"), Column("left", "right"), Column("rpm", "right", drop=2),
-                  Column("tpm", "right", drop=3), Column("label", wrap=True, min_width=8, drop=1),
-                  Column("expires (UTC)", drop=4))
 
 
 def when(unix: int | None) -> str:
@@ -89,7 +78,8 @@ def _show_policy(key: dict[str, Any], as_json: bool) -> None:
     limits = ", ".join(f"{name} {key[field]:,}" for name, field in (("rpm", "requests_per_minute"),
                                                                     ("tpm", "tokens_per_minute"))
                        if key[field] is not None) or "no limits"
-    console.print(f"{key['spender']} {key['label'] or '(no label)'}: {limits}, expires {when(key['expires_at'])}",
+    expires = "never" if key["expires_at"] is None else when(key["expires_at"]) + " UTC"
+    console.print(f"{key['spender']} {key['label'] or '(no label)'}: {limits}, expires {expires}",
                   highlight=False, soft_wrap=True)
 
 
@@ -117,13 +107,13 @@ def keys_list(keystore: str | None = KeystoreOpt, api: str | None = ApiOpt, as_c
         console.print(f"{answer['payer']} has no developer keys (give one a budget: `sluice wallet budget set`)",
                       highlight=False)
         return
-    console.print(f"developer keys of {answer['payer']} (limits per minute; available in compute tokens):",
-                  highlight=False)
+    console.print(f"developer keys of {answer['payer']}:", highlight=False)
     print_fitted(KEY_COLUMNS, [
         (r["spender"], r["label"] or "-", "-" if r["requests_per_minute"] is None else f"{r['requests_per_minute']:,}",
          "-" if r["tokens_per_minute"] is None else f"{r['tokens_per_minute']:,}", when(r["expires_at"]),
          "-" if r["budget_available"] is None else format_tokens(int(r["budget_available"])))
         for r in rows])
+    console.print("limits are per minute; available in compute tokens (--json: base units)", highlight=False)
 
 
 def _put(keystore: str | None, api: str | None, spender: str, fields: dict[str, Any], as_json: bool) -> None:
@@ -203,60 +193,3 @@ def keys_delete(spender: str = typer.Argument(..., help="the developer key's add
         return
     console.print(f"{spender}: " + ("label and limits dropped" if deleted else "had no label or limits"),
                   highlight=False)
-
-
-def budget_payers(ledger: Ledger, spender: str) -> list[str]:
-    """Every payer that ever set `spender` a budget, from Settlement's BudgetSet logs (spender topic)."""
-    from ledger.protocol.keccak import keccak256
-
-    topics = ["0x" + keccak256(b"BudgetSet(address,address,uint256,uint64)").hex(), None,
-              "0x" + "00" * 12 + spender[2:].lower()]
-    logs = ledger.w3.eth.get_logs({"fromBlock": ledger.deployment.deploy_block, "toBlock": "latest",
-                                   "address": ledger.settlement.address, "topics": topics})
-    from ledger.protocol.address import to_checksum_address
-
-    return list(dict.fromkeys(str(to_checksum_address(bytes(e["topics"][1])[-20:])) for e in logs))
-
-
-@explained
-def dev_budgets(keystore: str | None = typer.Option(None, "--keystore", help="the developer key's keystore file "
-                                                    "or address"),
-                api: str | None = ApiOpt, as_csv: bool = CsvOpt, as_json: bool = JsonOpt) -> None:
-    """Every payer that gave this key a budget: what is left, and the payer's limits on it."""
-    from ledger.cli.keystores import unlock_key
-    from ledger.cli.wallet import _reader
-    from ledger.protocol.secp256k1 import address_of
-    from redemption.sdk import fetch_budget
-
-    key = unlock_key(keystore)
-    spender = address_of(key)
-    url = _service(api)
-    payers = budget_payers(_reader(), spender)
-    rows: list[dict[str, Any]] = []
-    try:
-        import httpx
-
-        with httpx.Client(timeout=15) as client:
-            for payer in payers:
-                b = fetch_budget(url, key, payer=payer, client=client)
-                rows.append({"payer": payer, "label": b.label, "budget_available": b.budget_available,
-                             "escrow_available": b.escrow_available, "requests_per_minute": b.requests_per_minute,
-                             "tokens_per_minute": b.tokens_per_minute, "expires_at": b.expires_at,
-                             "rate_window_seconds": b.rate_window_seconds})
-    except Exception as exc:
-        raise _refused(exc, url) from None
-    if as_json:
-        print_json({"spender": spender, "budgets": rows})
-        return
-    if as_csv:
-        _csv(BUDGET_FIELDS, rows)
-        return
-    if not rows:
-        console.print(f"no payer gave {spender} a budget", highlight=False)
-        return
-    console.print(f"budgets of {spender} (left in compute tokens; limits per minute):", highlight=False)
-    print_fitted(BUDGET_COLUMNS, [
-        (r["payer"], format_tokens(min(int(r["budget_available"] or 0), int(r["escrow_available"]))),
-         "-" if r["requests_per_minute"] is None else f"{r['requests_per_minute']:,}",
-         "-" if r["tokens_per_minute"] is None else f"{r['tokens_per_minute']:,}", r["label"] or "-",
-         when(r["expires_at"])) for r in rows])

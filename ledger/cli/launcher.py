@@ -2,7 +2,7 @@
 
 A developer who installed only the light client (`pip install sluice`) has `redemption.sdk` but
 none of the CLI's libraries (typer, web3, psycopg, ...); every command then names the extra
-instead of printing a traceback (exit code 2). `sluice dev call` needs only the client: it runs
+instead of printing a traceback (exit code 2). `sluice dev call` and `sluice dev budgets` need only the client: it runs
 without the server's CLI at all (LIGHT_COMMANDS), which also keeps its start-up short.
 """
 
@@ -13,7 +13,8 @@ import sys
 SERVER_EXTRA_HINT = (
     "sluice: this command needs the server side of Sluice, which is not installed (missing module {name!r}).\n"
     "Install it with:  pip install 'sluice[server]'\n"
-    "(the base install is the light client: `from redemption.sdk import SluiceAuth`, and `sluice dev call`)"
+    "(the base install is the light client: `from redemption.sdk import SluiceAuth`, `sluice dev call`,\n"
+    "`sluice dev budgets`)"
 )
 # Top-level modules of the client's own dependencies: their absence is a broken install, not a missing extra.
 CLIENT_MODULES = frozenset({"httpx", "httpcore", "h11", "anyio", "idna", "certifi", "coincurve", "Crypto"})
@@ -25,7 +26,7 @@ def _missing_extra(exc: ModuleNotFoundError) -> bool:
 
 
 # Commands that run on the light client alone, before (and without) the server's CLI: argv prefix -> module.
-LIGHT_COMMANDS = {("dev", "call"): "ledger.cli.dev_call"}
+LIGHT_COMMANDS = {("dev", "call"): "ledger.cli.dev_call", ("dev", "budgets"): "ledger.cli.dev_budgets"}
 MISSING_EXTRA_EXIT = 2
 
 

@@ -103,21 +103,22 @@ def test_an_expired_key_gets_403_key_expired_and_clearing_the_expiry_admits_it(s
 
 def test_tokens_per_window_count_the_worst_case_then_the_metered_tokens(stack: Deployed) -> None:
     enterprise, dev = _pair(stack)
-    body = _body(max_tokens=8, stream=True)
+    body = _body(max_tokens=8)
     worst = len(body) + 32 + 8  # the prompt bound of a small body (its size + the template allowance) + max_tokens
-    sdk.set_key_policy(stack.api, enterprise, dev.address, tokens_per_minute=2 * worst - 1)
     _fresh_window()
-    auth = SluiceAuth(dev, payer=enterprise.address, max_cost=10**17)
-    with httpx.stream("POST", stack.api + CHAT, content=body, headers={"content-type": "application/json"},
-                      auth=auth, timeout=60) as response:
-        assert response.status_code == 200
-        [(start, requests, tokens)] = _window(stack, enterprise, dev)
-        assert (requests, tokens) == (1, worst)  # while the call runs: its worst case
-        lines = list(response.iter_lines())
-    job = json.loads([line for line in lines if line.startswith("data: {")][-1][6:])["sluice"]["job_id"]
+    # admission counts the worst case: one token under it is refused, and takes nothing from the window
+    sdk.set_key_policy(stack.api, enterprise, dev.address, tokens_per_minute=worst - 1)
+    refused = _call(stack.api, dev, enterprise, body)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "token_rate_limited"
+    assert f"up to {worst} model tokens" in refused.json()["error"]["message"]
+    assert [w[1:] for w in _window(stack, enterprise, dev)] == [(0, 0)]
+    sdk.set_key_policy(stack.api, enterprise, dev.address, tokens_per_minute=2 * worst - 1)
+    first = _call(stack.api, dev, enterprise, body)
+    assert first.status_code == 200
     [(prompt, completion)] = stack.sql("SELECT prompt_tokens, completion_tokens FROM usage_records WHERE job_id = %s",
-                                       bytes.fromhex(job[2:]))
+                                       bytes.fromhex(first.headers["Sluice-Job-Id"][2:]))
     assert prompt + completion < worst
+    [(start, _, _)] = _window(stack, enterprise, dev)
     assert _window(stack, enterprise, dev) == [(start, 1, prompt + completion)]  # trued at metering
     # the second worst case fits only because the first was trued (worst + worst > 2 * worst - 1)
     assert _call(stack.api, dev, enterprise, body).status_code == 200

@@ -69,8 +69,11 @@ def test_the_cli_names_the_server_extra_when_it_is_missing() -> None:
     assert "pip install 'sluice[server]'" in out.stderr
 
 
-def test_dev_call_runs_without_any_server_library() -> None:
-    """`sluice dev call` is light: with every server library hidden it still parses, and imports none of them."""
+@pytest.mark.parametrize(("command", "usage"), [("call", "usage: sluice dev call [-h] --model MODEL"),
+                                               ("budgets", "usage: sluice dev budgets [-h] [--api API]")])
+def test_dev_commands_run_without_any_server_library(command: str, usage: str) -> None:
+    """`sluice dev call` and `dev budgets` are light: with every server library hidden they still parse, and
+    import none of them."""
     hide = textwrap.dedent("""
         import json, sys
         SERVER = {"typer", "rich", "click", "web3", "eth_account", "eth_utils", "pydantic", "pydantic_settings",
@@ -80,16 +83,16 @@ def test_dev_call_runs_without_any_server_library() -> None:
                 if name.split(".")[0] in SERVER:
                     raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         sys.meta_path.insert(0, Hide())
-        sys.argv = ["sluice", "dev", "call", "--help"]
+        sys.argv = ["sluice", "dev", "COMMAND", "--help"]
         from ledger.cli.launcher import main
         try:
             main()
         finally:
             print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in SERVER)), file=sys.stderr)
-    """)
+    """).replace("COMMAND", command)
     out = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("usage: sluice dev call [-h] --model MODEL")
+    assert out.stdout.startswith(usage)
     assert json.loads(out.stderr) == []
 
 

@@ -171,6 +171,33 @@ def test_revert_at_mining_time_consumes_its_nonce_and_is_explained(ledger: Ledge
     assert ledger.set_allowlisted(operator, holder, True).nonce == first + 1
 
 
+def test_revert_caused_by_an_earlier_transaction_of_the_same_block_is_explained(ledger: Ledger,
+                                                                              actors: Actors) -> None:
+    operator, holder, w3 = actors.operator, actors.enterprise, ledger.w3
+    ledger.set_allowlisted(operator, holder.address, True)
+    ledger.set_allowlisted(operator, actors.other.address, True)
+    ledger.mint(operator, holder.address, 5)
+    sender = ledger.sender(holder)
+    move = ledger.token.functions.transfer(actors.other.address, 5)
+    # Both spend the whole balance; fixed gas limits skip estimation, so the second fails on chain.
+    tx: Any = {"to": move.address, "data": move._encode_transaction_data(), "gas": 200_000}
+    w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        first_hash, _ = sender.send(tx)
+        second_hash, second_nonce = sender.send(tx)
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    assert w3.eth.get_transaction_receipt(first_hash)["status"] == 1
+    with pytest.raises(ContractRevert) as info:
+        sender.wait(second_hash, second_nonce, tx)
+    # Against the state before the block the transfer would pass: the reason is found after it.
+    assert info.value.error == "ERC20InsufficientBalance"
+    assert info.value.args_by_name == {"sender": holder.address, "balance": 0, "needed": 5}
+    assert ledger.w3.eth.get_transaction_receipt(second_hash)["blockNumber"] == ledger.w3.eth.get_transaction_receipt(
+        first_hash)["blockNumber"]
+
+
 def test_sender_recovers_when_the_chain_rolls_back(ledger: Ledger, actors: Actors) -> None:
     operator, holder, w3 = actors.operator, actors.enterprise.address, ledger.w3
     ledger.set_allowlisted(operator, holder, True)

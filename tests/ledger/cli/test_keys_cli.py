@@ -12,6 +12,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from typer.testing import CliRunner, Result
 
+from ledger.cli import dev_budgets as dev_budgets_cli
+from ledger.cli import dev_call
 from ledger.cli.app import app
 from ledger.config import get_settings
 from tests.support import escrow
@@ -50,14 +52,24 @@ def ok(deployed: Deployed, *args: str) -> object:
     return json.loads(result.stdout)
 
 
+def dev_budgets(capsys: pytest.CaptureFixture[str], deployed: Deployed, dev: LocalAccount, *args: str) -> str:
+    """`sluice dev budgets ARGS` in-process (the light command), with the key from $SLUICE_DEVELOPER_KEY."""
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(dev_call.KEY_ENV, "0x" + dev.key.hex())
+        assert dev_budgets_cli.main(["--api", deployed.api, *args]) == 0
+    return capsys.readouterr().out
+
+
 def test_a_payer_labels_limits_lists_and_deletes_its_keys_and_the_developer_sees_them(
-        deployed: Deployed, env: None, tmp_path: Path) -> None:
+        deployed: Deployed, env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     enterprise = deployed.fund(10)
     dev = deployed.developer(enterprise, 10**17)
     other = deployed.fund(1)
     escrow.set_budget(deployed.ledger, other, dev.address, 5 * 10**16)
     deployed.wait_mirrored()
     payer_ks, dev_ks = keystore(tmp_path, enterprise), keystore(tmp_path, dev)
+    deployed.wait_mirrored()
     labelled = ok(deployed, "wallet", "keys", "label", dev.address, "ci runner", "--keystore", payer_ks)
     assert isinstance(labelled, dict) and labelled["label"] == "ci runner"
     limited = ok(deployed, "wallet", "keys", "limit", dev.address, "--rpm", "2", "--tpm", "5000",
@@ -79,18 +91,24 @@ def test_a_payer_labels_limits_lists_and_deletes_its_keys_and_the_developer_sees
     assert table.exit_code == 0 and max(len(line) for line in table.stdout.splitlines()) <= 80
     assert dev.address in table.stdout and "ci runner" in table.stdout and "0.1" in table.stdout
 
-    budgets = ok(deployed, "dev", "budgets", "--keystore", dev_ks)
+    budgets = json.loads(dev_budgets(capsys, deployed, dev, "--json"))
     assert budgets == {"spender": dev.address, "budgets": [
-        {"payer": enterprise.address, "label": "ci runner", "budget_available": 10**17,
-         "escrow_available": 10 * 10**18, "requests_per_minute": 2, "tokens_per_minute": 5000,
-         "expires_at": 1893456000, "rate_window_seconds": 60},
-        {"payer": other.address, "label": None, "budget_available": 5 * 10**16, "escrow_available": 10**18,
-         "requests_per_minute": None, "tokens_per_minute": None, "expires_at": None, "rate_window_seconds": 60}]}
-    table = cli(deployed, "dev", "budgets", "--keystore", dev_ks)
-    assert table.exit_code == 0 and max(len(line) for line in table.stdout.splitlines()) <= 80
-    assert enterprise.address in table.stdout and other.address in table.stdout
-    csv = cli(deployed, "dev", "budgets", "--keystore", dev_ks, "--csv")
-    assert csv.stdout.splitlines()[2] == f"{other.address},,{5 * 10**16},{10**18},,,,60"
+        {"payer": enterprise.address, "left": 10**17, "budget_available": 10**17, "escrow_available": 10 * 10**18,
+         "label": "ci runner", "requests_per_minute": 2, "tokens_per_minute": 5000, "expires_at": 1893456000,
+         "rate_window_seconds": 60},
+        {"payer": other.address, "left": 5 * 10**16, "budget_available": 5 * 10**16, "escrow_available": 10**18,
+         "label": None, "requests_per_minute": None, "tokens_per_minute": None, "expires_at": None,
+         "rate_window_seconds": 60}]}
+    assert dev_budgets(capsys, deployed, dev).splitlines() == [
+        f"budgets of {dev.address}:",
+        "payer                                        left (tokens)      rpm        tpm",
+        f"{enterprise.address}             0.1        2      5,000",
+        "  ci runner; expires 2030-01-01 00:00 UTC",
+        f"{other.address}            0.05        -          -",
+        "limits are per minute; left = the budget, capped by the payer's escrow (--json: base units)"]
+    assert dev_budgets(capsys, deployed, dev, "--csv").splitlines()[1:] == [
+        f"{enterprise.address},{10**17},{10**17},{10 * 10**18},ci runner,2,5000,1893456000,60",
+        f"{other.address},{5 * 10**16},{5 * 10**16},{10**18},,,,,60"]
 
     # the developer key cannot lift its own limits: it is no payer of itself
     refused = cli(deployed, "wallet", "keys", "limit", dev.address, "--rpm", "0", "--keystore", dev_ks)
