@@ -224,6 +224,25 @@ class DailyUsage(BaseModel):
     metered: str = Field(description="base units (decimal string)")
 
 
+class RecentCall(BaseModel):
+    job_id: str = Field(description="0x 32-byte job id (the Sluice-Job-Id header of the call)")
+    spender: str = Field(description="the developer key that signed the call (the payer itself for its own calls)")
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: str = Field(description="what the call cost, compute-token base units (decimal string)")
+    finished_at: int = Field(description="unix seconds the call ended")
+    status: str = Field(description="metered, batched (in a batch being settled), settled or released (burned)")
+    settled: bool = Field(description="true once the call's burn is confirmed on chain")
+    batch_id: str | None = Field(description="0x id of the settlement batch holding the call; null before batching")
+
+
+class RecentCalls(BaseModel):
+    payer: str
+    spender: str | None = Field(description="the developer key asked for; null: every key of the payer")
+    calls: list[RecentCall] = Field(description="newest first, at most `limit`")
+
+
 class Usage(BaseModel):
     payer: str
     spenders: list[SpenderUsage]

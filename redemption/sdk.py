@@ -16,7 +16,8 @@ chunk has been read); `auth.total_cost` adds them up.
 Refusals carry the OpenAI error envelope with a stable `code`; `error_from_response` turns
 one into a typed `SluiceError` (`InsufficientEscrow`, `NoBudget`, `NotAllowlisted`, …), and
 `SluiceAuth(..., raise_errors=True)` raises it from the auth flow itself. `fetch_discovery`
-reads the discovery document; `fetch_budget` makes the signed budget lookup; `fetch_keys`, `set_key_policy` and
+reads the discovery document; `fetch_budget` makes the signed budget lookup, `fetch_calls` the recent calls
+with their cost; `fetch_keys`, `set_key_policy` and
 `delete_key_policy` read and change a payer's key policies (names, limits, expiry); `reader_auth(key)` signs any
 account-data or audit read: `httpx.get(base + "/v1/usage", params={"payer": address}, auth=reader_auth(key))`.
 
@@ -122,7 +123,8 @@ class NotAuditor(PermissionDenied):
 
 
 class NotAccountHolder(PermissionDenied):
-    """An account read (`/v1/budget`, `/v1/usage`) signed by neither the account's payer nor its spender."""
+    """An account read (`/v1/budget`, `/v1/usage`, `/v1/calls`) signed by neither the account's payer nor its
+    spender."""
 
     code = "not_account_holder"
 
@@ -421,6 +423,30 @@ async def async_fetch_budget(base_url: str, key: Key, client: httpx.AsyncClient,
     auth, params = _budget_request(key, payer)
     response = await client.get(base_url.rstrip("/") + BUDGET_PATH, params=params, auth=auth)
     return Budget.from_json(raise_for_error(response).json())
+
+
+CALLS_PATH = "/v1/calls"
+
+
+def fetch_calls(base_url: str, key: Key, *, payer: str | None = None, spender: str | None = None, limit: int = 50,
+                client: httpx.Client | None = None, timeout: float = 30) -> list[dict[str, Any]]:
+    """The signed `GET /v1/calls`: recent calls with their cost, newest first. A developer key names the `payer`
+    whose budget it spends (its own calls are read); a payer (the default) reads every key's calls, or one
+    `spender`'s."""
+    auth = reader_auth(key)
+    params: dict[str, str | int] = {"payer": to_checksum_address(payer) if payer else auth.address, "limit": limit}
+    if spender is None and payer is not None and to_checksum_address(payer) != auth.address:
+        spender = auth.address
+    if spender is not None:
+        params["spender"] = to_checksum_address(spender)
+    url = base_url.rstrip("/") + CALLS_PATH
+    if client is None:
+        with httpx.Client(timeout=timeout) as own:
+            response = own.get(url, params=params, auth=auth)
+    else:
+        response = client.get(url, params=params, auth=auth)
+    calls: list[dict[str, Any]] = raise_for_error(response).json()["calls"]
+    return calls
 
 
 # -- key policies (signed by the payer: the five headers over the body, Sluice-Max-Cost 0) -------------------

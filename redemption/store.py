@@ -20,7 +20,7 @@ from ledger.domain import ChainFigures, tier_label
 from ledger.window import Window
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
-from redemption.models import DailyUsage, KeyBudget, KeyPolicy, ModelUsage, PendingCut, SpenderUsage
+from redemption.models import DailyUsage, KeyBudget, KeyPolicy, ModelUsage, PendingCut, RecentCall, SpenderUsage
 
 # A hold's commit need not wait for its WAL flush: no node sees the job before `bind_dispatch` commits
 # synchronously on the other pool, and that commit flushes the WAL up to it, the hold's record included.
@@ -74,6 +74,14 @@ USAGE_BY_DAY = (
     "SELECT to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, spender, model, count(*),"
     " coalesce(sum(cost), 0) FROM usage_records WHERE payer = %s GROUP BY day, spender, model"
     " ORDER BY day, spender, model"
+)
+
+# One payer's metered calls, newest first; %(spender)s NULL: every spender of the payer.
+RECENT_CALLS = (
+    "SELECT job_id, spender, model, prompt_tokens, completion_tokens, cost, extract(epoch FROM finished_at)::bigint,"
+    " status, batch_id FROM usage_records WHERE payer = %(payer)s"
+    " AND (%(spender)s::bytea IS NULL OR spender = %(spender)s::bytea)"
+    " ORDER BY finished_at DESC, job_id LIMIT %(limit)s"
 )
 
 
@@ -368,6 +376,20 @@ class Store:
                 (addr(signer), Decimal(nonce), deadline),
             )
             return bool(cur.rowcount == 1)
+
+    async def recent_calls(self, payer: str, spender: str | None, limit: int) -> list[RecentCall]:
+        """The payer's (or one of its spenders') metered calls, newest first."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(RECENT_CALLS, {"payer": addr(payer), "spender": addr(spender) if spender else None,
+                                                    "limit": limit})
+            rows = await cur.fetchall()
+        return [
+            RecentCall(job_id="0x" + bytes(r[0]).hex(), spender=to_checksum_address(bytes(r[1])), model=r[2],
+                       prompt_tokens=r[3], completion_tokens=r[4], cost=str(int(r[5])), finished_at=int(r[6]),
+                       status=r[7], settled=r[7] in ("settled", "released"),
+                       batch_id=None if r[8] is None else "0x" + bytes(r[8]).hex())
+            for r in rows
+        ]
 
     async def usage_by_spender(self, payer: str) -> list[SpenderUsage]:
         async with self.pool.connection() as conn:

@@ -203,8 +203,19 @@ const steps = {
     await row.getByRole('button', { name: 'What is left' }).click();
     await done(page, 'dev-status');
     const left = await page.getByTestId('dev-left').innerText();
+    await row.getByRole('button', { name: 'Recent calls' }).click();
+    const callsStatus = await done(page, 'dev-calls-status');
+    const calls = await page.locator('[data-testid="dev-calls"] tbody tr').evaluateAll((rows) =>
+      rows.map((r) => ({
+        job: r.getAttribute('data-job'),
+        units: r.querySelector('[data-testid="call-units"]')?.textContent,
+        amount: r.querySelector('.amount')?.getAttribute('data-units'),
+        settled: r.querySelector('[data-testid="call-settled"]')?.textContent,
+        finished: r.querySelector('time')?.getAttribute('datetime'),
+        cells: [...r.querySelectorAll('td')].slice(1, 4).map((td) => td.textContent),
+      })));
     const python = await page.getByTestId('snippet-python').innerText();
-    return { row: await row.innerText(), left, python, problems, screenshots: [await shot(page, 'developer')] };
+    return { row: await row.innerText(), left, callsStatus, calls, python, problems, screenshots: [await shot(page, 'developer')] };
   },
 
   async 'auditor'(browser) {

@@ -45,14 +45,14 @@ class AuditorRoles:
 
 async def verify_reader(request: Request, *, roles: AuditorRoles, store: Store, separator: bytes,
                         max_deadline_seconds: int, holders: tuple[str, ...]) -> VerifiedCall:
-    """A signed account-data read (`/v1/usage`, `/v1/budget`): the signer must be one of `holders` (the
+    """A signed account-data read (`/v1/usage`, `/v1/budget`, `/v1/calls`): the signer must be one of `holders` (the
     payer, or the spender whose budget it is) or hold AUDITOR_ROLE; 403 `not_account_holder` otherwise.
     The nonce is consumed only once the reader is authorized."""
     call = _verified_read(request, separator, max_deadline_seconds)
     if call.spender not in {h.lower() for h in holders} and not await roles.holds(call.spender):
         raise errors.NotAccountHolder(
-            f"{call.spender} may not read this account: a payer reads its own account, a spender its own budget, "
-            "an AUDITOR_ROLE key any", "Sluice-Payer")
+            f"{call.spender} may not read this account: a payer reads its own account, a spender its own budget "
+            "and calls, an AUDITOR_ROLE key any", "Sluice-Payer")
     if not await store.consume_nonce(call.spender, call.nonce, call.deadline):
         raise errors.NonceReplayed("this (signer, nonce) was already used; sign the call again with a fresh nonce",
                                    "Sluice-Nonce")

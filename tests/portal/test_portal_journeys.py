@@ -169,6 +169,16 @@ def test_the_developer_sees_its_budget_and_a_snippet(story: Story) -> None:
     assert f'base_url="{story.d.api}/v1"' in str(shown["python"])
     budget = story.d.budget(story.enterprise.address, story.dev1.address).json()
     assert f"budget_available\n{_tokens(int(budget['budget_available']))} SCT" in str(shown["left"])
+    calls = story.d.sql("SELECT '0x' || encode(job_id, 'hex'), model, prompt_tokens, completion_tokens, cost,"
+                        " extract(epoch FROM finished_at)::bigint FROM usage_records WHERE spender = %s",
+                        bytes.fromhex(story.dev1.address[2:]))
+    assert len(calls) == 1  # the call of test_a_developer_call_shows_in_the_chart_and_the_csv
+    job, model, prompt, completion, cost, finished = calls[0]
+    assert shown["callsStatus"] == "1 recent call read from the service."
+    assert shown["calls"] == [{
+        "job": job, "units": str(cost), "amount": str(cost), "settled": "not yet",
+        "finished": datetime.fromtimestamp(finished, UTC).isoformat().replace("+00:00", ".000Z"),
+        "cells": [model, str(prompt), str(completion)]}]
 
 
 def test_the_auditor_verifies_a_batch_and_sees_a_tampered_receipt_flagged(story: Story) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from eth_utils.address import to_checksum_address
 
 from ledger.domain import usage_cost
 from ledger.protocol.keccak import keccak256 as keccak
-from redemption.sdk import SluiceAuth, async_openai_client, openai_client, reader_auth
+from redemption.sdk import SluiceAuth, async_openai_client, fetch_calls, openai_client, reader_auth
 from tests.support.stack import LARGE_MODEL, SMALL_MODEL, Deployed
 
 
@@ -233,6 +234,63 @@ def test_a_small_budget_admits_a_one_token_call_and_names_the_figures_when_short
     assert error["code"] == "insufficient_budget"
     assert f"needs a hold of {hold} base units" in error["message"]
     assert f"has {hold - spent};" in error["message"]
+
+
+def test_recent_calls_list_each_call_with_its_cost_to_its_payer_and_spender_only(deployed: Deployed) -> None:
+    enterprise, rival = deployed.fund(10), deployed.fund(10)
+    developer, rivals_developer = deployed.developer(enterprise, 10**17), deployed.developer(rival, 10**17)
+    deployed.wait_mirrored()
+    made = []
+    for key, payer, tokens in ((developer, enterprise, 5), (developer, enterprise, 9), (rivals_developer, rival, 4)):
+        raw = openai_client(deployed.api, key, payer=payer.address, max_cost=10**16).chat.completions \
+            .with_raw_response.create(model=SMALL_MODEL, max_tokens=tokens,
+                                      messages=[{"role": "user", "content": f"call {len(made)}"}])
+        usage = raw.parse().usage
+        assert usage is not None
+        made.append((raw.headers["Sluice-Job-Id"], usage.prompt_tokens, usage.completion_tokens,
+                     raw.headers["Sluice-Cost"]))
+    finished = dict(deployed.sql("SELECT '0x' || encode(job_id, 'hex'), extract(epoch FROM finished_at)::bigint"
+                                 " FROM usage_records WHERE spender = %s", bytes.fromhex(developer.address[2:])))
+    expected = [{"job_id": job, "spender": developer.address, "model": SMALL_MODEL, "prompt_tokens": prompt,
+                 "completion_tokens": completion, "cost": cost, "finished_at": finished[job], "status": "metered",
+                 "settled": False, "batch_id": None}
+                for job, prompt, completion, cost in reversed(made[:2])]  # newest first
+    assert len(finished) == 2 and int(made[0][3]) > 0 and made[0][0] != made[1][0]
+
+    def read(key: Any, **params: Any) -> httpx.Response:
+        return httpx.get(deployed.api + "/v1/calls", params=params, auth=reader_auth(key), timeout=30)
+
+    mine = read(developer, payer=enterprise.address, spender=developer.address)
+    assert mine.status_code == 200, mine.text
+    assert mine.json() == {"payer": enterprise.address, "spender": developer.address, "calls": expected}
+    assert read(enterprise, payer=enterprise.address).json() == {"payer": enterprise.address, "spender": None,
+                                                                 "calls": expected}  # not the rival's call
+    assert read(enterprise, payer=enterprise.address, limit=1).json()["calls"] == expected[:1]
+    assert fetch_calls(deployed.api, developer, payer=enterprise.address) == expected
+    assert fetch_calls(deployed.api, enterprise) == expected
+    rivals = read(rival, payer=rival.address).json()["calls"]
+    assert [(c["job_id"], c["spender"], c["cost"]) for c in rivals] == [(made[2][0], rivals_developer.address,
+                                                                        made[2][3])]
+    # another payer's developer, another payer, a stranger, and the developer asking for every key: refused
+    for key, params in ((rivals_developer, {"payer": enterprise.address, "spender": developer.address}),
+                        (rival, {"payer": enterprise.address}),
+                        (Account.create(), {"payer": enterprise.address, "spender": developer.address}),
+                        (developer, {"payer": enterprise.address})):
+        refused = read(key, **params)
+        assert refused.status_code == 403, (key.address, refused.text)
+        assert refused.json()["error"]["code"] == "not_account_holder"
+    # a spender naming itself under a payer it never spent for sees nothing of that payer's
+    assert read(rivals_developer, payer=enterprise.address, spender=rivals_developer.address).json()["calls"] == []
+    for params, param in (({"payer": enterprise.address, "limit": 0}, "limit"),
+                          ({"payer": enterprise.address, "limit": 501}, "limit"),
+                          ({"payer": "0x12"}, "payer"), ({"payer": enterprise.address, "spender": "me"}, "spender")):
+        bad = read(enterprise, **params)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    batch = bytes(range(32))
+    deployed.sql("UPDATE usage_records SET status = 'settled', batch_id = %s WHERE job_id = %s RETURNING 1", batch,
+                 bytes.fromhex(made[0][0][2:]))
+    oldest = read(developer, payer=enterprise.address, spender=developer.address).json()["calls"][-1]
+    assert oldest == {**expected[-1], "status": "settled", "settled": True, "batch_id": "0x" + batch.hex()}
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-/** Developer: the budgets every payer gave this key, what is left, its limits, and snippets to call the API. */
+/** Developer: the budgets every payer gave this key, what is left, its limits, its recent calls with their cost,
+ * and snippets to call the API. */
 
 import { useEffect, useState } from 'preact/hooks';
 import { type Address, getAddress, isAddress } from 'viem';
@@ -14,6 +15,21 @@ interface Row {
   scheduled: bigint;
   effectiveAt: bigint;
 }
+
+/** One call of `GET /v1/calls` (cost in base units, a decimal string). */
+interface Call {
+  job_id: string;
+  model: string;
+  prompt_tokens: number;
+  completion_tokens: number;
+  cost: string;
+  finished_at: number;
+  status: string;
+  settled: boolean;
+  batch_id: string | null;
+}
+
+const CALLS_SHOWN = 50;
 
 export function snippets(origin: string, payer: string, model: string): { python: string; js: string } {
   return {
@@ -44,7 +60,9 @@ export function DeveloperPage({ ctx }: { ctx: PageContext }) {
   const [rows, setRows] = useState<Row[]>();
   const [models, setModels] = useState<string[]>([]);
   const [limits, setLimits] = useState<Record<string, unknown>>();
+  const [calls, setCalls] = useState<{ payer: Address; calls: Call[] }>();
   const action = useAction();
+  const callsAction = useAction();
   const key = isAddress(keyText.trim(), { strict: false }) ? getAddress(keyText.trim()) : undefined;
 
   useEffect(() => {
@@ -78,6 +96,14 @@ export function DeveloperPage({ ctx }: { ctx: PageContext }) {
       return { message: 'Budget read from the service.' };
     });
 
+  const readCalls = (payer: Address) =>
+    void callsAction.run(async (step) => {
+      step.wallet(signedRead('/v1/calls', `this key's last ${CALLS_SHOWN} calls under this payer's budget, with their cost`));
+      const answer = await ctx.api.get<{ calls: Call[] }>('v1/calls', { payer, spender: key ?? ctx.account, limit: CALLS_SHOWN });
+      setCalls({ payer, calls: answer.calls });
+      return { message: `${answer.calls.length} recent call${answer.calls.length === 1 ? '' : 's'} read from the service.` };
+    });
+
   const payer = rows?.[0]?.payer ?? '0xPAYER';
   const model = models[0] ?? 'MODEL';
   const code = snippets(ctx.origin, payer, model);
@@ -96,7 +122,8 @@ export function DeveloperPage({ ctx }: { ctx: PageContext }) {
                 <td><code>{r.payer}</code></td>
                 <td><Amount units={r.remaining} /></td>
                 <td>{r.effectiveAt === 0n ? 'none' : <>to <Amount units={r.scheduled} /> at {describeTime(r.effectiveAt)}</>}</td>
-                <td><button type="button" class="secondary" onClick={() => readLeft(r.payer)} disabled={action.busy}>What is left</button></td>
+                <td><button type="button" class="secondary" onClick={() => readLeft(r.payer)} disabled={action.busy}>What is left</button>{' '}
+                  <button type="button" class="secondary" onClick={() => readCalls(r.payer)} disabled={callsAction.busy}>Recent calls</button></td>
               </tr>
             ))}
           </tbody>
@@ -108,6 +135,27 @@ export function DeveloperPage({ ctx }: { ctx: PageContext }) {
               <div key={name}><dt>{name}</dt><dd>{/_available$/.test(name) && typeof value === 'string' ? <Amount units={BigInt(value)} /> : value === null ? '—' : String(typeof value === 'object' ? JSON.stringify(value) : value)}</dd></div>
             ))}
           </dl>
+        ) : null}
+        <ActionStatus state={callsAction.state} testid="dev-calls-status" />
+        {calls !== undefined ? (
+          <table class="data" data-testid="dev-calls">
+            <caption>Recent calls paid from <code>{calls.payer}</code>, newest first</caption>
+            <thead><tr><th scope="col">Finished</th><th scope="col">Model</th><th scope="col">Prompt tokens</th><th scope="col">Completion tokens</th><th scope="col">Cost</th><th scope="col">Base units</th><th scope="col">Settled</th></tr></thead>
+            <tbody>
+              {calls.calls.length === 0 ? <tr><td colSpan={7}>No calls yet.</td></tr> : null}
+              {calls.calls.map((c) => (
+                <tr key={c.job_id} data-job={c.job_id}>
+                  <td><time dateTime={new Date(c.finished_at * 1000).toISOString()}>{describeTime(c.finished_at)}</time></td>
+                  <td>{c.model}</td>
+                  <td>{c.prompt_tokens}</td>
+                  <td>{c.completion_tokens}</td>
+                  <td><Amount units={BigInt(c.cost)} /></td>
+                  <td data-testid="call-units">{c.cost}</td>
+                  <td data-testid="call-settled">{c.settled ? `yes, batch ${c.batch_id ?? ''}` : c.status === 'batched' ? 'in a batch being settled' : 'not yet'}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
         ) : null}
       </Panel>
       <Panel title="Call the API" id="snippets">
