@@ -170,6 +170,10 @@ class NotAuditor(Forbidden):
     code = "not_auditor"
 
 
+class NotOperator(Forbidden):
+    code = "not_operator"
+
+
 class KeyExpired(Forbidden):
     code = "key_expired"
 

@@ -250,3 +250,66 @@ class Usage(BaseModel):
                                      description="the same spend per (developer key, model), largest first")
     days: list[DailyUsage] = Field(default_factory=list,
                                    description="the spend per UTC day, developer key and model, oldest first")
+
+
+class SettlementBacklog(BaseModel):
+    records: int = Field(description="metered records not yet in a confirmed batch")
+    amount: str = Field(description="their cost, compute-token base units (decimal string)")
+    oldest_unsettled_seconds: float | None = Field(description="age of the oldest of them; null when none")
+    waiting_for_cut: int = Field(description="records in the outbox, not yet in a batch")
+    open_batches: dict[str, int] = Field(description="batches not yet confirmed, per status")
+    open_batch_records: dict[str, int] = Field(description="records in those batches, per status")
+    unreleased_batches: int = Field(description="confirmed batches the service's mirror has not released yet")
+
+
+class SettlementTotals(BaseModel):
+    confirmed_batches: dict[str, int] = Field(description="confirmed batches per kind (usage, debt)")
+    records: int = Field(description="usage records settled on chain")
+    items: int
+    gas_used: int
+    failures: int = Field(description="settlement attempts that failed")
+    last_confirmed_at: str | None = Field(description="ISO time of the last batch confirmed in the recent window")
+
+
+class SettlementLag(BaseModel):
+    window_seconds: int = Field(description="how far back: batches confirmed this recently")
+    batches: int
+    p50_seconds: float | None = Field(description="call end to batch confirmation, median; null: no batch")
+    p99_seconds: float | None
+
+
+class OperationsNode(BaseModel):
+    node: str
+    url: str
+    tier: str
+    region: str
+    queue_depth: int = Field(description="calls waiting at the node")
+    running: int
+    capacity: int
+    heartbeat_age_seconds: float | None
+    health: str = Field(description="ok, stale (silent over 15 s: not routed to) or retired")
+    healthy: bool
+
+
+class OperationsWorker(BaseModel):
+    name: str
+    pid: int
+    concurrency: int
+    beat: bool
+    heartbeat_age_seconds: float
+    up: bool = Field(description="false once the worker missed five heartbeats")
+
+
+class OperationsDebts(BaseModel):
+    outstanding: int = Field(description="debts left by short batches, not cleared")
+    amount: str = Field(description="owed minus paid over them, base units (decimal string)")
+    suspended_accounts: int
+
+
+class Operations(BaseModel):
+    backlog: SettlementBacklog
+    settled: SettlementTotals
+    lag: SettlementLag
+    debts: OperationsDebts
+    nodes: list[OperationsNode]
+    workers: list[OperationsWorker]

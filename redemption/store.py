@@ -17,6 +17,14 @@ from eth_utils.address import to_checksum_address
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.domain import ChainFigures, tier_label
+from ledger.settlement.metrics import (
+    NODES_SQL,
+    WORKERS_SQL,
+    SettlementSnapshot,
+    nodes_from_rows,
+    read_snapshot_async,
+    workers_from_rows,
+)
 from ledger.window import Window
 from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
@@ -330,6 +338,14 @@ class Store:
                 " running = EXCLUDED.running, waiting = EXCLUDED.waiting, last_heartbeat = now()",
                 (addr(node), url, models, tier, region, capacity, running, waiting),
             )
+
+    async def operations(self) -> tuple[SettlementSnapshot, list[dict[str, Any]], list[dict[str, Any]]]:
+        """The settlement snapshot `sluice status` prints, the nodes and the settlement workers (one connection)."""
+        async with self.pool.connection() as conn:
+            snap = await read_snapshot_async(conn)
+            nodes = nodes_from_rows(await (await conn.execute(NODES_SQL)).fetchall())
+            workers = workers_from_rows(await (await conn.execute(WORKERS_SQL)).fetchall())
+        return snap, nodes, workers
 
     async def nodes(self) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:

@@ -29,8 +29,10 @@ SELECT
     (SELECT count(*) FROM settlement_outbox),
     -- clock_timestamp(), not now(): inside a transaction now() is its start, which may precede a record
     -- committed meanwhile, and the age would come out negative.
-    (SELECT greatest(extract(epoch FROM clock_timestamp() - min(u.finished_at)), 0) FROM usage_records u
-       WHERE u.status IN ('metered', 'batched')),
+    -- NULL when nothing is unsettled (greatest() alone ignores a NULL and would say 0).
+    (SELECT CASE WHEN min(u.finished_at) IS NOT NULL
+                 THEN greatest(extract(epoch FROM clock_timestamp() - min(u.finished_at)), 0) END
+       FROM usage_records u WHERE u.status IN ('metered', 'batched')),
     (SELECT count(*) FROM settlement_batches WHERE status = 'confirmed' AND released_at IS NULL),
     (SELECT count(*) FROM settlement_attempts WHERE action = 'failed'),
     (SELECT count(*) FROM debts WHERE cleared_at IS NULL),
@@ -55,6 +57,39 @@ SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FR
 FROM settlement_batches b JOIN usage_records u ON u.batch_id = b.batch_id
 WHERE b.kind = 'usage' AND b.status = 'confirmed' AND b.confirmed_at > now() - make_interval(secs => %(window)s)
 """
+# The cost of the metered records not yet in a confirmed batch (base units).
+BACKLOG_AMOUNT_SQL = "SELECT coalesce(sum(cost), 0) FROM usage_records WHERE status IN ('metered', 'batched')"
+
+# The nodes with their heartbeats and queues, and the settlement workers that announced themselves
+# (ledger.settlement.presence): read by `sluice status` and the service's GET /v1/operations.
+HEARTBEAT_STALE_S = 15.0  # a node silent this long is shown stale (the service stops routing to it)
+WORKER_STALE_S = 10.0  # five missed heartbeats (ledger.settlement.presence.HEARTBEAT_S = 2 s)
+NODES_SQL = """
+SELECT '0x' || encode(node, 'hex'), url, tier, region, capacity, running, waiting,
+       extract(epoch FROM now() - last_heartbeat)::float8, retired
+FROM nodes ORDER BY retired, tier, url
+"""
+WORKERS_SQL = """
+SELECT name, pid, concurrency, beat, extract(epoch FROM clock_timestamp() - heartbeat_at)::float8
+FROM settlement_workers ORDER BY name
+"""
+
+
+
+def nodes_from_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """`NODES_SQL`'s rows as JSON-ready dicts, each with its health: ok, stale or retired."""
+    return [{"node": r[0], "url": r[1], "tier": r[2], "region": r[3], "capacity": int(r[4]), "running": int(r[5]),
+             "waiting": int(r[6]), "heartbeat_age_seconds": None if r[7] is None else round(float(r[7]), 1),
+             "retired": bool(r[8]),
+             "health": "retired" if r[8] else ("stale" if r[7] is None or r[7] > HEARTBEAT_STALE_S else "ok")}
+            for r in rows]
+
+
+def workers_from_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """`WORKERS_SQL`'s rows as JSON-ready dicts; `up` is false once a worker missed five heartbeats."""
+    return [{"name": str(r[0]), "pid": int(r[1]), "concurrency": int(r[2]), "beat": bool(r[3]),
+             "heartbeat_age_seconds": round(float(r[4]), 1), "up": float(r[4]) <= WORKER_STALE_S}
+            for r in rows]
 
 
 @dataclass
@@ -73,6 +108,7 @@ class SettlementSnapshot:
     failures: int = 0
     outstanding_debts: int = 0
     outstanding_debt_amount: int = 0
+    backlog_amount: int = 0  # base units: the cost of the backlog's records
     suspended_accounts: int = 0
     recent_batches: int = 0
     recent_batch_records: float | None = None
@@ -92,23 +128,45 @@ class SettlementSnapshot:
         return {**asdict(self), "backlog_records": self.backlog_records}
 
 
+SNAPSHOT_QUERIES: tuple[tuple[str, str, bool], ...] = (
+    # name, SQL, whether it takes the recent window
+    ("snapshot", SNAPSHOT_SQL, False), ("open", OPEN_SQL, False), ("totals", TOTALS_SQL, False),
+    ("recent", RECENT_SQL, True), ("lag", LAG_SQL, True), ("backlog_amount", BACKLOG_AMOUNT_SQL, False),
+)
+
+
 def read_snapshot(conn: psycopg.Connection[Any], window: float = RECENT_WINDOW_S) -> SettlementSnapshot:
+    rows = {name: conn.execute(sql, {"window": window} if windowed else None).fetchall()
+            for name, sql, windowed in SNAPSHOT_QUERIES}
+    return snapshot_from_rows(rows)
+
+
+async def read_snapshot_async(conn: psycopg.AsyncConnection[Any],
+                              window: float = RECENT_WINDOW_S) -> SettlementSnapshot:
+    """`read_snapshot` on an async connection (the redemption service's pool)."""
+    rows = {}
+    for name, sql, windowed in SNAPSHOT_QUERIES:
+        rows[name] = await (await conn.execute(sql, {"window": window} if windowed else None)).fetchall()
+    return snapshot_from_rows(rows)
+
+
+def snapshot_from_rows(rows: dict[str, list[Any]]) -> SettlementSnapshot:
     snap = SettlementSnapshot()
-    row = conn.execute(SNAPSHOT_SQL).fetchone()
-    assert row is not None
+    row = rows["snapshot"][0]
     snap.waiting_records = int(row[0])
     snap.oldest_unsettled_seconds = None if row[1] is None else float(row[1])
     snap.unreleased_batches, snap.failures, snap.outstanding_debts = int(row[2]), int(row[3]), int(row[4])
     snap.outstanding_debt_amount, snap.suspended_accounts = int(row[5]), int(row[6])
-    for status, batches, records in conn.execute(OPEN_SQL):
+    snap.backlog_amount = int(rows["backlog_amount"][0][0])
+    for status, batches, records in rows["open"]:
         snap.open_batches[str(status)] = int(batches)
         snap.open_records[str(status)] = int(records)
-    for kind, batches, records, items, gas in conn.execute(TOTALS_SQL):
+    for kind, batches, records, items, gas in rows["totals"]:
         snap.confirmed_batches[str(kind)] = int(batches)
         snap.settled_records += int(records) if kind == "usage" else 0
         snap.settled_items += int(items)
         snap.gas_used += int(gas)
-    recent = conn.execute(RECENT_SQL, {"window": window}).fetchone()
+    recent = rows["recent"][0] if rows["recent"] else None
     if recent is not None and int(recent[0]) > 0:
         batches, records, items, gas = int(recent[0]), int(recent[1]), int(recent[2]), int(recent[3])
         snap.recent_batches = batches
@@ -117,7 +175,7 @@ def read_snapshot(conn: psycopg.Connection[Any], window: float = RECENT_WINDOW_S
         snap.recent_gas_per_item = gas / items if items else None
         snap.recent_gas_per_record = gas / records if records else None
         snap.last_confirmed_at = recent[4].isoformat() if recent[4] is not None else None
-    lag = conn.execute(LAG_SQL, {"window": window}).fetchone()
+    lag = rows["lag"][0] if rows["lag"] else None
     if lag is not None and lag[0] is not None:
         snap.lag_p50_seconds, snap.lag_p99_seconds = float(lag[0][0]), float(lag[0][1])
     return snap

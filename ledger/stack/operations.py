@@ -13,25 +13,22 @@ import json
 import urllib.request
 from typing import Any
 
+from ledger.settlement.metrics import (  # noqa: F401 (WORKER_STALE_S and HEARTBEAT_STALE_S: re-exported)
+    HEARTBEAT_STALE_S,
+    NODES_SQL,
+    WORKER_STALE_S,
+    WORKERS_SQL,
+    nodes_from_rows,
+    workers_from_rows,
+)
 from ledger.stack.probes import rpc_call
 
 BEAT_MARK = "sluice-beat-"  # hostname prefix of a worker that runs the beat (ledger.cli.worker names it)
-WORKER_STALE_S = 10.0  # five missed heartbeats (ledger.settlement.presence.HEARTBEAT_S = 2 s)
-HEARTBEAT_STALE_S = 15.0  # a node silent this long is shown stale (the service stops routing to it)
 
-NODES_SQL = """
-SELECT '0x' || encode(node, 'hex'), url, tier, region, capacity, running, waiting,
-       extract(epoch FROM now() - last_heartbeat)::float8, retired
-FROM nodes ORDER BY retired, tier, url
-"""
 CURSORS_SQL = """
 SELECT 'mirror', block, head, extract(epoch FROM now() - updated_at)::float8 FROM mirror_cursor
 UNION ALL
 SELECT 'indexer', block, head, extract(epoch FROM now() - updated_at)::float8 FROM indexer_cursor
-"""
-WORKERS_SQL = """
-SELECT name, pid, concurrency, beat, extract(epoch FROM clock_timestamp() - heartbeat_at)::float8
-FROM settlement_workers ORDER BY name
 """
 PAUSED_SELECTOR = "0x5c975abb"  # paused(): the first 4 bytes of keccak256("paused()") (a test checks it)
 
@@ -71,14 +68,8 @@ def database_view(url: str) -> DatabaseView | None:
             worker_rows = conn.execute(WORKERS_SQL).fetchall()
     except psycopg.Error:
         return None
-    nodes = [{"node": r[0], "url": r[1], "tier": r[2], "region": r[3], "capacity": int(r[4]), "running": int(r[5]),
-              "waiting": int(r[6]), "heartbeat_age_seconds": None if r[7] is None else round(float(r[7]), 1),
-              "retired": bool(r[8]),
-              "health": "retired" if r[8] else ("stale" if r[7] is None or r[7] > HEARTBEAT_STALE_S else "ok")}
-             for r in node_rows]
+    nodes = nodes_from_rows(node_rows)
     cursors = {str(r[0]): {"block": int(r[1]), "head": int(r[2]), "lag_blocks": max(int(r[2]) - int(r[1]), 0),
                            "updated_seconds_ago": round(float(r[3]), 1)} for r in cursor_rows}
-    workers = [{"name": str(r[0]), "pid": int(r[1]), "concurrency": int(r[2]), "beat": bool(r[3]),
-                "heartbeat_age_seconds": round(float(r[4]), 1), "up": float(r[4]) <= WORKER_STALE_S}
-               for r in worker_rows]
+    workers = workers_from_rows(worker_rows)
     return nodes, cursors, workers

@@ -277,6 +277,21 @@ const steps = {
   async 'operator'(browser) {
     const { page, problems } = await open(browser, '#/operator');
     await page.getByTestId('paused-token').waitFor();
+    // The operations figures (a signed read of /v1/operations).
+    await page.getByRole('button', { name: 'Show operations' }).click();
+    const opsStatus = await done(page, 'operations-status');
+    const operations = {
+      status: opsStatus,
+      backlogRecords: await page.getByTestId('ops-backlog').getAttribute('data-records'),
+      backlogUnits: await page.getByTestId('ops-backlog-amount').getAttribute('data-units'),
+      backlogTitle: await page.getByTestId('ops-backlog-amount').getAttribute('title'),
+      settled: await page.getByTestId('ops-settled').innerText(),
+      lag: await page.getByTestId('ops-lag').innerText(),
+      debts: await page.getByTestId('ops-debts').innerText(),
+      debtUnits: await page.getByTestId('ops-debt-amount').getAttribute('data-units'),
+      nodes: await page.locator('[data-testid="ops-nodes"] tbody tr').evaluateAll((rows) =>
+        rows.map((r) => ({ node: r.getAttribute('data-node'), queue: r.getAttribute('data-queue'), health: r.getAttribute('data-health') }))),
+    };
     await page.getByLabel('Model', { exact: true }).fill(config.model);
     await page.getByLabel('Input rate (base units per 1M tokens)').fill(config.input);
     await page.getByLabel('Output rate (base units per 1M tokens)').fill(config.output);
@@ -312,7 +327,7 @@ const steps = {
     const unpaused = await done(page, 'pause-status', paused);
     await settlement.getByText('Settlement: running').waitFor();
     return {
-      pause: { paused, whilePaused, unpaused },
+      pause: { paused, whilePaused, unpaused }, operations,
       status, history: cells, history_rows: await page.locator('[data-testid="rate-history"] tbody tr').count(), nodes, shortfalls,
       node: { registered, before, retired, row: await row.innerText() }, problems, screenshots,
     };

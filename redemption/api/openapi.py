@@ -142,7 +142,7 @@ def _generation_operation(path: str) -> dict[str, Any]:
 
 
 def _is_signed(path: str) -> bool:
-    return path.startswith(("/audit/", "/v1/budget", "/v1/usage", "/v1/calls", "/v1/keys"))
+    return path.startswith(("/audit/", "/v1/budget", "/v1/usage", "/v1/calls", "/v1/keys", "/v1/operations"))
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:

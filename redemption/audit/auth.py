@@ -19,6 +19,7 @@ from redemption.auth import VerifiedCall, verify_headers
 from redemption.store import Store
 
 AUDITOR_ROLE = "AUDITOR_ROLE"
+OPERATOR_ROLE = "DEFAULT_ADMIN_ROLE"  # the operator's admin role on the compute token
 
 
 class AuditorRoles:
@@ -29,17 +30,17 @@ class AuditorRoles:
     def __init__(self, ledger: Ledger, ttl: float = 5.0) -> None:
         self.ledger = ledger
         self.ttl = ttl
-        self._cache: dict[str, tuple[bool, float]] = {}
+        self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
 
-    async def holds(self, account: str) -> bool:
+    async def holds(self, account: str, role: str = AUDITOR_ROLE) -> bool:
         now = time.monotonic()
-        cached = self._cache.get(account)
+        cached = self._cache.get((role, account))
         if cached is not None and cached[1] > now:
             return cached[0]
-        holds = await asyncio.to_thread(self.ledger.has_role, AUDITOR_ROLE, account)
+        holds = await asyncio.to_thread(self.ledger.has_role, role, account, on="token")
         if len(self._cache) >= self.MAX_KEYS:  # any key can sign: strangers must not grow this without bound
             self._cache = {k: v for k, v in self._cache.items() if v[0] and v[1] > now}
-        self._cache[account] = (holds, now + self.ttl)
+        self._cache[(role, account)] = (holds, now + self.ttl)
         return holds
 
 
@@ -81,6 +82,21 @@ async def verify_auditor(request: Request, *, roles: AuditorRoles, store: Store,
     if not await roles.holds(call.spender):
         raise errors.NotAuditor(f"{call.spender} does not hold AUDITOR_ROLE on the compute token; "
                                 "the operator grants it with `sluice admin roles grant auditor ADDRESS`")
+    if not await store.consume_nonce(call.spender, call.nonce, call.deadline):
+        raise errors.NonceReplayed("this (signer, nonce) was already used; sign the call again with a fresh nonce",
+                                   "Sluice-Nonce")
+    return call
+
+
+async def verify_operator(request: Request, *, roles: AuditorRoles, store: Store, separator: bytes,
+                          max_deadline_seconds: int) -> VerifiedCall:
+    """A signed operator read (`/v1/operations`): the signer holds AUDITOR_ROLE or the operator's admin role
+    (DEFAULT_ADMIN_ROLE) on the compute token; 403 `not_operator` otherwise."""
+    call = _verified_read(request, separator, max_deadline_seconds)
+    if not await roles.holds(call.spender) and not await roles.holds(call.spender, OPERATOR_ROLE):
+        raise errors.NotOperator(f"{call.spender} holds neither AUDITOR_ROLE nor the operator's admin role on the "
+                                 "compute token; sign with the operator's key, or have the operator grant "
+                                 "`sluice admin roles grant auditor ADDRESS`", "Sluice-Payer")
     if not await store.consume_nonce(call.spender, call.nonce, call.deadline):
         raise errors.NonceReplayed("this (signer, nonce) was already used; sign the call again with a fresh nonce",
                                    "Sluice-Nonce")

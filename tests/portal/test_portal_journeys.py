@@ -241,10 +241,35 @@ def test_the_operator_changes_a_rate_and_sees_it_in_the_history(story: Story) ->
     before = d.ledger.rate(SMALL_MODEL)
     tier = ["edge", "regional", "cloud"][int(before.tier)]
     node = Account.create().address
+    # one call metered and not settled (no settlement worker runs here), so the backlog holds its cost
+    call = httpx.post(d.api + "/v1/chat/completions", content=CHAT, timeout=30,
+                      auth=SluiceAuth(story.enterprise, payer=story.enterprise.address, max_cost=10**17),
+                      headers={"content-type": "application/json"})
+    assert call.status_code == 200, call.text
+    [(job_status, job_cost)] = d.sql("SELECT status, cost FROM usage_records WHERE job_id = %s",
+                                     bytes.fromhex(call.headers["Sluice-Job-Id"][2:]))
+    assert (job_status, int(job_cost)) == ("metered", int(call.headers["Sluice-Cost"])) and job_cost > 0
     shown = story.step("operator", d.operator, model=SMALL_MODEL, input="123", output="456", tier=tier, node=node,
                        endpoint="http://127.0.0.1:9/")
     after = d.ledger.rate(SMALL_MODEL)
     assert (after.input_rate, after.output_rate, after.tier) == (123, 456, before.tier)
+    # the Operations panel (signed /v1/operations) against the database (no settlement worker runs here)
+    ops = shown["operations"]
+    [(records, amount)] = d.sql("SELECT count(*), coalesce(sum(cost), 0) FROM usage_records"
+                                " WHERE status IN ('metered', 'batched')")
+    assert (ops["backlogRecords"], ops["backlogUnits"]) == (str(records), str(amount))
+    assert records >= 1 and amount >= job_cost  # the call above is in it
+    assert ops["backlogTitle"] == f"{amount} base units"
+    [(settled, batches)] = d.sql("SELECT coalesce(sum(receipt_count) FILTER (WHERE kind = 'usage'), 0), count(*)"
+                                 " FROM settlement_batches WHERE status = 'confirmed'")
+    assert ops["settled"] == f"{settled} records in {batches} batches; 0 failed attempts"
+    [(debts, owed, suspended)] = d.sql("SELECT count(*), coalesce(sum(owed - paid), 0),"
+                                       " (SELECT count(*) FROM suspended_accounts) FROM debts WHERE cleared_at IS NULL")
+    assert ops["debts"].startswith(f"{debts} outstanding, ") and ops["debtUnits"] == str(owed)
+    assert ops["debts"].endswith(f"; {suspended} suspended accounts")
+    nodes = d.sql("SELECT '0x' || encode(node, 'hex'), waiting FROM nodes ORDER BY retired, tier, url")
+    assert ops["nodes"] == [{"node": n, "queue": str(w), "health": "ok"} for n, w in nodes]
+    assert ops["status"] == f"Backlog {records} records; 2 of 2 nodes healthy."
     block = d.ledger.w3.eth.block_number - 4  # then the node's register and retire, pause and unpause
     assert shown["status"] == f"Rate of {SMALL_MODEL} set. Mined in block {block}: see it in the history."
     history = shown["history"]

@@ -1,10 +1,11 @@
-/** Operator: the rate card (set a rate, every change from the chain), the nodes, pause and unpause. */
+/** Operator: settlement backlog, lag, debts, node queues and workers (signed /v1/operations), the rate card (set a
+ * rate, every change from the chain), the nodes, shortfalls, pause and unpause. */
 
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { type Address, getAddress, type Hex, isAddress } from 'viem';
 
 import { contract, mined, RATE_CARD_ABI, REGISTRY_ABI, SETTLEMENT_ABI, TIERS, TOKEN_ABI } from '../chain';
-import type { PageContext } from '../context';
+import { type PageContext, signedRead } from '../context';
 import { ActionStatus, Amount, Panel, short, useAction } from '../ui';
 
 interface RateChange {
@@ -29,11 +30,79 @@ const STATUS = ['unknown', 'active', 'retired'];
 export function OperatorPage({ ctx }: { ctx: PageContext }) {
   return (
     <>
+      <OperationsPanel ctx={ctx} />
       <RatesPanel ctx={ctx} />
       <NodesPanel ctx={ctx} />
       <ShortfallsPanel ctx={ctx} />
       <PausePanel ctx={ctx} />
     </>
+  );
+}
+
+/** `GET /v1/operations` (amounts are decimal strings of base units). */
+interface Operations {
+  backlog: { records: number; amount: string; oldest_unsettled_seconds: number | null; waiting_for_cut: number; open_batches: Record<string, number>; unreleased_batches: number };
+  settled: { confirmed_batches: Record<string, number>; records: number; failures: number };
+  lag: { window_seconds: number; batches: number; p50_seconds: number | null; p99_seconds: number | null };
+  debts: { outstanding: number; amount: string; suspended_accounts: number };
+  nodes: { node: string; url: string; tier: string; region: string; queue_depth: number; running: number; capacity: number; heartbeat_age_seconds: number | null; health: string; healthy: boolean }[];
+  workers: { name: string; pid: number; concurrency: number; beat: boolean; heartbeat_age_seconds: number; up: boolean }[];
+}
+
+const secs = (s: number | null) => (s === null ? 'none' : `${s.toFixed(1)} s`);
+
+function OperationsPanel({ ctx }: { ctx: PageContext }) {
+  const [doc, setDoc] = useState<Operations>();
+  const action = useAction();
+  const load = () =>
+    void action.run(async (step) => {
+      step.wallet(signedRead('/v1/operations', 'settlement backlog, lag, debts, node queues and workers; your key needs the operator\'s admin role or the auditor role'));
+      const answer = await ctx.api.get<Operations>('v1/operations');
+      setDoc(answer);
+      return { message: `Backlog ${answer.backlog.records} records; ${answer.nodes.filter((n) => n.healthy).length} of ${answer.nodes.length} nodes healthy.` };
+    });
+  const open = doc === undefined ? '' : Object.entries(doc.backlog.open_batches).map(([s, n]) => `${n} ${s}`).join(', ') || 'none';
+  return (
+    <Panel title="Operations" id="operations">
+      <button type="button" onClick={load} disabled={action.busy}>Show operations</button>
+      <ActionStatus state={action.state} testid="operations-status" />
+      {doc !== undefined ? (
+        <>
+          <dl class="figures" data-testid="operations-figures">
+            <dt>Settlement backlog</dt>
+            <dd data-testid="ops-backlog" data-records={doc.backlog.records}>{doc.backlog.records} records, <Amount units={BigInt(doc.backlog.amount)} testid="ops-backlog-amount" /> ({doc.backlog.waiting_for_cut} waiting for a cut; open batches: {open})</dd>
+            <dt>Oldest unsettled</dt><dd data-testid="ops-oldest">{secs(doc.backlog.oldest_unsettled_seconds)}</dd>
+            <dt>Settled</dt><dd data-testid="ops-settled">{doc.settled.records} records in {Object.values(doc.settled.confirmed_batches).reduce((a, b) => a + b, 0)} batches; {doc.settled.failures} failed attempts</dd>
+            <dt>Settlement lag (last {doc.lag.window_seconds / 60} min)</dt>
+            <dd data-testid="ops-lag">{doc.lag.batches === 0 ? 'no batch confirmed' : `p50 ${secs(doc.lag.p50_seconds)}, p99 ${secs(doc.lag.p99_seconds)} over ${doc.lag.batches} batches`}</dd>
+            <dt>Debts</dt><dd data-testid="ops-debts">{doc.debts.outstanding} outstanding, <Amount units={BigInt(doc.debts.amount)} testid="ops-debt-amount" />; {doc.debts.suspended_accounts} suspended accounts</dd>
+          </dl>
+          <table class="data" data-testid="ops-nodes">
+            <caption>Nodes as the service sees them (heartbeats and queues)</caption>
+            <thead><tr><th scope="col">URL</th><th scope="col">Tier</th><th scope="col">Region</th><th scope="col">Queue</th><th scope="col">Running / capacity</th><th scope="col">Heartbeat</th><th scope="col">Health</th></tr></thead>
+            <tbody>
+              {doc.nodes.map((n) => (
+                <tr key={n.node} data-node={n.node} data-queue={n.queue_depth} data-health={n.health}>
+                  <td><code title={n.node}>{n.url}</code></td><td>{n.tier}</td><td>{n.region}</td><td>{n.queue_depth}</td>
+                  <td>{n.running} / {n.capacity}</td><td>{secs(n.heartbeat_age_seconds)} ago</td><td>{n.health}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {doc.workers.length === 0 ? <p data-testid="ops-no-workers">No settlement worker has announced itself: start one with <code>sluice worker</code>.</p> : (
+            <table class="data" data-testid="ops-workers">
+              <caption>Settlement workers</caption>
+              <thead><tr><th scope="col">Name</th><th scope="col">Pid</th><th scope="col">Pool</th><th scope="col">Beat</th><th scope="col">Heartbeat</th><th scope="col">State</th></tr></thead>
+              <tbody>
+                {doc.workers.map((w) => (
+                  <tr key={w.name}><td>{w.name}</td><td>{w.pid}</td><td>{w.concurrency}</td><td>{w.beat ? 'yes' : 'no'}</td><td>{secs(w.heartbeat_age_seconds)} ago</td><td>{w.up ? 'up' : 'stale'}</td></tr>
+                ))}
+              </tbody>
+            </table>
+          )}
+        </>
+      ) : null}
+    </Panel>
   );
 }
 
@@ -178,7 +247,6 @@ function NodesPanel({ ctx }: { ctx: PageContext }) {
         <button type="submit" disabled={action.busy || !isAddress(form.node.trim(), { strict: false })}>Register node</button>
       </form>
       <ActionStatus state={action.state} testid="node-status" />
-      <p class="muted">Queue depth per node and the settlement backlog: <code>sluice status</code>.</p>
     </Panel>
   );
 }
@@ -221,7 +289,7 @@ function ShortfallsPanel({ ctx }: { ctx: PageContext }) {
           </tbody>
         </table>
       )}
-      <p class="muted">Suspended accounts, outstanding debts and the settlement backlog: <code>sluice status</code> and <code>sluice admin debts</code>.</p>
+      <p class="muted">Outstanding debts and suspended accounts: the Operations panel above; each payer's debts: <code>sluice admin debts</code>.</p>
     </Panel>
   );
 }
