@@ -45,6 +45,7 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
       const spender = getAddress(form.spender.trim());
       const num = (t: string) => (t.trim() === '' ? null : Number.parseInt(t, 10));
       const body = {
+        spender, // the signature covers the body, not the path: the body names the key it changes
         label: form.label.trim() === '' ? null : form.label.trim(),
         requests_per_minute: num(form.rpm),
         tokens_per_minute: num(form.tpm),
