@@ -166,6 +166,18 @@ const steps = {
     return { saved, row, problems, screenshots: [await shot(page, 'enterprise-key-policy')] };
   },
 
+  async 'enterprise-key-policy-delete'(browser) {
+    const { page, problems } = await open(browser, '#/enterprise');
+    await page.getByRole('button', { name: 'Show key policies' }).click();
+    const listed = await done(page, 'policy-status');
+    const row = page.locator(`[data-testid="policies-table"] tr[data-spender="${config.key}"]`);
+    const before = await row.locator('td').allInnerTexts();
+    await row.getByRole('button', { name: 'Delete policy' }).click();
+    const deleted = await done(page, 'policy-status', listed);
+    const after = await row.locator('td').allInnerTexts();
+    return { before, deleted, after, problems, screenshots: [await shot(page, 'enterprise-key-policy-deleted')] };
+  },
+
   async 'enterprise-usage'(browser) {
     const { page, problems } = await open(browser, '#/enterprise');
     await page.getByRole('button', { name: 'Show usage' }).click();

@@ -121,11 +121,22 @@ def test_a_refused_purchase_says_why_in_words(story: Story, case: str) -> None:
 
 def test_the_enterprise_names_a_key_and_limits_it(story: Story) -> None:
     shown = story.step("enterprise-key-policy", story.enterprise, key=story.dev2.address, label="batch jobs", rpm="30")
-    assert shown["row"] == [story.dev2.address, "batch jobs", "30", "no limit", "never"]
+    assert shown["row"] == [story.dev2.address, "batch jobs", "30", "no limit", "never", "Delete policy"]
     listed = httpx.get(story.d.api + "/v1/keys", auth=SluiceAuth(story.enterprise, max_cost=0), timeout=10).json()
     policy = next(k for k in listed["keys"] if k["spender"] == story.dev2.address)
     assert (policy["label"], policy["requests_per_minute"], policy["tokens_per_minute"], policy["expires_at"]) == (
         "batch jobs", 30, None, None)
+
+
+def test_the_enterprise_deletes_a_key_policy_and_the_budget_stays(story: Story) -> None:
+    d = story.d
+    shown = story.step("enterprise-key-policy-delete", story.enterprise, key=story.dev2.address)
+    assert shown["before"] == [story.dev2.address, "batch jobs", "30", "no limit", "never", "Delete policy"]
+    assert shown["deleted"] == f"Policy of {story.dev2.address} deleted; its budget stays on chain."
+    assert shown["after"] == [story.dev2.address, "—", "no limit", "no limit", "never", "Delete policy"]
+    assert d.sql("SELECT count(*) FROM key_policies WHERE spender = %s", bytes.fromhex(story.dev2.address[2:])) == [
+        (0,)]
+    assert escrow.budget_of(d.ledger, story.enterprise.address, story.dev2.address)[0] == 5 * ONE_TOKEN
 
 
 def test_a_developer_call_shows_in_the_chart_and_the_csv(story: Story) -> None:

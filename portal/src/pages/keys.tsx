@@ -58,6 +58,16 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
       if (!response.ok) throw await apiErrorFromResponse(response);
       return { message: `Policy of ${spender} saved.` };
     });
+  const remove = (spender: string) =>
+    void action.run(async (step) => {
+      step.wallet(`Sign a request to delete the policy of key ${spender} (its name, limits and expiry). Its budget stays on chain; it spends nothing (max cost 0).`);
+      const response = await ctx.api.fetch(ctx.api.url(`v1/keys/${spender}`), { method: 'DELETE' });
+      if (!response.ok) throw await apiErrorFromResponse(response);
+      const { deleted } = (await response.json()) as { deleted: boolean };
+      const doc = await ctx.api.get<{ keys: Policy[] }>('v1/keys');
+      setPolicies(doc.keys);
+      return { message: deleted ? `Policy of ${spender} deleted; its budget stays on chain.` : `Key ${spender} had no policy to delete.` };
+    });
   const field = (name: keyof typeof form, label: string) => (
     <>
       <label for={`policy-${name}`}>{label}</label>
@@ -69,12 +79,13 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
       <button type="button" onClick={load} disabled={action.busy}>Show key policies</button>
       {policies !== undefined ? (
         <table class="data" data-testid="policies-table">
-          <thead><tr><th scope="col">Key</th><th scope="col">Name</th><th scope="col">Requests/min</th><th scope="col">Tokens/min</th><th scope="col">Expires</th></tr></thead>
+          <thead><tr><th scope="col">Key</th><th scope="col">Name</th><th scope="col">Requests/min</th><th scope="col">Tokens/min</th><th scope="col">Expires</th><th scope="col" /></tr></thead>
           <tbody>
             {policies.map((p) => (
               <tr key={p.spender} data-spender={p.spender}>
                 <td><code>{p.spender}</code></td><td>{p.label ?? '—'}</td><td>{p.requests_per_minute ?? 'no limit'}</td>
                 <td>{p.tokens_per_minute ?? 'no limit'}</td><td>{p.expires_at === null ? 'never' : describeTime(p.expires_at)}</td>
+                <td><button type="button" class="secondary" onClick={() => remove(p.spender)} disabled={action.busy}>Delete policy</button></td>
               </tr>
             ))}
           </tbody>
