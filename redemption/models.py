@@ -150,11 +150,17 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
 
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+TARGET = ("the developer key this change is for, the same address as the path's {spender}: the signature covers "
+          "the body, not the path, so the body names its target")
+
+
 class KeyPolicyUpdate(BaseModel):
-    """`PUT /v1/keys/{spender}`: an absent field stays as it is, null clears it."""
+    """`PUT /v1/keys/{spender}`: the body names its key; an absent field stays as it is, null clears it."""
 
     model_config = ConfigDict(extra="forbid")
 
+    spender: str = Field(pattern=ADDRESS_PATTERN, description=TARGET)
     label: str | None = Field(None, max_length=64, pattern=LABEL_PATTERN,
                               description="a name for the key, at most 64 characters, no control characters")
     requests_per_minute: StrictInt | None = Field(None, gt=0, le=INT32_MAX, description="calls per rate window")
@@ -190,6 +196,14 @@ class KeyPolicy(BaseModel):
 class KeyList(BaseModel):
     payer: str
     keys: list[KeyPolicy]
+
+
+class KeyPolicyDelete(BaseModel):
+    """`DELETE /v1/keys/{spender}`: the body names the key whose policy goes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spender: str = Field(pattern=ADDRESS_PATTERN, description=TARGET)
 
 
 class KeyDeleted(BaseModel):

@@ -466,18 +466,21 @@ def set_key_policy(base_url: str, key: Key, spender: str, *, label: str | None =
                    requests_per_minute: int | None = _UNSET, tokens_per_minute: int | None = _UNSET,
                    expires_at: int | None = _UNSET, client: httpx.Client | None = None,
                    timeout: float = 30) -> dict[str, Any]:
-    """`PUT /v1/keys/{spender}` signed by the payer `key`: fields not given stay as they are, None clears them."""
+    """`PUT /v1/keys/{spender}` signed by the payer `key` (the body names `spender`): fields not given stay as they
+    are, None clears them."""
     given = {"label": label, "requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute,
              "expires_at": expires_at}
-    body = {name: value for name, value in given.items() if value is not _UNSET}
-    return _keys_call(base_url, "PUT", f"{KEYS_PATH}/{to_checksum_address(spender)}", key, body, client, timeout)
+    spender = to_checksum_address(spender)
+    body = {"spender": spender, **{name: value for name, value in given.items() if value is not _UNSET}}
+    return _keys_call(base_url, "PUT", f"{KEYS_PATH}/{spender}", key, body, client, timeout)
 
 
 def delete_key_policy(base_url: str, key: Key, spender: str, *, client: httpx.Client | None = None,
                       timeout: float = 30) -> bool:
-    """`DELETE /v1/keys/{spender}` signed by the payer `key`; False when the key had no policy."""
-    answer = _keys_call(base_url, "DELETE", f"{KEYS_PATH}/{to_checksum_address(spender)}", key, None, client,
-                        timeout)
+    """`DELETE /v1/keys/{spender}` signed by the payer `key` over the body `{"spender": spender}` (the signature
+    covers the body, not the path); False when the key had no policy."""
+    spender = to_checksum_address(spender)
+    answer = _keys_call(base_url, "DELETE", f"{KEYS_PATH}/{spender}", key, {"spender": spender}, client, timeout)
     return bool(answer["deleted"])
 
 

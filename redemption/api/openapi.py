@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from ledger.protocol.signed_call import SIGNED_HEADERS
 from redemption import errors
-from redemption.models import ChatCompletionRequest, CompletionRequest, KeyPolicyUpdate
+from redemption.models import ChatCompletionRequest, CompletionRequest, KeyPolicyDelete, KeyPolicyUpdate
 
 ASSETS_PATH = "/docs-assets"
 SECURITY = {
@@ -154,7 +154,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     _add_schemas(schemas, ChatCompletionRequest, CompletionRequest, ChatCompletion, Completion, ErrorEnvelope,
-                 KeyPolicyUpdate)
+                 KeyPolicyUpdate, KeyPolicyDelete)
     components["securitySchemes"] = {
         name.replace("-", ""): {"type": "apiKey", "in": "header", "name": name, "description": SECURITY[name]}
         for name in SIGNED_HEADERS

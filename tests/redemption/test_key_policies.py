@@ -158,10 +158,26 @@ def test_the_limit_holds_across_two_service_replicas(stack: Deployed) -> None:
     assert [r[1] for r in _window(stack, enterprise, dev)] == [5]
 
 
+def _signed(method: str, api: str, signer: LocalAccount, payer: str, spender: str,
+            body: dict[str, object] | None) -> httpx.Request:
+    """A signed key-policy request, as built (so a test can send it elsewhere)."""
+    content = b"" if body is None else json.dumps(body).encode()
+    request = httpx.Request(method, f"{api}/v1/keys/{spender}", content=content,
+                            headers={} if body is None else {"content-type": "application/json"})
+    domains = sdk.domains_of(httpx.get(api + sdk.DISCOVERY_PATH, timeout=30).json())
+    SluiceAuth(signer, payer=payer, max_cost=0).sign(request, domains)
+    return request
+
+
+def _send(request: httpx.Request, method: str | None = None, url: str | None = None) -> httpx.Response:
+    """Send `request`'s signed headers and body, optionally as another method or to another url."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
+    return httpx.request(method or request.method, url or str(request.url), content=request.content,
+                         headers=headers, timeout=30)
+
+
 def _put(api: str, signer: LocalAccount, payer: str, spender: str, body: dict[str, object]) -> httpx.Response:
-    return httpx.put(f"{api}/v1/keys/{spender}", content=json.dumps(body).encode(), timeout=30,
-                     headers={"content-type": "application/json"},
-                     auth=SluiceAuth(signer, payer=payer, max_cost=0))
+    return _send(_signed("PUT", api, signer, payer, spender, {"spender": spender, **body}))
 
 
 def test_nobody_but_the_payer_sets_or_reads_its_key_policies(stack: Deployed) -> None:
@@ -189,8 +205,7 @@ def test_nobody_but_the_payer_sets_or_reads_its_key_policies(stack: Deployed) ->
         assert r.status_code == 403 and r.json()["error"]["code"] == "not_account_holder"
     unsigned = httpx.get(stack.api + "/v1/keys", params={"payer": enterprise.address})
     assert unsigned.status_code == 401 and unsigned.json()["error"]["code"] == "missing_signature"
-    gone = httpx.delete(f"{stack.api}/v1/keys/{dev.address}",
-                        auth=SluiceAuth(other, payer=enterprise.address, max_cost=0))
+    gone = _send(_signed("DELETE", stack.api, other, enterprise.address, dev.address, {"spender": dev.address}))
     assert gone.status_code == 403 and gone.json()["error"]["code"] == "not_account_holder"
     mine = sdk.fetch_keys(stack.api, enterprise)
     assert [(k["spender"], k["label"], k["requests_per_minute"]) for k in mine["keys"]] == [
@@ -208,7 +223,8 @@ def test_bad_policies_get_400_with_the_field(stack: Deployed) -> None:
                         ({"expires_at": True}, "expires_at"), ({"colour": "red"}, "colour")):
         r = _put(stack.api, enterprise, enterprise.address, dev.address, body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
-    nonzero = httpx.put(f"{stack.api}/v1/keys/{dev.address}", json={}, auth=SluiceAuth(enterprise, max_cost=1))
+    nonzero = httpx.put(f"{stack.api}/v1/keys/{dev.address}", json={"spender": dev.address},
+                        auth=SluiceAuth(enterprise, max_cost=1))
     assert nonzero.status_code == 400 and nonzero.json()["error"]["code"] == "invalid_header"
 
 
@@ -230,3 +246,86 @@ def test_a_policy_survives_a_restart_and_delete_drops_it(stack: Deployed) -> Non
     [key] = sdk.fetch_keys(stack.api, enterprise)["keys"]
     assert (key["label"], key["updated_at"]) == (None, None)  # still listed: it has a budget
     assert _call(stack.api, dev, enterprise).status_code == 200
+
+
+def _policies(d: Deployed, payer: LocalAccount) -> list[tuple[str, str | None, int | None]]:
+    return [(k["spender"], k["label"], k["expires_at"]) for k in sdk.fetch_keys(d.api, payer)["keys"]]
+
+
+def test_a_signed_delete_or_put_for_one_key_sent_to_another_keys_path_is_refused(stack: Deployed) -> None:
+    enterprise = stack.fund(10)
+    dev_a, dev_b = stack.developer(enterprise, 10**18), stack.developer(enterprise, 10**18)
+    stack.wait_mirrored()
+    expires = int(time.time()) + 86400
+    sdk.set_key_policy(stack.api, enterprise, dev_a.address, label="a", expires_at=expires)
+    sdk.set_key_policy(stack.api, enterprise, dev_b.address, label="b", expires_at=expires)
+    before = sorted(_policies(stack, enterprise))
+    assert before == sorted([(dev_a.address, "a", expires), (dev_b.address, "b", expires)])
+    b_path = f"{stack.api}/v1/keys/{dev_b.address}"
+    # the payer's signed DELETE of key A, sent as a DELETE of key B
+    delete_a = _signed("DELETE", stack.api, enterprise, enterprise.address, dev_a.address, {"spender": dev_a.address})
+    redirected = _send(delete_a, url=b_path)
+    assert redirected.status_code == 400
+    error = redirected.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", "spender")
+    assert f"is not the key in the path ({dev_b.address})" in error["message"]
+    # the payer's signed PUT for key A (clearing its expiry), sent to key B's path
+    put_a = _signed("PUT", stack.api, enterprise, enterprise.address, dev_a.address,
+                    {"spender": dev_a.address, "expires_at": None, "label": "moved"})
+    moved = _send(put_a, url=b_path)
+    assert moved.status_code == 400 and moved.json()["error"]["param"] == "spender"
+    assert sorted(_policies(stack, enterprise)) == before
+    # a PUT without the spender in its body is refused with what to add
+    bare = _send(_signed("PUT", stack.api, enterprise, enterprise.address, dev_b.address, {"label": "x"}))
+    assert bare.status_code == 400 and bare.json()["error"]["param"] == "spender"
+    assert f'add "spender": "{dev_b.address}" to the body' in bare.json()["error"]["message"]
+    # refused before the signature was checked: the nonces were not spent, and the requests still do what was
+    # signed at their own paths (the lowercase address names the same key)
+    assert _send(put_a).status_code == 200
+    assert _send(delete_a).json() == {"deleted": True}
+    lower = _send(_signed("PUT", stack.api, enterprise, enterprise.address, dev_b.address,
+                          {"spender": dev_b.address.lower(), "label": "b2"}))
+    assert lower.status_code == 200 and lower.json()["label"] == "b2"
+    assert sorted(_policies(stack, enterprise)) == sorted([(dev_a.address, None, None), (dev_b.address, "b2",
+                                                                                          expires)])
+
+
+def test_a_payers_signed_read_sent_as_a_delete_is_refused_and_the_expiry_stays(stack: Deployed) -> None:
+    enterprise, dev = _pair(stack)
+    sdk.set_key_policy(stack.api, enterprise, dev.address, label="revoked", expires_at=int(time.time()) - 1)
+    assert _call(stack.api, dev, enterprise).status_code == 403
+    # a signed read of the payer (empty body, Sluice-Max-Cost 0), as an intermediary holds it
+    read = httpx.Request("GET", f"{stack.api}/v1/usage", params={"payer": enterprise.address})
+    reader_auth(enterprise).sign(read, sdk.domains_of(httpx.get(stack.api + sdk.DISCOVERY_PATH).json()))
+    replayed = _send(read, method="DELETE", url=f"{stack.api}/v1/keys/{dev.address}")
+    assert replayed.status_code == 400
+    error = replayed.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", "spender")
+    assert f'carries the body {{"spender": "{dev.address}"}}: send and sign that body' in error["message"]
+    [(spender, label, expires_at)] = _policies(stack, enterprise)
+    assert (spender, label) == (dev.address, "revoked") and expires_at is not None
+    refused = _call(stack.api, dev, enterprise)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "key_expired"
+    # the read itself still works where it was meant to go
+    usage = _send(read)
+    assert usage.status_code == 200 and usage.json()["payer"] == enterprise.address
+    # a DELETE body naming another field, or nothing but junk, is refused with the field
+    extra = _send(_signed("DELETE", stack.api, enterprise, enterprise.address, dev.address,
+                          {"spender": dev.address, "label": None}))
+    assert extra.status_code == 400 and extra.json()["error"]["param"] == "label"
+    assert sdk.delete_key_policy(stack.api, enterprise, dev.address) is True
+    assert _call(stack.api, dev, enterprise).status_code == 200
+
+
+def test_the_openapi_document_has_the_spender_in_both_bodies(stack: Deployed) -> None:
+    doc = httpx.get(stack.api + "/openapi.json", timeout=30).json()
+    item = doc["paths"]["/v1/keys/{spender}"]
+    assert item["put"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/KeyPolicyUpdate"}
+    assert item["delete"]["requestBody"] == {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/KeyPolicyDelete"}}}}
+    schemas = doc["components"]["schemas"]
+    assert schemas["KeyPolicyUpdate"]["required"] == ["spender"]
+    assert schemas["KeyPolicyDelete"]["required"] == ["spender"]
+    assert set(schemas["KeyPolicyDelete"]["properties"]) == {"spender"}
+    assert schemas["KeyPolicyDelete"]["properties"]["spender"]["pattern"] == "^0x[0-9a-fA-F]{40}$"

@@ -45,6 +45,7 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
       const spender = getAddress(form.spender.trim());
       const num = (t: string) => (t.trim() === '' ? null : Number.parseInt(t, 10));
       const body = {
+        spender, // the signature covers the body, not the path: the body names the key it changes
         label: form.label.trim() === '' ? null : form.label.trim(),
         requests_per_minute: num(form.rpm),
         tokens_per_minute: num(form.tpm),
@@ -60,7 +61,10 @@ export function KeyPolicies({ ctx }: { ctx: PageContext }) {
   const remove = (spender: string) =>
     void action.run(async (step) => {
       step.wallet(`Sign a request to delete the policy of key ${spender} (its name, limits and expiry). Its budget stays on chain; it spends nothing (max cost 0).`);
-      const response = await ctx.api.fetch(ctx.api.url(`v1/keys/${spender}`), { method: 'DELETE' });
+      // the signature covers the body, not the path: the body names the key whose policy goes
+      const response = await ctx.api.fetch(ctx.api.url(`v1/keys/${spender}`), {
+        method: 'DELETE', body: JSON.stringify({ spender }), headers: { 'Content-Type': 'application/json' },
+      });
       if (!response.ok) throw await apiErrorFromResponse(response);
       const { deleted } = (await response.json()) as { deleted: boolean };
       const doc = await ctx.api.get<{ keys: Policy[] }>('v1/keys');

@@ -2,8 +2,10 @@
 
 Every request is signed like a billable call (the five Sluice-* headers over the body, Sluice-Max-Cost 0)
 and the signer must be the payer named in Sluice-Payer (403 `not_account_holder`), allowlisted
-(403 `not_allowlisted`). The nonce is consumed once the payer is authorized. The limits are enforced
-inside `reserve_hold`, in the hold's own transaction.
+(403 `not_allowlisted`). The signature covers the body, not the method or path, so a change's body names its
+key (`"spender"`, the path's address; 400 otherwise) and a DELETE is never empty-bodied: a signed change cannot
+be sent to another key, nor a signed (empty-bodied) read sent as a delete. The nonce is consumed once the payer
+is authorized. The limits are enforced inside `reserve_hold`, in the hold's own transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from redemption import errors
 from redemption.api.deps import State
 from redemption.audit.auth import verify_reader
 from redemption.auth import VerifiedCall, read_body, verify_headers
-from redemption.models import KeyDeleted, KeyList, KeyPolicy, KeyPolicyUpdate
+from redemption.models import KeyDeleted, KeyList, KeyPolicy, KeyPolicyDelete, KeyPolicyUpdate
 from redemption.state import ServiceState
 
 router = APIRouter(tags=["keys"])
@@ -54,48 +56,84 @@ async def _verify_payer(request: Request, state: ServiceState, body: bytes) -> V
 
 
 def _spender_for(call: VerifiedCall, spender: str) -> str:
-    spender = _address(spender, "spender")
     if spender.lower() == call.payer:
         raise errors.InvalidRequest("a payer's own calls have no key policy: name one of its developer keys",
                                     "spender")
     return spender
 
 
-def _changes(body: bytes) -> dict[str, Any]:
-    """The fields a PUT sets, validated (absent: unchanged, null: cleared)."""
+def _payload(body: bytes, fields: str) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.MalformedJson(f"the request body is not valid JSON ({exc}); send one JSON object") from None
     if not isinstance(payload, dict):
-        raise errors.MalformedJson("the request body is not a JSON object; send one JSON object with any of "
-                                   "label, requests_per_minute, tokens_per_minute, expires_at")
+        raise errors.MalformedJson(f"the request body is not a JSON object; send one JSON object with {fields}")
+    return payload
+
+
+def _target(payload: dict[str, Any], path: str, method: str) -> str:
+    """The key the signed body names, which must be the path's: the signature covers the body, not the
+    method or path, so without it a signed change (or a signed empty-bodied read) could be sent to another key."""
+    spender = _address(path, "spender")
+    named = payload.get("spender")
+    if named is None:
+        raise errors.InvalidRequest(
+            f"{method} /v1/keys/{{spender}} names its key in the signed body: add \"spender\": \"{spender}\" "
+            "to the body and sign it again", "spender")
+    if not isinstance(named, str) or named.lower() != spender.lower():
+        raise errors.InvalidRequest(
+            f"the body's spender {str(named)[:80]!r} is not the key in the path ({spender}): sign a body whose "
+            "spender is the key you mean to change, and send it to that key's path", "spender")
+    return spender
+
+
+def _invalid(exc: ValidationError, what: str) -> errors.InvalidRequest:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or None
+    return errors.InvalidRequest(f"invalid {what}: {where}: {first['msg']}", where)
+
+
+def _changes(payload: dict[str, Any]) -> dict[str, Any]:
+    """The fields a PUT sets, validated (absent: unchanged, null: cleared)."""
     try:
         update = KeyPolicyUpdate.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise errors.InvalidRequest(f"invalid key policy: {where}: {first['msg']}", where) from None
-    return update.model_dump(include=set(payload))
+        raise _invalid(exc, "key policy") from None
+    return update.model_dump(include=set(payload) - {"spender"})
 
 
 @router.put("/v1/keys/{spender}", openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/KeyPolicyUpdate"}}}}})
 async def put_key(request: Request, state: State, spender: str) -> KeyPolicy:
-    """Name a developer key and set its limits (signed by the payer over this body; absent fields stay, null
-    clears). Limits count per SLUICE_RATE_WINDOW_SECONDS window (60: per minute)."""
+    """Name a developer key and set its limits (signed by the payer over this body, which names the key as
+    `spender`; absent fields stay, null clears). Limits count per SLUICE_RATE_WINDOW_SECONDS window (60: per
+    minute)."""
     body = await read_body(request, state.settings.max_body_bytes)
+    payload = _payload(body, "spender and any of label, requests_per_minute, tokens_per_minute, expires_at")
+    spender = _target(payload, spender, "PUT")
     call = await _verify_payer(request, state, body)
     spender = _spender_for(call, spender)
-    return await state.store.put_policy(call.payer, spender, _changes(body), int(time.time()))
+    return await state.store.put_policy(call.payer, spender, _changes(payload), int(time.time()))
 
 
-@router.delete("/v1/keys/{spender}")
+@router.delete("/v1/keys/{spender}", openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/KeyPolicyDelete"}}}}})
 async def delete_key(request: Request, state: State, spender: str) -> KeyDeleted:
-    """Drop a developer key's name and limits (signed by the payer, empty body); its budget stays on chain."""
+    """Drop a developer key's name and limits (signed by the payer over the body `{"spender": key}`); its budget
+    stays on chain."""
     body = await read_body(request, state.settings.max_body_bytes)
-    if body:
-        raise errors.InvalidRequest("DELETE /v1/keys/{spender} has an empty body; sign keccak256 of zero bytes")
+    if not body:
+        raise errors.InvalidRequest(
+            f"DELETE /v1/keys/{{spender}} carries the body {{\"spender\": \"{_address(spender, 'spender')}\"}}: "
+            "send and sign that body (an empty body is refused, so a signed read cannot be sent as a delete)",
+            "spender")
+    payload = _payload(body, "spender")
+    spender = _target(payload, spender, "DELETE")
+    try:
+        KeyPolicyDelete.model_validate(payload)
+    except ValidationError as exc:
+        raise _invalid(exc, "key policy delete") from None
     call = await _verify_payer(request, state, body)
     spender = _spender_for(call, spender)
     return KeyDeleted(deleted=await state.store.delete_policy(call.payer, spender))
