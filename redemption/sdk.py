@@ -122,6 +122,12 @@ class NotAuditor(PermissionDenied):
     code = "not_auditor"
 
 
+class NotOperator(PermissionDenied):
+    """An operations read (`/v1/operations`) by a key with neither AUDITOR_ROLE nor the operator's admin role."""
+
+    code = "not_operator"
+
+
 class NotAccountHolder(PermissionDenied):
     """An account read (`/v1/budget`, `/v1/usage`, `/v1/calls`) signed by neither the account's payer nor its
     spender."""
@@ -183,7 +189,7 @@ ERRORS_BY_STATUS: dict[int, type[SluiceError]] = {
 }
 ERRORS_BY_CODE: dict[str, type[SluiceError]] = {
     cls.code: cls for cls in (InsufficientEscrow, InsufficientBudget, MaxCostTooLow, NoBudget, NotAllowlisted,
-                              Paused, Suspended, NotAuditor, NotAccountHolder, KeyExpired, NodeRetired,
+                              Paused, Suspended, NotAuditor, NotOperator, NotAccountHolder, KeyExpired, NodeRetired,
                               NodeNotRegistered, EndpointMismatch, RateLimited, TokenRateLimited) if cls.code
 }
 

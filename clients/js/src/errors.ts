@@ -35,6 +35,7 @@ export type SluiceErrorCode =
   | 'paused'
   | 'suspended'
   | 'not_auditor'
+  | 'not_operator'
   | 'not_account_holder'
   | 'forbidden'
   | 'cors_origin_not_allowed'
