@@ -106,7 +106,10 @@ class Dispatcher:
                 self.metrics.dispatch_retries.inc()
             headers = {"content-type": "application/json", TICKET_HEADER: self.ticket_for(held, node.node)}
             # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
-            await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens, held.plan.prompt_bound)
+            if not await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
+                                                        held.plan.prompt_bound):
+                raise errors.DatabaseUnavailable("the call's hold was lost in a database restart; nothing was "
+                                                 "charged, retry")
             started = time.perf_counter()
             node.in_flight += 1
             try:

@@ -10,7 +10,8 @@ started again: crash recovery keeps exactly what was flushed. The WAL writer is 
 After recovery, against what the simulated nodes say they ran and what the clients were answered:
 every job a node ran has its hold or its usage record; every call answered 200 has its usage record at
 the cost it was told; every reservation equals its open holds plus its unmetered usage, exactly; and
-what /v1/budget shows available is escrow (or budget) less exactly that.
+what /v1/budget shows available is escrow (or budget) less exactly that. And a call whose hold is gone
+when its dispatch is bound (as when the binding lands on the recovered database) is refused, unrun.
 
 Real chain, PostgreSQL, redemption service, node agents and simulators.
 """
@@ -47,9 +48,9 @@ pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"
 CALLERS = 16  # concurrent calls kept in flight
-NODE_DELAY = 0.3  # each node holds every call this long first, so calls are at the nodes when the database dies
+NODE_DELAY = 1.0  # each node holds every call this long first, so calls are at the nodes when the database dies
 OUTAGE = 1.0  # seconds the database stays down: the calls the nodes hold finish meanwhile
-ANSWERED_BEFORE, ANSWERED_AFTER = 40, 40  # calls answered 200 before the crash, and after recovery
+ANSWERED_BEFORE, ANSWERED_AFTER = 32, 32  # calls answered 200 before the crash, and after recovery
 MAX_COST = 10**16
 SERVICE_ENV = {"SLUICE_NODE_TIMEOUT_SECONDS": "60", "SLUICE_NODE_STALE_SECONDS": "60"}
 
@@ -150,6 +151,10 @@ def test_database_killed_under_paid_traffic_loses_no_call_a_node_ran(crashable: 
         loop.start()
         try:
             poll_until(lambda: traffic.answered_ok() >= ANSWERED_BEFORE, 120, "calls answered before the crash")
+            # Crash just after a node took a job: its hold committed moments ago, likely after every metering
+            # (synchronous) commit, so only the commit that let it be dispatched keeps it.
+            taken = len(ran_on_nodes(d))
+            poll_until(lambda: len(ran_on_nodes(d)) > taken, 20, "a node taking another job")
             crashable.crash()
             time.sleep(OUTAGE)  # the fault's length, not a wait for work: the database is down this long
             crashable.start()
@@ -216,3 +221,37 @@ def test_database_killed_under_paid_traffic_loses_no_call_a_node_ran(crashable: 
             if payer is not spender:
                 pair = (raw(payer.address), raw(spender.address))
                 assert int(shown["budget_available"]) == 50 * ONE_TOKEN - by_pair[pair]
+
+
+def test_a_call_whose_hold_is_gone_at_dispatch_never_reaches_a_node(postgres_url: str, tmp_path: Path) -> None:
+    """A hold lost before its dispatch is bound (its asynchronous commit lost in a crash, the binding made on
+    the recovered database): 503, and no node runs the job. A trigger loses every hold as it is taken."""
+    with deployment(postgres_url, tmp_path / "home") as d:
+        payer = d.fund(10)
+        d.wait_mirrored()
+        domains = Domains(d.deployment.chain_id, d.deployment.contracts["settlement"])
+        body = json.dumps({"model": SMALL_MODEL, "messages": [{"role": "user", "content": "lost"}],
+                           "max_tokens": 4}).encode()
+
+        def call() -> httpx.Response:
+            headers = signed_call_headers(bytes(payer.key), domains.redemption, body, payer=payer.address,
+                                          max_cost=MAX_COST, nonce=secrets.randbits(128),
+                                          deadline=int(time.time()) + 120)
+            return httpx.post(d.api + CHAT, content=body, headers={"content-type": "application/json", **headers},
+                              timeout=30)
+
+        with psycopg.connect(d.db_url, autocommit=True) as conn:
+            conn.execute("CREATE FUNCTION lose_hold() RETURNS trigger LANGUAGE plpgsql AS $$"
+                         " BEGIN DELETE FROM holds WHERE job_id = NEW.job_id; RETURN NULL; END $$")
+            conn.execute("CREATE TRIGGER lose_hold AFTER INSERT ON holds FOR EACH ROW EXECUTE FUNCTION lose_hold()")
+            ran = ran_on_nodes(d)
+            refused = call()
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "database_unavailable"
+            assert "nothing was charged" in refused.json()["error"]["message"]
+            assert ran_on_nodes(d) == ran
+            assert d.sql("SELECT count(*) FROM usage_records") == [(0,)]
+            conn.execute("DROP TRIGGER lose_hold ON holds")
+        served = call()
+        assert served.status_code == 200, served.text
+        assert ran_on_nodes(d) == ran | {bytes.fromhex(served.headers["Sluice-Job-Id"][2:])}
