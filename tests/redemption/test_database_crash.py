@@ -197,6 +197,7 @@ def test_database_killed_under_paid_traffic_loses_no_call_a_node_ran(crashable: 
                 assert a.job in ran
         assert set(holds) <= set(sent) and set(usage) <= set(sent)
         assert outcomes[200] >= ANSWERED_BEFORE + ANSWERED_AFTER
+        assert set(outcomes) <= {200, 503}, "a call the outage stopped is answered 503, not dropped or a 500"
         # Nothing is settled here: each reservation is exactly its open holds plus its metered usage.
         assert all(status == "metered" for *_, status in usage.values())
         by_payer: dict[bytes, int] = defaultdict(int)
