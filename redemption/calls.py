@@ -13,6 +13,7 @@ from ledger.domain import TIER_NAMES
 from ledger.protocol.keccak import keccak256 as keccak
 from redemption import errors
 from redemption.auth import read_body, verify_headers
+from redemption.dispatch import no_capacity
 from redemption.metering import HeldCall
 from redemption.models import ChatCompletionRequest, CompletionRequest
 from redemption.pricing import plan_cost
@@ -77,13 +78,19 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
                                timeout=settings.prompt_count_timeout_seconds)  # fmt: skip
     plan = plan_cost(body, parsed.requested_max_tokens(), DEFAULT_MAX_TOKENS[path], call.max_cost,
                      rate.input_rate, rate.output_rate, prompt_bound=bound)
+    # The node is chosen before the hold, which records it: one commit holds the funds and binds the job.
+    candidates = state.registry.candidates(parsed.model, tier, region)
+    if not candidates:
+        raise no_capacity(parsed.model, tier, region)
+    node = candidates[0]
     figures = await state.chain_figures(call.payer, call.spender)
     job_id = job_id_for(call.spender, call.digest)
     outcome = await state.store.reserve_hold(job_id, call, plan.hold, parsed.model, settings.window, figures,
-                                             plan.prompt_bound + plan.max_tokens, settings.rate_window_seconds)
+                                             plan.prompt_bound + plan.max_tokens, settings.rate_window_seconds,
+                                             (node.node, plan.max_tokens, plan.prompt_bound))
     if outcome != "ok":
         raise errors.hold_refusal(outcome, settings.rate_window_seconds)
     held = HeldCall(job_id, call, path, payload, rate, plan, parsed.stream, tier, region, received)
     if parsed.stream:
-        return await state.dispatcher.stream(held)
-    return await state.dispatcher.complete(held)
+        return await state.dispatcher.stream(held, node)
+    return await state.dispatcher.complete(held, node)
