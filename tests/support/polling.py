@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout: float = 5.0, what: str = "the condition", *,
+def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition", *,
                every: Callable[[], object] | None = None, max_delay: float = 0.1) -> T:
     """Poll `check()` with a short back-off until it returns something truthy, and return that.
 

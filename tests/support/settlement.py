@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
@@ -51,6 +51,7 @@ from tests.support.polling import wait_until
 
 CHAIN_ID = 31337
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+T = TypeVar("T")
 NODE = embedded_account(10)
 REPO = Path(__file__).resolve().parents[2]
 
@@ -398,19 +399,31 @@ class World:
     def unsettled(self) -> int:
         return int(self.scalar("SELECT count(*) FROM usage_records WHERE status NOT IN ('settled', 'released')"))
 
+    def wait_for(self, check: Callable[[], T], timeout: float, what: str,
+                 every: Callable[[], object] | None = None) -> T:
+        """`wait_until`, printing each worker's log tail and the unconfirmed batches when it times out."""
+        try:
+            return wait_until(check, timeout, what, every=every)
+        except AssertionError:
+            for worker in self.workers:
+                print(f"--- {worker.log.name}\n{worker.tail()}")
+            with contextlib.suppress(Exception):  # the database may be down on purpose
+                print(self.query("SELECT encode(batch_id, 'hex'), status, attempts, last_error"
+                                 " FROM settlement_batches WHERE status <> 'confirmed'"))
+            raise
+
+    def sent_batches(self) -> list[bytes]:
+        """Batches whose transaction was sent at least once, whatever became of them since (a batch is
+        'submitted' only until its confirmations come, which on a fast chain can be a fraction of a second)."""
+        return [bytes(r[0]) for r in self.query(
+            "SELECT DISTINCT batch_id FROM settlement_attempts WHERE action IN ('sent', 'replaced')")]
+
     def wait_all_settled(self, timeout: float = 60.0, every: Callable[[], object] | None = None) -> None:
         def done() -> bool:
             return self.unsettled() == 0 and not self.batches("cut") and not self.batches("submitted") \
                 and not self.batches("failed")
 
-        try:
-            wait_until(done, timeout, "settlement of every metered record", every=every)
-        except AssertionError:
-            for worker in self.workers:
-                print(f"--- {worker.log.name}\n{worker.tail()}")
-            print(self.query("SELECT encode(batch_id, 'hex'), status, attempts, last_error FROM settlement_batches"
-                             " WHERE status <> 'confirmed'"))
-            raise
+        self.wait_for(done, timeout, "settlement of every metered record", every=every)
 
     # -- the final check -------------------------------------------------------------------
     def assert_settled_exactly_once(self, *, shortfalls_allowed: bool = False) -> None:

@@ -266,6 +266,6 @@ def chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": CHAT_MESSAGES, "stream": stream, **extra}
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "the condition") -> Any:
     """`tests.support.polling.wait_until` on a steady 10 ms beat: engine states here last under a second."""
     return polling.wait_until(check, timeout, what, max_delay=0.01)

@@ -118,6 +118,6 @@ class MetricSamples:
         return sum(float(sample.value) for sample in self._samples if sample.name == name)
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "the condition") -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "the condition") -> Any:
     """`tests.support.polling.wait_until` on a steady 10 ms beat: engine states here last under a second."""
     return polling.wait_until(check, timeout, what, max_delay=0.01)

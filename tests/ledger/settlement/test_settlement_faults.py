@@ -61,7 +61,7 @@ def test_worker_killed_while_a_batch_is_submitted_then_restarted(world: World) -
     world.meter_many(40)
     # Anvil mines only on transactions: the settlement is mined, but its confirmation block never comes.
     worker = world.start_worker("--beat", "--concurrency", "1", confirmations=1, settlement_wait=60)
-    wait_until(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
+    world.wait_for(lambda: world.batches("submitted"), 20, "a batch submitted")
     (batch_id,) = world.batches("submitted")
     worker.kill9()
     assert world.ledger.is_settled(batch_id), "burned on chain"
@@ -80,7 +80,8 @@ def test_chain_endpoint_stopped_for_10s_in_the_middle_of_a_batch(world: World) -
     world.meter_many(30)
     with block_producer(world.chain.url, 0.3):
         world.start_worker("--beat", "--concurrency", "1", confirmations=1, settlement_max_open=3)
-        wait_until(lambda: bool(world.batches("submitted")), 60, "a batch submitted")
+        # The first batch's transaction is sent (it may be confirmed a block later, before this looks).
+        world.wait_for(world.sent_batches, 60, "a batch sent")
         world.chain.stop()  # a clean stop: Anvil writes its state, as a node restart would keep its blocks
         down_until = time.monotonic() + 10
         # Calls keep being metered against the mirror while the chain is away.
@@ -138,8 +139,10 @@ def test_postgres_restarted_while_batches_are_in_flight(own_postgres_world: Worl
     world.meter_many(40)
     with block_producer(world.chain.url, 0.3):
         world.start_worker("--beat", "--concurrency", "2", confirmations=3, batch_max=15)
-        wait_until(lambda: bool(world.batches("submitted")), 20, "a batch submitted")
-        in_flight = world.query("SELECT tx_hash FROM settlement_batches WHERE status = 'submitted'")
+        # The transactions sent and not yet confirmed, read in the same query that sees them.
+        in_flight = world.wait_for(
+            lambda: world.query("SELECT tx_hash FROM settlement_batches WHERE status = 'submitted'"), 20,
+            "a batch submitted")
         world.postgres.stop()
         # While the database is away the transactions get their confirmations; nobody can record them.
         mined = [world.w3.eth.wait_for_transaction_receipt(HexBytes(h), 20) for (h,) in in_flight]
