@@ -6,13 +6,13 @@ import time
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from ledger.domain import TIER_NAMES
 from ledger.protocol.keccak import keccak256 as keccak
 from redemption import errors
-from redemption.auth import read_body, verify_headers
+from redemption.auth import call_headers, receive_body, verify_headers
 from redemption.dispatch import no_capacity
 from redemption.metering import HeldCall
 from redemption.models import ChatCompletionRequest, CompletionRequest
@@ -55,11 +55,12 @@ def _parse(body: bytes, model: type[BaseModel]) -> tuple[dict[str, object], Base
         raise _validation_error(exc) from None
 
 
-async def handle_call(request: Request, state: ServiceState, path: str) -> Response:
+async def handle_call(scope: Scope, receive: Receive, state: ServiceState, path: str) -> Response:
     received = time.perf_counter()
     settings = state.settings
-    body = await read_body(request, settings.max_body_bytes)
-    call = verify_headers(request, body, state.domains.redemption, settings.max_deadline_seconds)
+    headers = call_headers(scope)
+    body = await receive_body(receive, headers, settings.max_body_bytes)
+    call = verify_headers(headers, body, state.domains.redemption, settings.max_deadline_seconds)
     payload, parsed = _parse(body, REQUEST_MODELS[path])
     assert isinstance(parsed, ChatCompletionRequest | CompletionRequest)
     rate = state.rates.get(parsed.model)
@@ -67,10 +68,10 @@ async def handle_call(request: Request, state: ServiceState, path: str) -> Respo
         known = ", ".join(sorted(state.rates)) or "none"
         raise errors.UnknownModel(f"The model `{parsed.model}` does not exist. Models on the rate card: {known}",
                                   "model")
-    tier = request.headers.get("sluice-tier")
+    tier = headers.get("sluice-tier")
     if tier is not None and tier not in TIER_NAMES:
         raise errors.InvalidHeader(f"Sluice-Tier must be one of {', '.join(TIER_NAMES)}", "Sluice-Tier")
-    region = request.headers.get("sluice-region")
+    region = headers.get("sluice-region")
     if not state.registry.serves(parsed.model):
         raise errors.NoCapacity(f"no node serves model {parsed.model!r} right now; nothing was charged", "model")
     bound = await prompt_bound(state.dispatcher.client, state.registry, path, payload, body, tier, region,

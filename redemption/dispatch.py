@@ -123,10 +123,9 @@ class Dispatcher:
             started = time.perf_counter()
             node.in_flight += 1
             try:
-                response = await asyncio.wait_for(
-                    self.client.post(node.url.rstrip("/") + held.path, data=body, headers=headers),
-                    self.first_byte_timeout,
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the request in a task of its own.
+                async with asyncio.timeout(self.first_byte_timeout):
+                    response = await self.client.post(node.url.rstrip("/") + held.path, data=body, headers=headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 node.in_flight -= 1
                 self.registry.record_failure(node.node)
