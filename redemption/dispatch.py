@@ -114,8 +114,10 @@ class Dispatcher:
                 node = candidates[0]
                 self.metrics.dispatch_retries.inc()
                 # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
-                await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
-                                                     held.plan.prompt_bound)
+                if not await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
+                                                            held.plan.prompt_bound):
+                    raise errors.DatabaseUnavailable("the call's hold was lost in a database restart; nothing "
+                                                     "was charged, retry")
             else:
                 node = first  # bound by the hold's own (synchronous) commit
             tried.add(node.node)

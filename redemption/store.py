@@ -197,10 +197,11 @@ class Store:
     async def release_hold(self, job_id: bytes, payer: str, spender: str) -> bool:
         return await self.meter_hold(job_id, payer, spender, "0x" + "00" * 20, 0, 0, None, b"", None)
 
-    async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> None:
+    async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> bool:
         """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
-        receipt, within them, meters it. Commits synchronously, before that node's ticket is signed."""
-        await self._bind.call(job_id, addr(node), max_tokens, prompt_bound)
+        receipt, within them, meters it. Commits synchronously, before that node's ticket is signed. False when
+        the job has no hold (its commit was lost in a database crash): it must not be dispatched."""
+        return bool(await self._bind.call(job_id, addr(node), max_tokens, prompt_bound))
 
     async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:
         """Keep what the service relayed of a call still waiting for its receipt: the hold is charged this

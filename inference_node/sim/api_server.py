@@ -2,8 +2,8 @@
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokenize``,
 ``GET /v1/models``, ``GET /health``, ``GET /metrics``, ``GET /version`` and the simulator's own
-``GET``/``POST /sim/faults``. Errors use vLLM's envelope ``{"error": {"message", "type", "param",
-"code"}}``: 404 ``NotFoundError`` for an unknown model, 400 ``BadRequestError`` for
+``GET``/``POST /sim/faults`` and ``GET /sim/requests``. Errors use vLLM's envelope ``{"error": {"message",
+"type", "param", "code"}}``: 404 ``NotFoundError`` for an unknown model, 400 ``BadRequestError`` for
 context-length violations (with vLLM's ``(parameter=..., value=...)`` suffix), 400
 ``Bad Request`` for schema errors. An unknown route or method gets FastAPI's own
 ``{"detail": ...}``, as from vLLM.
@@ -155,6 +155,11 @@ def create_simulator_app(config: SimulatorConfig) -> FastAPI:
     async def get_faults() -> FaultState:
         """The armed fault (simulator extension, not part of vLLM)."""
         return sim.faults.state()
+
+    @app.get("/sim/requests")
+    async def get_requests() -> dict[str, list[str]]:
+        """The request ids of the generation requests taken, oldest first (simulator extension)."""
+        return {"request_ids": list(sim.requests)}
 
     @app.post("/sim/faults")
     async def set_faults(plan: FaultPlan) -> FaultState:

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from http import HTTPStatus
@@ -103,6 +104,8 @@ def _sse(payload: str) -> str:
 
 
 _SSE_DONE = "data: [DONE]\n\n"
+# Generation request ids kept for `GET /sim/requests`, newest last.
+REQUESTS_KEPT = 100_000
 
 
 def _usage_flags(stream_options: StreamOptions | None) -> tuple[bool, bool]:
@@ -165,6 +168,9 @@ class Simulator:
         self.metrics = VllmMetrics(config.model_name, config.max_model_len)
         self.engine = SimulatedEngine(config, self.metrics)
         self.faults = FaultInjector(config.faults)
+        # Request ids of the generation requests taken, oldest first (`GET /sim/requests`): what a test checks
+        # against the service's records to see which jobs a node ran.
+        self.requests: deque[str] = deque(maxlen=REQUESTS_KEPT)
         # vLLM's fingerprint is its version and a hash of the server's configuration.
         digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
         self.fingerprint = f"vllm-{config.vllm_version}-{digest}"
@@ -315,6 +321,7 @@ class Simulator:
     ) -> Response:
         """Apply any armed fault, then answer in full or as an SSE stream."""
         connection = ClientConnection(request)
+        self.requests.append(plan.request_id)
         fault = self.faults.take()
         if fault is not None and fault.mode == "error":
             return InjectedError(fault.status, fault.message).to_response()

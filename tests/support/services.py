@@ -9,6 +9,8 @@ containers); the chain fixtures always start their own Anvil.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +20,10 @@ import pytest
 from ledger.config import Settings
 from ledger.db import migrate
 from ledger.paths import StatePaths
+from ledger.polling import poll_until
 from ledger.stack.errors import PortInUse
 from ledger.stack.probes import free_port
-from ledger.stack.services import Service, anvil_binary, anvil_service, postgres_service, redis_service
+from ledger.stack.services import DATABASE, Service, anvil_binary, anvil_service, postgres_service, redis_service
 from ledger.stack.supervisor import Stack
 
 TEST_CHAIN_ID = 31337
@@ -106,3 +109,47 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running(redis_service(StatePaths(tmp_path_factory.mktemp("redis")))) as service:
         assert service.url is not None
         yield service.url
+
+
+class CrashablePostgres:
+    """An embedded PostgreSQL of one test's own that the test can crash (SIGKILL) and start again on its data."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.service = postgres_service(StatePaths(state_dir))
+        self.stack = Stack([self.service])
+        self.stack.start()
+
+    @property
+    def url(self) -> str:
+        assert self.service.url is not None
+        return self.service.url
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every backend at once (one process group: no clean shutdown, no last
+        WAL flush), then wait until none of them is left."""
+        group = self.stack.pid(DATABASE)  # the postmaster leads its own process group; backends are its children
+        os.killpg(group, signal.SIGKILL)
+        poll_until(lambda: not _live_members(group), 10, "every PostgreSQL process gone")
+
+    def start(self) -> None:
+        """Start it again on the same data (crash recovery replays the WAL), until it answers."""
+        self.stack.restart(DATABASE)
+
+    def close(self) -> None:
+        self.stack.stop()
+
+
+def _live_members(group: int) -> list[int]:
+    """Processes of process group `group` that are not zombies (read from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members

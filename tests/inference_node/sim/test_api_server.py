@@ -41,6 +41,20 @@ def test_unknown_route_gets_fastapis_own_answer_as_from_vllm(sim: RunningSimulat
     assert response.json() == {"detail": "Not Found"}  # vLLM 0.32 answers an unknown route without its envelope
 
 
+def test_sim_requests_lists_the_generation_requests_taken_in_order(sim: RunningSimulator) -> None:
+    before = httpx.get(f"{sim.base_url}/sim/requests").json()["request_ids"]
+    chat = {"model": MODEL, "messages": CHAT_MESSAGES, "max_tokens": 2}
+    assert httpx.post(f"{sim.base_url}/v1/chat/completions", json=chat,
+                      headers={"X-Request-Id": "job-a"}).status_code == 200
+    assert httpx.post(f"{sim.base_url}/v1/completions", json={"model": MODEL, "prompt": COMPLETION_PROMPT,
+                      "max_tokens": 2}, headers={"X-Request-Id": "job-b"}).status_code == 200
+    # Refused before generation (unknown model): never taken, so not listed.
+    assert httpx.post(f"{sim.base_url}/v1/chat/completions", json={**chat, "model": "nope"},
+                      headers={"X-Request-Id": "job-c"}).status_code == 404
+    after = httpx.get(f"{sim.base_url}/sim/requests").json()["request_ids"]
+    assert after == [*before, "chatcmpl-job-a", "cmpl-job-b"]
+
+
 def test_tokenize_counts_what_usage_reports(sim: RunningSimulator, client: openai.OpenAI) -> None:
     chat = httpx.post(f"{sim.base_url}/tokenize", json={"model": MODEL, "messages": CHAT_MESSAGES}).json()
     assert (chat["count"], chat["max_model_len"], len(chat["tokens"]), chat["token_strs"]) == (
