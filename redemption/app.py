@@ -30,7 +30,6 @@ from redemption.background import refresh_catalog, start_follower, start_houseke
 from redemption.config import ServiceSettings
 from redemption.metrics import CallCounter, ServiceMetrics
 from redemption.state import build_state
-from redemption.store import HOLD_POOL_OPTIONS
 
 # Every route of the service (tests/redemption/test_public_api.py checks that OpenAPI documents each one).
 ROUTERS = tuple(resource.router for resource in (catalog, completions, internal, audit, usage, keys, ops))
@@ -53,18 +52,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             kwargs={"autocommit": True},
         )
         await pool.open(wait=True, timeout=30)
-        # The holds' own connections (redemption.store.HOLD_POOL_OPTIONS); the batcher uses at most two.
-        hold_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            settings.database_url, min_size=2, max_size=2, open=False,
-            kwargs={"autocommit": True, "options": HOLD_POOL_OPTIONS},
-        )
-        await hold_pool.open(wait=True, timeout=30)
         client = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=600.0),
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
             auto_decompress=False,
         )
-        state = build_state(settings, pool, client, hold_pool)
+        state = build_state(settings, pool, client)
         app.state.sluice = state
         follower_thread = start_follower(state)
         if state.mirror is not None:
@@ -89,7 +82,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             if follower_thread is not None:
                 await asyncio.to_thread(follower_thread.join, 10)
             await client.close()
-            await hold_pool.close()
             await pool.close()
 
     app = ServiceApp(title="Sluice redemption service", version="1", lifespan=lifespan, docs_url=None,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope
 
 from ledger.protocol.eip712 import Redemption, typed_digest
 from ledger.protocol.keccak import keccak256 as keccak
@@ -48,6 +50,36 @@ class VerifiedCall:
     digest: bytes
 
 
+def call_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name (the first of a repeated one, as Starlette's `Headers.get`)."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
+async def receive_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """`read_body` straight from the ASGI `receive` (the billable fast path has no Starlette Request)."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.BodyTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit; send a smaller "
+                                  "request")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            # http.disconnect: closed mid-body (a 408 from the server's body timeout, or the client left).
+            raise errors.RequestTimeout("the request body did not arrive; send the whole request promptly")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit; send a smaller request")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than `limit` bytes without reading them all."""
     declared = request.headers.get("content-length")
@@ -68,8 +100,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _uint_header(request: Request, name: str, title: str) -> int:
-    value = request.headers[name].strip()
+def _uint_header(headers: Mapping[str, str], name: str, title: str) -> int:
+    value = headers[name].strip()
     # Not str.isdigit(): it takes "²", which int() then refuses with a 500.
     if not DECIMAL.fullmatch(value):
         raise errors.InvalidHeader(f"{title} must be a decimal unsigned integer, got {value[:80]!r}", title)
@@ -80,10 +112,9 @@ def _uint_header(request: Request, name: str, title: str) -> int:
     return number
 
 
-def verify_headers(request: Request, body: bytes, separator: bytes, max_deadline_seconds: int,
+def verify_headers(headers: Mapping[str, str], body: bytes, separator: bytes, max_deadline_seconds: int,
                    now: float | None = None) -> VerifiedCall:
-    """Check the signed-call headers against `body`; raise the matching ApiError otherwise."""
-    headers = request.headers
+    """Check the signed-call headers (by lower-case name) against `body`; raise the matching ApiError otherwise."""
     missing = [h for h in SIGNED_HEADERS if h.lower() not in headers]
     if missing:
         raise errors.MissingSignature(
@@ -95,9 +126,9 @@ def verify_headers(request: Request, body: bytes, separator: bytes, max_deadline
     # Not is_hex_address(): it also takes 40 hex digits with no 0x, which the slicing below would cut short.
     if not ADDRESS.fullmatch(payer):
         raise errors.InvalidHeader(f"Sluice-Payer must be a 0x address, got {payer[:80]!r}", "Sluice-Payer")
-    max_cost = _uint_header(request, MAX_COST, "Sluice-Max-Cost")
-    nonce = _uint_header(request, NONCE, "Sluice-Nonce")
-    deadline = _uint_header(request, DEADLINE, "Sluice-Deadline")
+    max_cost = _uint_header(headers, MAX_COST, "Sluice-Max-Cost")
+    nonce = _uint_header(headers, NONCE, "Sluice-Nonce")
+    deadline = _uint_header(headers, DEADLINE, "Sluice-Deadline")
     now = time.time() if now is None else now
     if deadline < now:
         raise errors.SignatureExpired(f"Sluice-Deadline {deadline} has passed; sign the call again", "Sluice-Deadline")

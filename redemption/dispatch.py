@@ -57,6 +57,14 @@ def node_refusal(content: bytes, path: str) -> errors.ApiError:
     return errors.InvalidRequest(f"{message}; nothing was charged", param)
 
 
+def no_capacity(model: str, tier: str | None, region: str | None) -> errors.NoCapacity:
+    return errors.NoCapacity(
+        f"no node could serve model {model!r} right now" + (f" in tier {tier}" if tier else "")
+        + (f" in region {region}" if region else "") + "; nothing was charged, retry later",
+        "model",
+    )
+
+
 class Dispatcher:
     def __init__(self, *, client: aiohttp.ClientSession, registry: NodeRegistry, meter: Meter, domains: Domains,
                  dispatch_key: bytes, ticket_ttl: int, first_byte_timeout: float, attempts: int,
@@ -92,31 +100,34 @@ class Dispatcher:
             payload["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return orjson.dumps(payload)
 
-    async def _open(self, held: HeldCall) -> tuple[NodeState, aiohttp.ClientResponse, float]:
-        """Open the request on the best node that answers; nodes that fail first are skipped."""
+    async def _open(self, held: HeldCall, first: NodeState) -> tuple[NodeState, aiohttp.ClientResponse, float]:
+        """Open the request on the best node that answers, `first` (the hold is bound to it) first; nodes that
+        fail first are skipped."""
         tried: set[str] = set()
         body = self.node_payload(held)
         for attempt in range(self.attempts):
-            candidates = self.registry.candidates(held.payload["model"], held.tier, held.region, frozenset(tried))
-            if not candidates:
-                break
-            node = candidates[0]
-            tried.add(node.node)
             if attempt:
+                candidates = self.registry.candidates(held.payload["model"], held.tier, held.region,
+                                                      frozenset(tried))
+                if not candidates:
+                    break
+                node = candidates[0]
                 self.metrics.dispatch_retries.inc()
+                # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
+                if not await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
+                                                            held.plan.prompt_bound):
+                    raise errors.DatabaseUnavailable("the call's hold was lost in a database restart; nothing "
+                                                     "was charged, retry")
+            else:
+                node = first  # bound by the hold's own (synchronous) commit
+            tried.add(node.node)
             headers = {"content-type": "application/json", TICKET_HEADER: self.ticket_for(held, node.node)}
-            # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
-            if not await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
-                                                        held.plan.prompt_bound):
-                raise errors.DatabaseUnavailable("the call's hold was lost in a database restart; nothing was "
-                                                 "charged, retry")
             started = time.perf_counter()
             node.in_flight += 1
             try:
-                response = await asyncio.wait_for(
-                    self.client.post(node.url.rstrip("/") + held.path, data=body, headers=headers),
-                    self.first_byte_timeout,
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the request in a task of its own.
+                async with asyncio.timeout(self.first_byte_timeout):
+                    response = await self.client.post(node.url.rstrip("/") + held.path, data=body, headers=headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 node.in_flight -= 1
                 self.registry.record_failure(node.node)
@@ -131,18 +142,13 @@ class Dispatcher:
             self.registry.record_latency(node.node, (time.perf_counter() - started) * 1000)
             return node, response, started
         await self.meter.release(held)
-        raise errors.NoCapacity(
-            f"no node could serve model {held.payload['model']!r} right now"
-            + (f" in tier {held.tier}" if held.tier else "") + (f" in region {held.region}" if held.region else "")
-            + "; nothing was charged, retry later",
-            "model",
-        )
+        raise no_capacity(held.payload["model"], held.tier, held.region)
 
     def _remaining(self, held: HeldCall) -> float:
         return max(held.received + self.hold_lifetime - time.perf_counter(), 0.0)
 
-    async def complete(self, held: HeldCall) -> Response:
-        node, response, started = await self._open(held)
+    async def complete(self, held: HeldCall, first: NodeState) -> Response:
+        node, response, started = await self._open(held, first)
         try:
             try:
                 async with asyncio.timeout(self._remaining(held)) as cut:
@@ -183,8 +189,8 @@ class Dispatcher:
         return Response(content, media_type="application/json",
                         headers={"Sluice-Job-Id": "0x" + held.job_id.hex(), "Sluice-Cost": str(cost)})
 
-    async def stream(self, held: HeldCall) -> Response:
-        node, response, _started = await self._open(held)
+    async def stream(self, held: HeldCall, first: NodeState) -> Response:
+        node, response, _started = await self._open(held, first)
         if response.status != 200:
             try:
                 content = await response.read()

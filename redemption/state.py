@@ -99,7 +99,6 @@ def resolve_dispatch_key(settings: ServiceSettings) -> bytes:
 
 def build_state(
     settings: ServiceSettings, pool: AsyncConnectionPool[Any], client: aiohttp.ClientSession,
-    hold_pool: AsyncConnectionPool[Any] | None = None,
 ) -> ServiceState:
     w3 = connect(settings.effective_rpc_url)
     deployment = load_deployment(settings.state_dir, int(w3.eth.chain_id))
@@ -116,7 +115,7 @@ def build_state(
                               deployment.deploy_block)
     chain_nodes.sync()  # before the first heartbeat: only the chain's nodes are ever admitted
     registry = NodeRegistry(settings.node_stale_seconds, chain_nodes)
-    store = Store(pool, hold_pool)
+    store = Store(pool)
     meter = Meter(store=store, domains=domains, metrics=metrics)
     dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,
                             ticket_ttl=settings.ticket_ttl_seconds, first_byte_timeout=settings.node_timeout_seconds,

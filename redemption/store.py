@@ -30,11 +30,13 @@ from redemption.auth import VerifiedCall
 from redemption.batching import StatementBatcher
 from redemption.models import DailyUsage, KeyBudget, KeyPolicy, ModelUsage, PendingCut, RecentCall, SpenderUsage
 
-# A hold's commit need not wait for its WAL flush: no node sees the job before `bind_dispatch` commits
-# synchronously on the other pool, and that commit flushes the WAL up to it, the hold's record included.
-# So a hold is durable before any work is dispatched for it, one fsync sooner; a refusal's nonce may be
-# lost in a database crash (the call did nothing). Metering always commits synchronously.
-HOLD_POOL_OPTIONS = "-c synchronous_commit=off"
+# Durability of a hold. The node is chosen before the hold is taken, and `reserve_hold` records it (with the
+# ticket's bounds) in the hold's own transaction, which commits synchronously: the ticket is signed only after
+# that commit returned, that is after its WAL record reached the disk. So no ticket ever exists for a job whose
+# hold a database crash could still lose (a node that ran such a job could never be paid: no hold, no receipt
+# meters it; the payer's funds would not be reserved for it). A retry on another node rebinds the hold
+# (`bind_dispatch`, also synchronous) before that node's ticket is signed. Metering commits synchronously too:
+# the answer, with its cost, leaves only once its usage record is on disk.
 
 
 def addr(address: str) -> bytes:
@@ -130,15 +132,14 @@ def _policy(row: tuple[Any, ...]) -> KeyPolicy:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any], hold_pool: AsyncConnectionPool[Any] | None = None) -> None:
-        """`hold_pool` (connections with synchronous_commit off) takes the holds, see `HOLD_POOL_OPTIONS`."""
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
-            hold_pool or pool, "reserve_hold",
+            pool, "reserve_hold",
             ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
              "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer",
-             "bigint", "integer"),
+             "bigint", "integer", "bytea", "integer", "integer"),
             sort_key=(4, 5),
         )
         self._meter = StatementBatcher(
@@ -151,11 +152,17 @@ class Store:
             pool, "bind_dispatch", ("bytea", "bytea", "integer", "integer"), sort_key=(0,),
             statement="UPDATE holds SET node = t.c1, max_tokens = t.c2, prompt_bound = t.c3 FROM unnest({arrays})"
                       " WITH ORDINALITY AS t({columns}, ord) WHERE holds.job_id = t.c0 RETURNING t.ord, true",
+            statement_one="UPDATE holds SET node = {c1}, max_tokens = {c2}, prompt_bound = {c3} WHERE job_id = {c0}"
+                          " RETURNING 1, true",
         )
 
     async def reserve_hold(self, job_id: bytes, call: VerifiedCall, amount: int, model: str, window: Window,
-                           figures: ChainFigures | None, tokens: int, rate_window_seconds: int) -> str:
+                           figures: ChainFigures | None, tokens: int, rate_window_seconds: int,
+                           dispatch: tuple[str, int, int] | None = None) -> str:
         """Consume the nonce and take the hold H = `amount` in one atomic call; 'ok' or the refusal.
+
+        `dispatch` (node, ticket max_tokens, prompt bound) binds the hold to the node its job goes to, in the
+        same transaction (see the durability note above); without it the hold is bound by `bind_dispatch`.
 
         The hold lives the call's lifetime plus the receipt allowance: the call is cut at its lifetime.
         `tokens` (the prompt bound + the clamped max_tokens) counts against the key's tokens per window of
@@ -169,6 +176,8 @@ class Store:
             None if figures is None else figures.budget,
             None if figures is None else figures.allowlisted, None if figures is None else figures.paused,
             window.settlement_bound, tokens, rate_window_seconds,
+            None if dispatch is None else addr(dispatch[0]), None if dispatch is None else dispatch[1],
+            None if dispatch is None else dispatch[2],
         )
         return str(result)
 
@@ -190,8 +199,8 @@ class Store:
 
     async def bind_dispatch(self, job_id: bytes, node: str, max_tokens: int, prompt_bound: int) -> bool:
         """Record on the hold which node its job is sent to, with that ticket's bounds: only this node's
-        receipt, within them, meters it. False when the job has no hold (its commit was lost in a database
-        crash before a flush): it must not be dispatched."""
+        receipt, within them, meters it. Commits synchronously, before that node's ticket is signed. False when
+        the job has no hold (its commit was lost in a database crash): it must not be dispatched."""
         return bool(await self._bind.call(job_id, addr(node), max_tokens, prompt_bound))
 
     async def record_relayed(self, job_id: bytes, prompt_tokens: int, completion_tokens: int, cost: int) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from redemption.api.cors import PublicCors
@@ -31,9 +30,8 @@ def billable_app(app: FastAPI, origins: frozenset[str], metrics: Callable[[], Se
     """The ASGI app that answers the billable routes of `app` (whose lifespan built `app.state.sluice`)."""
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
         try:
-            response = await handle_call(request, app.state.sluice, scope["path"])
+            response = await handle_call(scope, receive, app.state.sluice, scope["path"])
         except NAMED as exc:
             response = error_for(exc, metrics())
         await response(scope, receive, send)

@@ -63,7 +63,7 @@ async def verify_reader(request: Request, *, roles: AuditorRoles, store: Store, 
 def _verified_read(request: Request, separator: bytes, max_deadline_seconds: int) -> VerifiedCall:
     if request.headers.get("content-length", "0") not in ("", "0"):
         raise errors.InvalidRequest("signed reads have an empty body; sign keccak256 of zero bytes")
-    call = verify_headers(request, b"", separator, max_deadline_seconds)
+    call = verify_headers(request.headers, b"", separator, max_deadline_seconds)
     if call.max_cost != 0:
         raise errors.InvalidHeader("signed reads sign Sluice-Max-Cost 0", "Sluice-Max-Cost")
     if call.spender != call.payer:

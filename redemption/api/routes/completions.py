@@ -19,13 +19,13 @@ router = APIRouter(tags=["inference"])
 async def chat_completions(request: Request) -> Response:
     """A chat completion (optionally streamed), paid from Sluice-Payer's compute tokens."""
     state: ServiceState = request.app.state.sluice
-    return await handle_call(request, state, "/v1/chat/completions")
+    return await handle_call(request.scope, request.receive, state, "/v1/chat/completions")
 
 
 async def completions(request: Request) -> Response:
     """A text completion (optionally streamed), paid from Sluice-Payer's compute tokens."""
     state: ServiceState = request.app.state.sluice
-    return await handle_call(request, state, "/v1/completions")
+    return await handle_call(request.scope, request.receive, state, "/v1/completions")
 
 
 router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])

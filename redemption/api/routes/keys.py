@@ -37,7 +37,7 @@ def _address(value: str, name: str) -> str:
 async def _verify_payer(request: Request, state: ServiceState, body: bytes) -> VerifiedCall:
     """The signed change's headers; the signer must be the allowlisted payer it names."""
     settings = state.settings
-    call = verify_headers(request, body, state.domains.redemption, settings.max_deadline_seconds)
+    call = verify_headers(request.headers, body, state.domains.redemption, settings.max_deadline_seconds)
     if call.max_cost != 0:
         raise errors.InvalidHeader("key policy changes cost nothing: sign Sluice-Max-Cost 0", "Sluice-Max-Cost")
     if call.spender != call.payer:

@@ -225,6 +225,45 @@ def test_migrations_apply_once(empty_database: str) -> None:
             ({"deploy_block": 1}, True)
         ]
 
+# reserve_hold's 25-argument form (0011): the hold records the node its job goes to and the ticket's bounds.
+HOLD_25 = ("SELECT reserve_hold(%s, %s, 1::numeric, 4102444800, %s, %s, 7::numeric, 'm', 300, 330, 9::numeric,"
+           " %s, %s, %s, 100::numeric, 0::numeric, NULL, true, false, 3600, 40, 60, %s, 16, 120)")
+HOLD_22 = ("SELECT reserve_hold(%s, %s, 2::numeric, 4102444800, %s, %s, 7::numeric, 'm', 300, 330, 9::numeric,"
+           " %s, %s, %s, 100::numeric, 0::numeric, NULL, true, false, 3600, 40, 60)")
+
+
+def test_hold_dispatch_migration_binds_the_hold_and_rolls_back(empty_database: str) -> None:
+    from yoyo import get_backend, read_migrations
+
+    from ledger.db import yoyo_url
+
+    payer, node = b"\x01" * 20, b"\x0a" * 20
+    bound, unbound = b"\x11" * 32, b"\x22" * 32
+    migrate(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert conn.execute(HOLD_25, (bound, payer, payer, payer, b"\x00" * 32, b"\x00" * 65, b"\x00" * 32,
+                                      node)).fetchone() == ("ok",)
+        assert conn.execute(HOLD_22, (unbound, payer, payer, payer, b"\x00" * 32, b"\x00" * 65,
+                                      b"\x00" * 32)).fetchone() == ("ok",)
+        assert conn.execute("SELECT job_id, amount, node, max_tokens, prompt_bound FROM holds ORDER BY job_id"
+                            ).fetchall() == [(bound, 7, node, 16, 120), (unbound, 7, None, None, None)]
+    backend = get_backend(yoyo_url(empty_database))
+    try:
+        migrations = read_migrations(str(MIGRATIONS_DIR))
+        with backend.lock():
+            backend.rollback_migrations(backend.to_rollback(migrations.filter(lambda m: m.id == "0011_hold_dispatch")))
+    finally:
+        backend.connection.close()
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert conn.execute("SELECT pronargs, l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+                            " WHERE proname = 'reserve_hold'").fetchall() == [(22, "plpgsql")]
+        again = b"\x33" * 32
+        assert conn.execute(HOLD_22.replace("2::numeric", "3::numeric", 1),
+                            (again, payer, payer, payer, b"\x00" * 32, b"\x00" * 65, b"\x00" * 32)
+                            ).fetchone() == ("ok",)
+    assert migrate(empty_database) == ["0011_hold_dispatch"]
+
+
 # --------------------------------------------------------------------------- Redis
 
 
