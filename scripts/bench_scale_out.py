@@ -3,13 +3,14 @@
 One throwaway stack (Anvil, PostgreSQL, one zero-latency simulated node): the same pre-signed,
 non-streamed calls (16 output tokens, 64 connections) go to one service process, then, with more
 processes started on the same database and chain, round-robin to all of them. The calls are spread
-over many payers and developer keys (`--payers`, `--spenders` each), as real traffic is: one payer's
-row lock serialises its holds, and with a single payer that queue is what is measured. Before each
+over many payers and developer keys (`--payers`, `--spenders` each), as real traffic is, rather than
+queueing every hold on one payer's row lock (`--payers 1 --spenders 0` does that). Before each
 leg the processes are watched idle for `--idle-seconds`: their idle CPU is reported on its own
 (ms per second per process) and the per-call figures are given both gross and net of it. Prints
 calls/s, p50, CPU ms per call of the service processes (summed), PostgreSQL and the node agent,
-PostgreSQL write transactions and connections, and the load average; writes the figures as JSON with
---json. On two cores throughput cannot grow with processes; the point is that CPU per call stays flat.
+PostgreSQL write transactions and connections, context switches per call, and the load average;
+writes the figures as JSON with --json. On two cores throughput cannot grow with processes; the point
+is that CPU per call stays flat.
 
     .venv/bin/python scripts/bench_scale_out.py --calls 3000 --json /tmp/scale.json
     .venv/bin/python scripts/bench_scale_out.py --payers 1 --spenders 0   # every call on one self-paying payer
@@ -77,6 +78,24 @@ def system_seconds(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2:].split()
         if int(entry.name) == pid or int(fields[1]) == pid:
             total += int(fields[12]) / ticks
+    return total
+
+
+def context_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of process `pid` and its children alive now, from /proc."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(entry.name) != pid and int(stat[stat.rindex(")") + 2:].split()[1]) != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
     return total
 
 
@@ -179,10 +198,12 @@ def main() -> int:
                 idle = {name: (cpu_seconds(pid) - before[name]) * 1000 / idle_for for name, pid in watched.items()}
                 commits_before, _ = database_figures(database_url)
                 pg_system_before = system_seconds(stack.pid("database"))
+                switches_before = {name: context_switches(pid) for name, pid in watched.items()}
                 before = {name: cpu_seconds(pid) for name, pid in watched.items()}
                 f = asyncio.run(_drive(calls, args.concurrency))
                 spent = {name: (cpu_seconds(pid) - before[name]) * 1000 for name, pid in watched.items()}
                 pg_system = (system_seconds(stack.pid("database")) - pg_system_before) * 1000
+                switches = {name: context_switches(pid) - switches_before[name] for name, pid in watched.items()}
                 commits_after, connections = database_figures(database_url)
                 ok = f["ok"] or 1
                 seconds = f["seconds"]
@@ -208,6 +229,9 @@ def main() -> int:
                 f["postgres_transactions_per_call"] = round((commits_after - commits_before) / ok, 3)
                 f["postgres_system_cpu_ms_per_call"] = round(pg_system / ok, 3)
                 f["postgres_connections"] = connections
+                f["context_switches_per_call"] = {
+                    "services": round(sum(switches[n] for n in watched if n.startswith("service-")) / ok, 2),
+                    "postgres": round(switches["postgres"] / ok, 2), "agent": round(switches["agent"] / ok, 2)}
                 f["processes"] = count
                 f["load_average"] = load_average()
                 figures["legs"][str(count)] = f
@@ -217,7 +241,8 @@ def main() -> int:
                       f"    net of idle {f['cpu_ms_per_call_net_of_idle']}\n"
                       f"    idle ms/s {f['idle_cpu_ms_per_s']}  PostgreSQL transactions/call "
                       f"{f['postgres_transactions_per_call']}  PostgreSQL system CPU ms/call "
-                      f"{f['postgres_system_cpu_ms_per_call']}  connections {connections}")
+                      f"{f['postgres_system_cpu_ms_per_call']}  connections {connections}\n"
+                      f"    context switches/call {f['context_switches_per_call']}")
         finally:
             stack.stop()
     if args.json is not None:
