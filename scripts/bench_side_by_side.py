@@ -47,6 +47,8 @@ TITLES = {"sim": "simulator direct", "sluice": "Sluice full path", "agent": "Slu
           "portkey": "Portkey (no auth, no billing)", "litellm": "LiteLLM (no budgets)"}
 PORTKEY_DIR = Path(os.environ.get("PORTKEY_DIR", "/tmp/portkey"))
 LITELLM = Path(os.environ.get("LITELLM_BIN", "/tmp/litellm-venv/bin/litellm"))
+# py-spy on the PATH, else next to this interpreter (`.venv/bin/pip install py-spy` without activating).
+PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
 @dataclass
@@ -187,7 +189,7 @@ def run_leg(stack: GatewayStack, leg: str, concurrency: int, seconds: float, gat
     pids = _watched(stack, leg, gateways)
     spy = None
     if profile is not None:
-        spy = subprocess.Popen(["py-spy", "record", "-p", str(stack.pids["service"]), "-d", f"{seconds:g}",
+        spy = subprocess.Popen([PY_SPY or "py-spy", "record", "-p", str(stack.pids["service"]), "-d", f"{seconds:g}",
                                 "-r", "200", "-f", "raw", "-o", str(profile), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -291,7 +293,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
-    if args.py_spy is not None and shutil.which("py-spy") is None:
+    if args.py_spy is not None and PY_SPY is None:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     concurrencies = [int(c) for c in args.concurrency.split(",")]
