@@ -251,7 +251,8 @@ def test_hold_dispatch_migration_binds_the_hold_and_rolls_back(empty_database: s
     try:
         migrations = read_migrations(str(MIGRATIONS_DIR))
         with backend.lock():
-            backend.rollback_migrations(backend.to_rollback(migrations.filter(lambda m: m.id == "0011_hold_dispatch")))
+            backend.rollback_migrations(backend.to_rollback(migrations.filter(
+                lambda m: m.id in ("0011_hold_dispatch", "0012_settlement_bound_index"))))
     finally:
         backend.connection.close()
     with psycopg.connect(empty_database, autocommit=True) as conn:
@@ -261,7 +262,36 @@ def test_hold_dispatch_migration_binds_the_hold_and_rolls_back(empty_database: s
         assert conn.execute(HOLD_22.replace("2::numeric", "3::numeric", 1),
                             (again, payer, payer, payer, b"\x00" * 32, b"\x00" * 65, b"\x00" * 32)
                             ).fetchone() == ("ok",)
-    assert migrate(empty_database) == ["0011_hold_dispatch"]
+    assert migrate(empty_database) == ["0011_hold_dispatch", "0012_settlement_bound_index"]
+
+
+def test_the_settlement_bound_check_reads_one_index_entry_whatever_the_backlog(empty_database: str) -> None:
+    """reserve_hold's Invariant 7 check (0012) costs the same with 20,000 unsettled records as with none: it
+    reads the oldest one from usage_records_unsettled. 0011's EXISTS, once the table is analyzed, scanned them
+    all on every call (what a call's hold cost then grew with)."""
+    payer, node = b"\x01" * 20, b"\x0a" * 20
+    migrate(empty_database)
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO usage_records (job_id, payer, spender, model, prompt_tokens, completion_tokens,"
+                     " cost, max_cost, node, body_hash, nonce, deadline, request_signature, request_digest,"
+                     " receipt_signature, started_at) SELECT sha256(int4send(g)), %s, %s, 'm', 1, 1, 1, 1, %s,"
+                     " '\\x00', g, 4102444800, '\\x00', '\\x00', '\\x00', now()"
+                     " FROM generate_series(1, 20000) g", (payer, payer, node))
+        conn.execute("ANALYZE usage_records")
+        with conn.transaction():
+            for i in range(8):  # past plpgsql's five custom plans: the generic plan is the one that stays
+                statement = HOLD_25.replace("1::numeric", f"{100 + i}::numeric", 1)
+                assert conn.execute(statement, (bytes([i]) * 32, payer, payer, payer, b"\x00" * 32, b"\x00" * 65,
+                                                b"\x00" * 32, node)).fetchone() == ("ok",)
+            read = conn.execute("SELECT pg_stat_get_xact_tuples_returned('usage_records'::regclass)"
+                                " + pg_stat_get_xact_tuples_fetched('usage_records'::regclass)").fetchone()
+        assert read == (0,), "the check read usage records"
+        # And it still refuses once the oldest unsettled record is past the bound (3600 s here).
+        conn.execute("UPDATE usage_records SET finished_at = now() - interval '2 hours'"
+                     " WHERE job_id = sha256(int4send(1))")
+        statement = HOLD_25.replace("1::numeric", "200::numeric", 1)
+        assert conn.execute(statement, (b"\xee" * 32, payer, payer, payer, b"\x00" * 32, b"\x00" * 65,
+                                        b"\x00" * 32, node)).fetchone() == ("settlement_overdue",)
 
 
 # --------------------------------------------------------------------------- Redis
