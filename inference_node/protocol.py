@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, Field
 
 from ledger.domain import TierName
@@ -94,17 +95,18 @@ class SignedTicket:
 
     def encode(self) -> str:
         t = self.ticket
-        return json.dumps({
+        # orjson writes what json.dumps(separators=(",", ":")) writes for these fields, in a tenth of the time.
+        return orjson.dumps({
             "job_id": _hex(t.job_id), "node": t.node, "payer": t.payer, "spender": t.spender,
             "model": _hex(t.model), "max_tokens": t.max_tokens, "input_rate": str(t.input_rate),
             "output_rate": str(t.output_rate), "request_digest": _hex(t.request_digest), "expires": t.expires,
             "signature": _hex(self.signature),
-        }, separators=(",", ":"))
+        }).decode()
 
     @classmethod
     def decode(cls, header: str) -> SignedTicket:
         try:
-            data = json.loads(header)
+            data = orjson.loads(header)
             ticket = DispatchTicket(
                 job_id=_unhex(data["job_id"], 32), node=_address(data["node"]), payer=_address(data["payer"]),
                 spender=_address(data["spender"]), model=_unhex(data["model"], 32),
@@ -132,7 +134,7 @@ class SignedReceipt:
         }
 
     def encode(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"))
+        return orjson.dumps(self.to_json()).decode()
 
     @classmethod
     def from_json(cls, data: Any) -> SignedReceipt:
@@ -150,7 +152,8 @@ class SignedReceipt:
     @classmethod
     def decode(cls, text: str) -> SignedReceipt:
         try:
-            return cls.from_json(json.loads(text))
+            # A number past 64 bits reads as a float here (orjson), which _uint refuses like any non-integer.
+            return cls.from_json(orjson.loads(text))
         except json.JSONDecodeError as exc:
             raise ProtocolError(f"malformed receipt JSON: {exc}") from None
 

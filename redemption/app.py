@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -56,6 +57,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=600.0),
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # nodes set no cookies; no jar to filter on every request
         )
         state = build_state(settings, pool, client)
         app.state.sluice = state
@@ -64,6 +66,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await wait_for_mirror(state, 30.0)
         await refresh_catalog(state)
         state.tasks = start_housekeeping(state)
+        settle_garbage_collector()
         metrics_server = None
         if settings.metrics_port is not None:  # operator-only: /metrics leaves the public API
             metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host,
@@ -96,6 +99,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.add_middleware(PublicCors, origins=settings.allowed_origins)
     app.billable = billable_app(app, settings.allowed_origins, lambda: _metrics_of(app))
     return app
+
+
+# Young-generation collections every GC_THRESHOLD container allocations instead of CPython's 700: a call
+# allocates a few thousand, and the default ran a collection every few calls (3 % of the service's CPU at c=64).
+GC_THRESHOLD = (20_000, 10, 10)
+
+
+def settle_garbage_collector() -> None:
+    """Once started: move what start-up built (modules, the app, the clients, the mirror) out of the collector's
+    sight, so the older generations' collections scan only what calls leave behind, and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _metrics_of(app: FastAPI) -> ServiceMetrics | None:
