@@ -48,8 +48,10 @@ class StatementBatcher:
         self._pending: list[tuple[Row, asyncio.Future[Any]]] = []
         self._draining = 0
         columns = ", ".join(f"c{i}" for i in range(len(casts)))
-        # uint256 values travel as text: psycopg would pick int8[] for a list of small ints.
-        arrays = ", ".join("%s::text[]::numeric[]" if cast == "numeric" else f"%s::{cast}[]" for cast in casts)
+        # Arrays travel in binary (%b): no per-element quoting and escaping of an array literal (5 % of the
+        # service's CPU at c=64 went there). uint256 values travel as text: psycopg would pick int8[] for a
+        # list of small ints.
+        arrays = ", ".join("%b::text[]::numeric[]" if cast == "numeric" else f"%b::{cast}[]" for cast in casts)
         self._numeric = [i for i, cast in enumerate(casts) if cast == "numeric"]
         args = ", ".join(f"c{i}" for i in range(len(casts)))
         self.sql = statement.format(function=function, args=args, arrays=arrays, columns=columns).encode()
