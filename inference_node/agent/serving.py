@@ -28,7 +28,8 @@ from eth_account.messages import encode_defunct
 from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint, clamp_output, is_int, optional_int
@@ -98,28 +99,66 @@ def _stream_flag(body: dict[str, Any]) -> bool:
     return value
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+_TICKET_HEADER_NAME = TICKET_HEADER.lower().encode("latin-1")
+_RECEIPT_HEADER_NAME = RECEIPT_HEADER.lower().encode("latin-1")
+
+
+def _ticket_header(scope: Scope) -> str | None:
+    """The request's first ticket header, as Starlette's `Headers.get` reads it (ASGI names are lower-case)."""
+    for name, value in scope["headers"]:
+        if name == _TICKET_HEADER_NAME:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _receive_body(receive: Receive) -> bytes | None:
+    """The whole request body from the ASGI `receive`, None when the client hung up before sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> tuple[bool, _T | None]:
-    """Run `work`, cancelling it if the client hangs up first: (True, result) or (False, None)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+async def _unless_disconnected(receive: Receive, work: Awaitable[_T]) -> tuple[bool, _T | None]:
+    """Await `work` in this task, cancelling it if the client hangs up first: (True, result) or (False, None).
+
+    One watcher task waits for the hang-up and cancels this task, so `work` itself needs no task of its own.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    watching = True
+    hung_up = False
+
+    def on_watcher_done(watcher: asyncio.Task[None]) -> None:
+        nonlocal hung_up
+        if watcher.cancelled():
+            return
+        if watcher.exception() is None and watching:  # a receive() that failed is no hang-up
+            hung_up = True
+            handler.cancel()
+
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    watcher.add_done_callback(on_watcher_done)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return True, await work
+    except asyncio.CancelledError:
+        # Cancelled by the watcher alone: the hang-up is an answer. Any other cancel (shutdown) goes on.
+        if hung_up and handler.uncancel() == 0:
+            return False, None
         raise
     finally:
+        # The watcher may have finished with its callback still queued: `watching` keeps that from cancelling later.
+        watching = False
         watcher.cancel()
-    if task.done():
-        return True, task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return False, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +168,27 @@ class UpstreamReply:
     status: int
     media_type: str | None
     body: bytes
+
+
+class ReceiptedReply:
+    """vLLM's whole answer with its receipt header, sent as two ASGI messages (no Starlette `Response`)."""
+
+    __slots__ = ("_body", "_head")
+    status_code = 200
+
+    def __init__(self, body: bytes, media_type: str | None, receipt: str) -> None:
+        self._body = body
+        head = [(b"content-length", str(len(body)).encode()), (_RECEIPT_HEADER_NAME, receipt.encode("latin-1"))]
+        if media_type is not None:
+            head.append((b"content-type", media_type.encode("latin-1")))
+        self._head = head
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._head})
+        await send({"type": "http.response.body", "body": self._body})
+
+
+Answer = Response | ReceiptedReply
 
 
 class HealthReport(BaseModel):
@@ -239,14 +299,14 @@ class NodeAgent:
                 async with self.http.get(url, timeout=_SERVICE_TIMEOUT) as response:
                     response.raise_for_status()
                     info = DispatchInfo.model_validate_json(await response.read())
-            except (*HTTP_FAILURES, ValidationError) as exc:
+                self._use_dispatch(info)
+            except (*HTTP_FAILURES, ValueError) as exc:  # ValueError: pydantic's, or a signer that is no address
                 if attempt == 1 or attempt % 10 == 0:
                     logger.warning("DispatchInfo from %s failed (attempt %d): %s", self.config.service_url, attempt,
                                    exc or type(exc).__name__)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _DISPATCH_RETRY_MAX_SECONDS)
                 continue
-            self._use_dispatch(info)
             logger.info("dispatch signer %s on chain %d, settlement %s", info.dispatch_signer, info.chain_id,
                         info.settlement)  # fmt: skip
             return
@@ -266,9 +326,7 @@ class NodeAgent:
         return SignedReceipt(receipt, sign_digest(self._key, digest), self.address)
 
     def record_receipt(self, signed: SignedReceipt, delivery: str) -> None:
-        self.metrics.receipts.labels(delivery).inc()
-        self.metrics.model_tokens.labels("prompt").inc(signed.receipt.prompt_tokens)
-        self.metrics.model_tokens.labels("completion").inc(signed.receipt.completion_tokens)
+        self.metrics.receipted(delivery, signed.receipt.prompt_tokens, signed.receipt.completion_tokens)
 
     async def deliver_receipt(self, signed: SignedReceipt) -> None:
         """POST a receipt to the service with a few retries (the service keys receipts by job id)."""
@@ -301,21 +359,24 @@ class NodeAgent:
 
     # -- forwarding -----------------------------------------------------------------------------
 
-    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
-        """Admit, forward and meter one generation request; every outcome is counted."""
+    async def answer(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        """Admit, forward, meter and answer one generation request, as a raw ASGI app; every outcome is counted."""
         try:
-            response = await self._handle(request, endpoint)
+            response = await self._handle(scope, receive, endpoint)
         except RequestRefused as refused:
             if isinstance(refused, TicketRefused):
-                self.metrics.ticket_rejections.labels(refused.code).inc()
+                self.metrics.ticket_rejected(refused.code)
             response = refused.to_response()
-        self.metrics.requests.labels(endpoint.name, str(response.status_code)).inc()
-        return response
+        self.metrics.request_answered(endpoint.name, response.status_code)
+        await response(scope, receive, send)
 
-    async def _handle(self, request: Request, endpoint: Endpoint) -> Response:
-        ticket = self.tickets.admit(request.headers.get(TICKET_HEADER))
+    async def _handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> Answer:
+        ticket = self.tickets.admit(_ticket_header(scope))
+        raw = await _receive_body(receive)
+        if raw is None:
+            return Response(status_code=499)  # the service hung up before its request arrived; nothing was run
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestBody(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -340,20 +401,19 @@ class NodeAgent:
         if stream:
             n = optional_int(body, "n") or 1
             return await self._forward_stream(endpoint, ticket, payload, headers, n)
-        return await self._forward(request, endpoint, ticket, payload, headers)
+        return await self._forward(receive, endpoint, ticket, payload, headers)
 
     async def _forward(
-        self, request: Request, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str]
-    ) -> Response:
+        self, receive: Receive, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str]
+    ) -> Answer:
         started = time.perf_counter()
-        _, reply = await _unless_disconnected(
-            request, _upstream_call(self._post_vllm(self._vllm_urls[endpoint.path], payload, headers))
-        )
+        url = self._vllm_urls[endpoint.path]
+        _, reply = await _unless_disconnected(receive, self._post_vllm(url, payload, headers))
         if reply is None:
             # The service hung up: the vLLM connection was dropped, so vLLM aborted; nothing was delivered to bill.
             logger.info("job 0x%s: service left before vLLM answered; generation aborted", ticket.job_id.hex())
             return Response(status_code=499)
-        self.metrics.forward_latency.labels(endpoint.name, "false").observe(time.perf_counter() - started)
+        self.metrics.forwarded(endpoint.name, False, time.perf_counter() - started)
         if reply.status != 200:
             return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
         try:
@@ -364,19 +424,25 @@ class NodeAgent:
             raise UpstreamUnavailable("vLLM answered without usage; the job cannot be metered")
         receipt = self.sign_receipt(ticket, *counts)
         self.record_receipt(receipt, "header")
-        return Response(reply.body, media_type=reply.media_type, headers={RECEIPT_HEADER: receipt.encode()})
+        return ReceiptedReply(reply.body, reply.media_type, receipt.encode())
 
     async def _post_vllm(self, url: URL, payload: bytes, headers: dict[str, str]) -> UpstreamReply:
+        """One whole vLLM answer; transport failures become the agent's 502/504 (as `_upstream_call`)."""
         # Cancelled mid-call (the service hung up), aiohttp closes the connection and vLLM aborts the request.
-        async with self.http.post(url, data=payload, headers=headers) as response:
-            return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
+        try:
+            async with self.http.post(url, data=payload, headers=headers) as response:
+                return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
+        except TimeoutError as exc:  # aiohttp's own timeout errors are TimeoutErrors too
+            raise UpstreamTimeout(f"vLLM did not answer in time: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"vLLM is unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _forward_stream(
         self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str], n: int
     ) -> Response:
         started = time.perf_counter()
         upstream = await _upstream_call(self.http.post(self._vllm_urls[endpoint.path], data=payload, headers=headers))
-        self.metrics.forward_latency.labels(endpoint.name, "true").observe(time.perf_counter() - started)
+        self.metrics.forwarded(endpoint.name, True, time.perf_counter() - started)
         if upstream.status != 200:
             try:
                 content = await _upstream_call(upstream.read())
@@ -398,8 +464,7 @@ class NodeAgent:
         return await prompt_token_bound(body, endpoint, self._tokenize, self.context_length)
 
     async def _tokenize(self, request: dict[str, Any]) -> int:
-        reply = await _upstream_call(self._post_vllm(self._vllm_urls[_TOKENIZE_PATH], orjson.dumps(request),
-                                                     self._vllm_json_headers))  # fmt: skip
+        reply = await self._post_vllm(self._vllm_urls[_TOKENIZE_PATH], orjson.dumps(request), self._vllm_json_headers)
         if reply.status != 200:
             # vLLM's own refusal (unknown model, bad messages) is the client's to see, as generation would show it.
             raise UpstreamRefused(reply.status, reply.body, reply.media_type)
