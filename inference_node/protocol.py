@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, Field
 
 from ledger.domain import TierName
@@ -104,7 +105,9 @@ class SignedTicket:
     @classmethod
     def decode(cls, header: str) -> SignedTicket:
         try:
-            data = json.loads(header)
+            data = orjson.loads(header)  # the agent decodes one per call; its errors are json.JSONDecodeErrors
+            if isinstance(data, dict) and any(type(value) is float for value in data.values()):
+                data = json.loads(header)  # orjson reads an integer past 64 bits as a float: json keeps it exact
             ticket = DispatchTicket(
                 job_id=_unhex(data["job_id"], 32), node=_address(data["node"]), payer=_address(data["payer"]),
                 spender=_address(data["spender"]), model=_unhex(data["model"], 32),
@@ -132,7 +135,13 @@ class SignedReceipt:
         }
 
     def encode(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"))
+        # orjson writes what json.dumps(separators=(",", ":")) writes for these ASCII-only fields, in a tenth the time;
+        # token counts past 64 bits (orjson's TypeError) still encode, through json.
+        fields = self.to_json()
+        try:
+            return orjson.dumps(fields).decode()
+        except TypeError:
+            return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: Any) -> SignedReceipt:

@@ -2,8 +2,8 @@
 
 `POST` on the two generation routes carries all the traffic; FastAPI's middleware stack, route search and
 `Request` cost more CPU than the call's own work, so :class:`AgentApp` hands those straight to the agent's
-raw ASGI handler (:meth:`NodeAgent.answer`) behind Starlette's `ServerErrorMiddleware` (an unnamed exception
-is still a plain 500). Every other request, a GET on those paths included, goes through FastAPI.
+raw ASGI handler (:meth:`NodeAgent.answer`); an exception nobody names is uvicorn's plain 500, as Starlette's
+would be. Every other request, a GET on those paths included, goes through FastAPI.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -74,10 +73,11 @@ class AgentApp(FastAPI):
 
 
 def _generation_app(agent: NodeAgent, endpoint: Endpoint) -> ASGIApp:
+    # An exception the agent does not name reaches uvicorn, which logs it and answers a plain 500.
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         await agent.answer(scope, receive, send, endpoint)
 
-    return ServerErrorMiddleware(answer)
+    return answer
 
 
 def create_agent_app(config: AgentConfig) -> AgentApp:
@@ -140,6 +140,7 @@ def build_agent_server(
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         log_level=log_level,
+        proxy_headers=False,  # the agent uses no client address, so X-Forwarded-* need not be read per request
         access_log=log_level in {"debug", "trace"},
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
     )
