@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -49,6 +48,7 @@ from inference_node.agent.errors import (
 from inference_node.agent.metrics import AgentMetrics
 from inference_node.agent.relay import RelayedStream, StreamRelay, usage_counts
 from inference_node.agent.tickets import TicketGate
+from inference_node.agent.upstream import UpstreamReply, WholeAnswerPool
 from inference_node.protocol import (
     DISPATCH_INFO_PATH,
     HEARTBEAT_PATH,
@@ -161,15 +161,6 @@ async def _unless_disconnected(receive: Receive, work: Awaitable[_T]) -> tuple[b
         watcher.cancel()
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """A whole (non-streamed) answer from vLLM."""
-
-    status: int
-    media_type: str | None
-    body: bytes
-
-
 class ReceiptedReply:
     """vLLM's whole answer with its receipt header, sent as two ASGI messages (no Starlette `Response`)."""
 
@@ -218,6 +209,9 @@ class NodeAgent:
         if config.vllm_api_key is not None:
             self._vllm_auth["Authorization"] = f"Bearer {config.vllm_api_key.get_secret_value()}"
         self._vllm_json_headers = {**_JSON_HEADERS, **self._vllm_auth}
+        # Whole answers (non-streamed generation, /tokenize) from a plain-http vLLM skip aiohttp (upstream.py).
+        self._whole: WholeAnswerPool | None = None
+        self._vllm_targets = {path: url.raw_path_qs.encode("latin-1") for path, url in self._vllm_urls.items()}
         self._session: aiohttp.ClientSession | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -241,6 +235,13 @@ class NodeAgent:
             auto_decompress=False,
             trust_env=False,
         )
+        vllm = URL(config.vllm_url)
+        if vllm.scheme == "http" and vllm.user is None:
+            self._whole = WholeAnswerPool(
+                vllm, limit=config.max_connections, pool_timeout=config.vllm_timeout,
+                connect_timeout=_CONNECT_TIMEOUT_SECONDS, read_timeout=config.vllm_timeout,
+                keepalive=_KEEPALIVE_SECONDS, headers=self._vllm_json_headers,
+            )  # fmt: skip
         if config.service_url is None:
             logger.info("node %s runs standalone: no heartbeats, abort receipts are only logged", self.address)
             return
@@ -264,6 +265,8 @@ class NodeAgent:
             _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
             for task in pending:
                 task.cancel()
+        if self._whole is not None:
+            self._whole.close()
         if self._session is not None:
             await self._session.close()
 
@@ -394,21 +397,20 @@ class NodeAgent:
             }  # fmt: skip
         self.tickets.spend(ticket)
         # The job id names the vLLM request, so vLLM's logs and response ids point at the job.
-        headers = {**self._vllm_json_headers, "X-Request-Id": ticket.job_id.hex()}
+        request_id = ticket.job_id.hex()
         # Always the object checked here, re-encoded (about 1 us): the ticket's bound must not rest on vLLM's
         # JSON parser reading the client's bytes (duplicate keys, say) exactly as orjson did.
         payload = orjson.dumps(body)
         if stream:
             n = optional_int(body, "n") or 1
-            return await self._forward_stream(endpoint, ticket, payload, headers, n)
-        return await self._forward(receive, endpoint, ticket, payload, headers)
+            return await self._forward_stream(endpoint, ticket, payload, request_id, n)
+        return await self._forward(receive, endpoint, ticket, payload, request_id)
 
     async def _forward(
-        self, receive: Receive, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str]
+        self, receive: Receive, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, request_id: str
     ) -> Answer:
         started = time.perf_counter()
-        url = self._vllm_urls[endpoint.path]
-        _, reply = await _unless_disconnected(receive, self._post_vllm(url, payload, headers))
+        _, reply = await _unless_disconnected(receive, self._post_vllm(endpoint.path, payload, request_id))
         if reply is None:
             # The service hung up: the vLLM connection was dropped, so vLLM aborted; nothing was delivered to bill.
             logger.info("job 0x%s: service left before vLLM answered; generation aborted", ticket.job_id.hex())
@@ -426,21 +428,28 @@ class NodeAgent:
         self.record_receipt(receipt, "header")
         return ReceiptedReply(reply.body, reply.media_type, receipt.encode())
 
-    async def _post_vllm(self, url: URL, payload: bytes, headers: dict[str, str]) -> UpstreamReply:
+    async def _post_vllm(self, path: str, payload: bytes, request_id: str | None = None) -> UpstreamReply:
         """One whole vLLM answer; transport failures become the agent's 502/504 (as `_upstream_call`)."""
-        # Cancelled mid-call (the service hung up), aiohttp closes the connection and vLLM aborts the request.
+        # Cancelled mid-call (the service hung up), the connection is closed and vLLM aborts the request.
+        whole = self._whole
         try:
-            async with self.http.post(url, data=payload, headers=headers) as response:
+            if whole is not None:
+                extra = b"" if request_id is None else b"X-Request-Id: " + request_id.encode("latin-1") + b"\r\n"
+                return await whole.post(self._vllm_targets[path], payload, extra)
+            headers = self._vllm_json_headers if request_id is None else {**self._vllm_json_headers,
+                                                                          "X-Request-Id": request_id}  # fmt: skip
+            async with self.http.post(self._vllm_urls[path], data=payload, headers=headers) as response:
                 return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
-        except TimeoutError as exc:  # aiohttp's own timeout errors are TimeoutErrors too
+        except TimeoutError as exc:  # aiohttp's and asyncio's timeouts are TimeoutErrors (and OSErrors) too
             raise UpstreamTimeout(f"vLLM did not answer in time: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(f"vLLM is unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _forward_stream(
-        self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str], n: int
+        self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, request_id: str, n: int
     ) -> Response:
         started = time.perf_counter()
+        headers = {**self._vllm_json_headers, "X-Request-Id": request_id}
         upstream = await _upstream_call(self.http.post(self._vllm_urls[endpoint.path], data=payload, headers=headers))
         self.metrics.forwarded(endpoint.name, True, time.perf_counter() - started)
         if upstream.status != 200:
@@ -464,7 +473,7 @@ class NodeAgent:
         return await prompt_token_bound(body, endpoint, self._tokenize, self.context_length)
 
     async def _tokenize(self, request: dict[str, Any]) -> int:
-        reply = await self._post_vllm(self._vllm_urls[_TOKENIZE_PATH], orjson.dumps(request), self._vllm_json_headers)
+        reply = await self._post_vllm(_TOKENIZE_PATH, orjson.dumps(request))
         if reply.status != 200:
             # vLLM's own refusal (unknown model, bad messages) is the client's to see, as generation would show it.
             raise UpstreamRefused(reply.status, reply.body, reply.media_type)
