@@ -71,6 +71,7 @@ _T = TypeVar("_T")
 
 _VLLM_RUNNING = "vllm:num_requests_running"
 _VLLM_WAITING = "vllm:num_requests_waiting"
+_VLLM_GAUGES = (_VLLM_RUNNING, _VLLM_WAITING)
 SHUTDOWN_GRACE_SECONDS = 5.0
 _DISPATCH_RETRY_MAX_SECONDS = 10.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
@@ -531,7 +532,9 @@ class NodeAgent:
             response.raise_for_status()
             exposition = await response.text()
         totals = {_VLLM_RUNNING: 0.0, _VLLM_WAITING: 0.0}
-        for family in text_string_to_metric_families(exposition):
+        # Only the two gauges' sample lines go through the parser: vLLM's whole exposition is hundreds of lines.
+        wanted = "\n".join(line for line in exposition.splitlines() if line.startswith(_VLLM_GAUGES))
+        for family in text_string_to_metric_families(wanted + "\n"):
             for sample in family.samples:
                 if sample.name in totals:
                     totals[sample.name] += sample.value
