@@ -73,6 +73,9 @@ _VLLM_RUNNING = "vllm:num_requests_running"
 _VLLM_WAITING = "vllm:num_requests_waiting"
 _VLLM_GAUGES = (_VLLM_RUNNING, _VLLM_WAITING)
 SHUTDOWN_GRACE_SECONDS = 5.0
+# How long a non-streamed call runs before a hang-up is watched for: well under any real generation, well over
+# a zero-latency answer, whose watcher task would cost more CPU than the rest of the agent's Python per call.
+HANG_UP_GRACE_SECONDS = 0.01
 _DISPATCH_RETRY_MAX_SECONDS = 10.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
 # Below the keep-alive of vLLM's uvicorn (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) and the service's (uvicorn's 5 s):
@@ -129,26 +132,35 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _unless_disconnected(receive: Receive, work: Awaitable[_T]) -> tuple[bool, _T | None]:
+async def _unless_disconnected(
+    receive: Receive, work: Awaitable[_T], grace: float = HANG_UP_GRACE_SECONDS
+) -> tuple[bool, _T | None]:
     """Await `work` in this task, cancelling it if the client hangs up first: (True, result) or (False, None).
 
-    One watcher task waits for the hang-up and cancels this task, so `work` itself needs no task of its own.
+    After `grace` seconds one watcher task starts waiting for the hang-up and cancels this task when it comes, so
+    `work` needs no task of its own, and a call answered within `grace` (the simulator's, a cached prompt's) pays
+    for no watcher at all. A hang-up in the first `grace` seconds is seen when the watcher starts.
     """
     handler = asyncio.current_task()
     assert handler is not None
     watching = True
     hung_up = False
+    watcher: asyncio.Task[None] | None = None
 
-    def on_watcher_done(watcher: asyncio.Task[None]) -> None:
+    def on_watcher_done(done: asyncio.Task[None]) -> None:
         nonlocal hung_up
-        if watcher.cancelled():
+        if done.cancelled():
             return
-        if watcher.exception() is None and watching:  # a receive() that failed is no hang-up
+        if done.exception() is None and watching:  # a receive() that failed is no hang-up
             hung_up = True
             handler.cancel()
 
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-    watcher.add_done_callback(on_watcher_done)
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watcher.add_done_callback(on_watcher_done)
+
+    timer = asyncio.get_running_loop().call_later(grace, start_watching)
     try:
         return True, await work
     except asyncio.CancelledError:
@@ -159,7 +171,9 @@ async def _unless_disconnected(receive: Receive, work: Awaitable[_T]) -> tuple[b
     finally:
         # The watcher may have finished with its callback still queued: `watching` keeps that from cancelling later.
         watching = False
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 class ReceiptedReply:

@@ -78,47 +78,52 @@ def _receive_hanging_up_after(seconds: float) -> tuple[Callable[[], Awaitable[di
     return receive, calls
 
 
-def test_a_hang_up_cancels_the_work_and_answers_false() -> None:
-    cancelled: list[bool] = []
+@pytest.mark.parametrize(("hang_up_after", "grace"), [(0.0, 0.05), (0.05, 0.0)])
+def test_a_hang_up_cancels_the_work_and_answers_false(hang_up_after: float, grace: float) -> None:
+    cancelled: list[float] = []
 
     async def work() -> str:
         try:
             await asyncio.sleep(5)
         except asyncio.CancelledError:
-            cancelled.append(True)
+            cancelled.append(time.monotonic())
             raise
         return "never"
 
-    async def run() -> tuple[bool, str | None]:
-        receive, _ = _receive_hanging_up_after(0.01)
-        outcome = await _unless_disconnected(receive, work())
+    async def run() -> tuple[tuple[bool, str | None], float, list[float]]:
+        receive, calls = _receive_hanging_up_after(hang_up_after)
+        started = time.monotonic()
+        outcome = await _unless_disconnected(receive, work(), grace)
         await asyncio.sleep(0.02)  # still this task's own: no cancel left over for it
-        return outcome
+        return outcome, started, calls
 
-    assert asyncio.run(run()) == (False, None)
-    assert cancelled == [True]
+    outcome, started, calls = asyncio.run(run())
+    assert outcome == (False, None)
+    assert len(calls) == 1 and calls[0] - started >= grace  # watched for only once the grace was over
+    assert len(cancelled) == 1 and grace + hang_up_after <= cancelled[0] - started < 1
 
 
-def test_work_that_finishes_first_answers_and_leaves_no_cancel_behind() -> None:
-    async def run() -> tuple[tuple[bool, str | None], int]:
-        receive, _ = _receive_hanging_up_after(0.01)
+def test_work_that_finishes_within_the_grace_leaves_no_watcher_and_no_cancel_behind() -> None:
+    async def run() -> tuple[tuple[bool, str | None], int, list[float]]:
+        receive, calls = _receive_hanging_up_after(0)
 
         async def work() -> str:
+            await asyncio.sleep(0.01)
             return "answer"
 
-        outcome = await _unless_disconnected(receive, work())
-        await asyncio.sleep(0.05)  # past the hang-up: the watcher is gone, so nothing cancels this task
+        outcome = await _unless_disconnected(receive, work(), 0.05)
+        await asyncio.sleep(0.1)  # past the grace: nothing starts watching, so nothing cancels this task
         task = asyncio.current_task()
         assert task is not None
-        return outcome, task.cancelling()
+        return outcome, task.cancelling(), calls
 
-    assert asyncio.run(run()) == ((True, "answer"), 0)
+    assert asyncio.run(run()) == ((True, "answer"), 0, [])
 
 
 def test_a_cancel_from_outside_goes_on_through_a_hang_up() -> None:
     async def run() -> None:
         receive, _ = _receive_hanging_up_after(0.01)
-        await _unless_disconnected(receive, asyncio.sleep(5))
+        await _unless_disconnected(receive, asyncio.sleep(5), 0)
 
     async def main() -> bool:
         task = asyncio.create_task(run())
