@@ -8,8 +8,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 from yarl import URL
 
+from inference_node.agent.bounds import CHAT
+from inference_node.agent.config import AgentConfig
+from inference_node.agent.serving import NodeAgent
 from inference_node.agent.upstream import UpstreamClosed, UpstreamReply, WholeAnswerPool
 from ledger.stack.probes import free_port
+from tests.inference_node.agent.support import CHAIN_ID, DISPATCHER, SETTLEMENT
 
 Answer = Callable[[bytes], Awaitable[bytes | None]]  # a request's bytes -> the raw answer (None: say nothing)
 
@@ -180,3 +184,22 @@ def test_only_plain_http_and_single_line_headers_are_taken(url: str, headers: di
     with pytest.raises(ValueError):
         WholeAnswerPool(URL(url), limit=1, pool_timeout=1, connect_timeout=1, read_timeout=1, keepalive=1,
                         headers=headers)  # fmt: skip
+
+
+def test_the_agent_sends_vllms_api_key_and_the_job_id_on_whole_answers() -> None:
+    async def work(pool: WholeAnswerPool, raw: RawServer) -> None:
+        config = AgentConfig.model_validate({
+            "vllm_url": f"http://127.0.0.1:{raw.port}", "node_key": "0x" + "a1" * 32, "vllm_api_key": "sk-vllm",
+            "chain_id": CHAIN_ID, "settlement": SETTLEMENT, "dispatch_signer": DISPATCHER.address,
+        })  # fmt: skip
+        agent = NodeAgent(config)
+        await agent.start()
+        try:
+            reply = await agent._post_vllm(CHAT.path, b"{}", "ab12")
+        finally:
+            await agent.stop()
+        assert reply == UpstreamReply(200, "application/json", b'{"a":1}')
+        head = raw.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+        assert b"Authorization: Bearer sk-vllm" in head and b"X-Request-Id: ab12" in head
+
+    _run(_json_answer, work)
