@@ -8,8 +8,9 @@ involved (from /proc: the Sluice service, PostgreSQL with its backends, the node
 Portkey, LiteLLM), with the load average.
 
 Portkey and LiteLLM are installed outside the repository (README, "Benchmarks"); a leg whose gateway is
-not installed is skipped with a note. `--py-spy` records a profile of the Sluice service during its
-c=64 leg of the first repeat (py-spy from PyPI) and prints its top entries.
+not installed is skipped with a note. `--py-spy` records a profile of the Sluice service (or with
+`--py-spy-of agent`, of the node agent) during its legs of the first repeat (py-spy from PyPI) and prints its
+top entries.
 
     python scripts/bench_side_by_side.py --json /tmp/side-by-side.json
 """
@@ -48,6 +49,8 @@ TITLES = {"sim": "simulator direct", "sluice": "Sluice full path", "agent": "Slu
 PORTKEY_DIR = Path(os.environ.get("PORTKEY_DIR", "/tmp/portkey"))
 LITELLM = Path(os.environ.get("LITELLM_BIN", "/tmp/litellm-venv/bin/litellm"))
 # py-spy on the PATH, else next to this interpreter (`.venv/bin/pip install py-spy` without activating).
+# Samples per second: the agent's calls take well under a millisecond of its CPU each.
+SPY_RATE = {"service": 200, "agent": 1000}
 PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
@@ -181,7 +184,7 @@ def _watched(stack: GatewayStack, leg: str, gateways: dict[str, Gateway]) -> dic
 
 
 def run_leg(stack: GatewayStack, leg: str, concurrency: int, seconds: float, gateways: dict[str, Gateway],
-            workdir: Path, profile: Path | None = None) -> dict[str, Any]:
+            workdir: Path, profile: Path | None = None, profiled: str = "service") -> dict[str, Any]:
     count = int(SIGNED_PER_SECOND[concurrency] * seconds) if leg in ("sluice", "agent") else 1
     url, requests = _requests_of(stack, leg, count, gateways)
     headers_file = workdir / f"{leg}-{concurrency}.tsv"
@@ -189,8 +192,8 @@ def run_leg(stack: GatewayStack, leg: str, concurrency: int, seconds: float, gat
     pids = _watched(stack, leg, gateways)
     spy = None
     if profile is not None:
-        spy = subprocess.Popen([PY_SPY or "py-spy", "record", "-p", str(stack.pids["service"]), "-d", f"{seconds:g}",
-                                "-r", "200", "-f", "raw", "-o", str(profile), "--nonblocking"],
+        spy = subprocess.Popen([PY_SPY or "py-spy", "record", "-p", str(stack.pids[profiled]), "-d", f"{seconds:g}",
+                                "-r", str(SPY_RATE[profiled]), "-f", "raw", "-o", str(profile), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     figures = wrk(url, headers_file, concurrency, seconds)
@@ -219,6 +222,7 @@ def profile_summary(raw: Path, top: int = 15) -> dict[str, Any]:
         "uvicorn": ("uvicorn/",),
         "signing and hashing": ("secp256k1", "coincurve", "keccak", "eip712"),
         "pydantic": ("pydantic",),
+        "prometheus_client": ("prometheus_client/",),
         "asyncio event loop": ("asyncio/",),
         "os.environ reads": ("os.py",),
     }
@@ -294,7 +298,10 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,64", help="comma-separated connection counts (1 and/or 64)")
     parser.add_argument("--legs", default=",".join(LEGS), help=f"comma-separated legs of {', '.join(LEGS)}")
     parser.add_argument("--py-spy", dest="py_spy", type=Path, default=None, metavar="RAW",
-                        help="record the service's profile during its legs of the first repeat to RAW.c1, RAW.c64")
+                        help="record a profile during the profiled leg of the first repeat to RAW.c1, RAW.c64")
+    parser.add_argument("--py-spy-of", dest="py_spy_of", choices=("service", "agent"), default="service",
+                        help="the process --py-spy records: the service (in the sluice leg) or the node agent "
+                             "(in the agent leg)")
     parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -310,6 +317,7 @@ def main() -> int:
         print(f"unknown legs or concurrencies: {unknown}; legs are {', '.join(LEGS)}, concurrencies 1 and 64",
               file=sys.stderr)
         return 2
+    profiled_leg = "sluice" if args.py_spy_of == "service" else "agent"
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="sluice-side-") as tmp, gateway_stack() as stack:
@@ -332,8 +340,9 @@ def main() -> int:
                     result: dict[str, Any] = {"repeat": repeat, "leg": leg}
                     for concurrency in concurrencies:
                         profile = (args.py_spy.with_name(f"{args.py_spy.name}.c{concurrency}")
-                                   if args.py_spy is not None and leg == "sluice" and repeat == 1 else None)
-                        figures = run_leg(stack, leg, concurrency, args.seconds, gateways, workdir, profile)
+                                   if args.py_spy is not None and leg == profiled_leg and repeat == 1 else None)
+                        figures = run_leg(stack, leg, concurrency, args.seconds, gateways, workdir, profile,
+                                          args.py_spy_of)
                         result[f"c{concurrency}"] = figures
                         print(f"repeat {repeat}  {TITLES[leg]:30} c={concurrency:<3} {figures['calls_per_s']:>8,.0f} "
                               f"calls/s  p50 {figures['p50_us'] / 1e3:7.2f} ms  p99 {figures['p99_us'] / 1e3:8.2f} ms"
@@ -360,7 +369,8 @@ def main() -> int:
         if not raw.exists():
             continue
         profile = figures_out.setdefault("profile", {})[f"c{concurrency}"] = profile_summary(raw)
-        print(f"\nprofile of the service at c={concurrency} ({profile['samples']} samples; share through each part):")
+        print(f"\nprofile of the {args.py_spy_of} at c={concurrency} ({profile['samples']} samples; "
+              "share through each part):")
         for part, share in profile["through"].items():
             print(f"  {share:5.1f} %  {part}")
         print("top functions by own samples:")

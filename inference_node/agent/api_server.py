@@ -1,4 +1,10 @@
-"""The agent's FastAPI app (:func:`create_agent_app`), its exception handlers and the uvicorn runner."""
+"""The agent's FastAPI app (:func:`create_agent_app`), its exception handlers and the uvicorn runner.
+
+`POST` on the two generation routes carries all the traffic; FastAPI's middleware stack, route search and
+`Request` cost more CPU than the call's own work, so :class:`AgentApp` hands those straight to the agent's
+raw ASGI handler (:meth:`NodeAgent.answer`); an exception nobody names is uvicorn's plain 500, as Starlette's
+would be. Every other request, a GET on those paths included, goes through FastAPI.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -13,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint
 from inference_node.agent.config import AgentConfig
@@ -43,8 +52,36 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
     return InvalidRequestBody(str(exc.errors())[:500]).to_response()
 
 
-def create_agent_app(config: AgentConfig) -> FastAPI:
-    """Build the agent's FastAPI app; its state (`app.state.agent`) is started by the lifespan."""
+class AgentApp(FastAPI):
+    """FastAPI, with `POST` on the generation routes answered by their raw ASGI apps before its middleware."""
+
+    def __init__(self, generation: dict[str, ASGIApp], **settings: Any) -> None:
+        super().__init__(**settings)
+        self.generation = generation
+        # Registered with FastAPI too, so that its router still answers other methods on these paths with a 405.
+        for path, answer in generation.items():
+            self.router.routes.append(Route(path, answer, methods=["POST"]))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            answer = self.generation.get(scope["path"])
+            if answer is not None:
+                scope["app"] = self
+                await answer(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _generation_app(agent: NodeAgent, endpoint: Endpoint) -> ASGIApp:
+    # An exception the agent does not name reaches uvicorn, which logs it and answers a plain 500.
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        await agent.answer(scope, receive, send, endpoint)
+
+    return answer
+
+
+def create_agent_app(config: AgentConfig) -> AgentApp:
+    """Build the agent's app; its state (`app.state.agent`) is started by the lifespan."""
     agent = NodeAgent(config)
 
     @asynccontextmanager
@@ -55,20 +92,15 @@ def create_agent_app(config: AgentConfig) -> FastAPI:
         finally:
             await agent.stop()
 
-    app = FastAPI(title="Sluice node agent", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The generation routes take the raw request: the body is forwarded as JSON with every field vLLM knows.
+    generation = {endpoint.path: _generation_app(agent, endpoint) for endpoint in (CHAT, COMPLETIONS)}
+    app = AgentApp(generation, title="Sluice node agent", lifespan=lifespan, docs_url=None, redoc_url=None,
+                   openapi_url=None)  # fmt: skip
     app.state.agent = agent
     app.add_exception_handler(RequestRefused, _refused_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
 
-    # The generation routes take the raw request: the body is forwarded as JSON with every field vLLM knows.
-    @app.post(CHAT.path)
-    async def chat_completions(request: Request) -> Response:
-        return await agent.handle(request, CHAT)
-
-    @app.post(COMPLETIONS.path)
-    async def completions(request: Request) -> Response:
-        return await agent.handle(request, COMPLETIONS)
 
     # The prompt-token bound the service holds for (counting.py); nothing is generated or spent.
     for endpoint in (CHAT, COMPLETIONS):
@@ -108,6 +140,7 @@ def build_agent_server(
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         log_level=log_level,
+        proxy_headers=False,  # the agent uses no client address, so X-Forwarded-* need not be read per request
         access_log=log_level in {"debug", "trace"},
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
     )

@@ -37,6 +37,37 @@ class AgentMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.streams = Counter("sluice_node_streams", "Streams by how they ended.", ["outcome"], registry=self.registry)
+        # Every call counts into a few labelled children: each is looked up once, not by `.labels()` per call.
+        self._counted: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        self._timed: dict[tuple[str, str], Histogram] = {}
+
+    def _count(self, metric: Counter, *labels: str) -> Counter:
+        child = self._counted.get((metric, labels))
+        if child is None:
+            child = self._counted[metric, labels] = metric.labels(*labels)
+        return child
+
+    def request_answered(self, endpoint: str, status: int) -> None:
+        self._count(self.requests, endpoint, str(status)).inc()
+
+    def ticket_rejected(self, code: str) -> None:
+        self._count(self.ticket_rejections, code).inc()
+
+    def stream_ended(self, outcome: str) -> None:
+        self._count(self.streams, outcome).inc()
+
+    def receipted(self, delivery: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self._count(self.receipts, delivery).inc()
+        self._count(self.model_tokens, "prompt").inc(prompt_tokens)
+        self._count(self.model_tokens, "completion").inc(completion_tokens)
+
+    def forwarded(self, endpoint: str, stream: bool, seconds: float) -> None:
+        """How long vLLM took to answer (the whole body, or a stream's head)."""
+        key = (endpoint, "true" if stream else "false")
+        child = self._timed.get(key)
+        if child is None:
+            child = self._timed[key] = self.forward_latency.labels(*key)
+        child.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

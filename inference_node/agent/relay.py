@@ -168,7 +168,7 @@ class StreamRelay:
         self.settled = True  # resumed after the yield: the tail was handed to the server
         if receipt is not None:
             self._agent.record_receipt(receipt, "stream")
-        self._agent.metrics.streams.labels("completed" if problem is None else UPSTREAM_DROPPED).inc()
+        self._agent.metrics.stream_ended("completed" if problem is None else UPSTREAM_DROPPED)
         if done:
             # Reading vLLM's stream to its end returns the connection to the keep-alive pool.
             with contextlib.suppress(*HTTP_FAILURES):
@@ -189,7 +189,7 @@ class StreamRelay:
         if self.settled:
             return
         self.settled = True
-        self._agent.metrics.streams.labels("downstream_gone").inc()
+        self._agent.metrics.stream_ended("downstream_gone")
         self._upstream.close()  # dropping the connection makes vLLM abort the request
         receipt = self._receipt()
         if receipt is None:

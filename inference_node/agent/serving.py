@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -28,7 +27,8 @@ from eth_account.messages import encode_defunct
 from fastapi import Request
 from fastapi.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from inference_node.agent.bounds import CHAT, COMPLETIONS, Endpoint, clamp_output, is_int, optional_int
@@ -48,6 +48,7 @@ from inference_node.agent.errors import (
 from inference_node.agent.metrics import AgentMetrics
 from inference_node.agent.relay import RelayedStream, StreamRelay, usage_counts
 from inference_node.agent.tickets import TicketGate
+from inference_node.agent.upstream import UpstreamReply, WholeAnswerPool
 from inference_node.protocol import (
     DISPATCH_INFO_PATH,
     HEARTBEAT_PATH,
@@ -70,7 +71,11 @@ _T = TypeVar("_T")
 
 _VLLM_RUNNING = "vllm:num_requests_running"
 _VLLM_WAITING = "vllm:num_requests_waiting"
+_VLLM_GAUGES = (_VLLM_RUNNING, _VLLM_WAITING)
 SHUTDOWN_GRACE_SECONDS = 5.0
+# How long a non-streamed call runs before a hang-up is watched for: well under any real generation, well over
+# a zero-latency answer, whose watcher task would cost more CPU than the rest of the agent's Python per call.
+HANG_UP_GRACE_SECONDS = 0.01
 _DISPATCH_RETRY_MAX_SECONDS = 10.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
 # Below the keep-alive of vLLM's uvicorn (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) and the service's (uvicorn's 5 s):
@@ -98,37 +103,98 @@ def _stream_flag(body: dict[str, Any]) -> bool:
     return value
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+_TICKET_HEADER_NAME = TICKET_HEADER.lower().encode("latin-1")
+_RECEIPT_HEADER_NAME = RECEIPT_HEADER.lower().encode("latin-1")
+
+
+def _ticket_header(scope: Scope) -> str | None:
+    """The request's first ticket header, as Starlette's `Headers.get` reads it (ASGI names are lower-case)."""
+    for name, value in scope["headers"]:
+        if name == _TICKET_HEADER_NAME:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _receive_body(receive: Receive) -> bytes | None:
+    """The whole request body from the ASGI `receive`, None when the client hung up before sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> tuple[bool, _T | None]:
-    """Run `work`, cancelling it if the client hangs up first: (True, result) or (False, None)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+async def _unless_disconnected(
+    receive: Receive, work: Awaitable[_T], grace: float = HANG_UP_GRACE_SECONDS
+) -> tuple[bool, _T | None]:
+    """Await `work` in this task, cancelling it if the client hangs up first: (True, result) or (False, None).
+
+    After `grace` seconds one watcher task starts waiting for the hang-up and cancels this task when it comes, so
+    `work` needs no task of its own, and a call answered within `grace` (the simulator's, a cached prompt's) pays
+    for no watcher at all. A hang-up in the first `grace` seconds is seen when the watcher starts.
+    """
+    handler = asyncio.current_task()
+    assert handler is not None
+    watching = True
+    hung_up = False
+    watcher: asyncio.Task[None] | None = None
+
+    def on_watcher_done(done: asyncio.Task[None]) -> None:
+        nonlocal hung_up
+        if done.cancelled():
+            return
+        if done.exception() is None and watching:  # a receive() that failed is no hang-up
+            hung_up = True
+            handler.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watcher.add_done_callback(on_watcher_done)
+
+    timer = asyncio.get_running_loop().call_later(grace, start_watching)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return True, await work
+    except asyncio.CancelledError:
+        # Cancelled by the watcher alone: the hang-up is an answer. Any other cancel (shutdown) goes on.
+        if hung_up and handler.uncancel() == 0:
+            return False, None
         raise
     finally:
-        watcher.cancel()
-    if task.done():
-        return True, task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return False, None
+        # The watcher may have finished with its callback still queued: `watching` keeps that from cancelling later.
+        watching = False
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamReply:
-    """A whole (non-streamed) answer from vLLM."""
+class ReceiptedReply:
+    """vLLM's whole answer with its receipt header, sent as two ASGI messages (no Starlette `Response`)."""
 
-    status: int
-    media_type: str | None
-    body: bytes
+    __slots__ = ("_body", "_head")
+    status_code = 200
+
+    def __init__(self, body: bytes, media_type: str | None, receipt: str) -> None:
+        self._body = body
+        head = [(b"content-length", str(len(body)).encode()), (_RECEIPT_HEADER_NAME, receipt.encode("latin-1"))]
+        if media_type is not None:
+            head.append((b"content-type", media_type.encode("latin-1")))
+        self._head = head
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._head})
+        await send({"type": "http.response.body", "body": self._body})
+
+
+Answer = Response | ReceiptedReply
 
 
 class HealthReport(BaseModel):
@@ -158,6 +224,9 @@ class NodeAgent:
         if config.vllm_api_key is not None:
             self._vllm_auth["Authorization"] = f"Bearer {config.vllm_api_key.get_secret_value()}"
         self._vllm_json_headers = {**_JSON_HEADERS, **self._vllm_auth}
+        # Whole answers (non-streamed generation, /tokenize) from a plain-http vLLM skip aiohttp (upstream.py).
+        self._whole: WholeAnswerPool | None = None
+        self._vllm_targets = {path: url.raw_path_qs.encode("latin-1") for path, url in self._vllm_urls.items()}
         self._session: aiohttp.ClientSession | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +250,13 @@ class NodeAgent:
             auto_decompress=False,
             trust_env=False,
         )
+        vllm = URL(config.vllm_url)
+        if vllm.scheme == "http" and vllm.user is None:
+            self._whole = WholeAnswerPool(
+                vllm, limit=config.max_connections, pool_timeout=config.vllm_timeout,
+                connect_timeout=_CONNECT_TIMEOUT_SECONDS, read_timeout=config.vllm_timeout,
+                keepalive=_KEEPALIVE_SECONDS, headers=self._vllm_json_headers,
+            )  # fmt: skip
         if config.service_url is None:
             logger.info("node %s runs standalone: no heartbeats, abort receipts are only logged", self.address)
             return
@@ -204,6 +280,8 @@ class NodeAgent:
             _, pending = await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
             for task in pending:
                 task.cancel()
+        if self._whole is not None:
+            self._whole.close()
         if self._session is not None:
             await self._session.close()
 
@@ -239,14 +317,14 @@ class NodeAgent:
                 async with self.http.get(url, timeout=_SERVICE_TIMEOUT) as response:
                     response.raise_for_status()
                     info = DispatchInfo.model_validate_json(await response.read())
-            except (*HTTP_FAILURES, ValidationError) as exc:
+                self._use_dispatch(info)
+            except (*HTTP_FAILURES, ValueError) as exc:  # ValueError: pydantic's, or a signer that is no address
                 if attempt == 1 or attempt % 10 == 0:
                     logger.warning("DispatchInfo from %s failed (attempt %d): %s", self.config.service_url, attempt,
                                    exc or type(exc).__name__)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _DISPATCH_RETRY_MAX_SECONDS)
                 continue
-            self._use_dispatch(info)
             logger.info("dispatch signer %s on chain %d, settlement %s", info.dispatch_signer, info.chain_id,
                         info.settlement)  # fmt: skip
             return
@@ -266,9 +344,7 @@ class NodeAgent:
         return SignedReceipt(receipt, sign_digest(self._key, digest), self.address)
 
     def record_receipt(self, signed: SignedReceipt, delivery: str) -> None:
-        self.metrics.receipts.labels(delivery).inc()
-        self.metrics.model_tokens.labels("prompt").inc(signed.receipt.prompt_tokens)
-        self.metrics.model_tokens.labels("completion").inc(signed.receipt.completion_tokens)
+        self.metrics.receipted(delivery, signed.receipt.prompt_tokens, signed.receipt.completion_tokens)
 
     async def deliver_receipt(self, signed: SignedReceipt) -> None:
         """POST a receipt to the service with a few retries (the service keys receipts by job id)."""
@@ -301,21 +377,24 @@ class NodeAgent:
 
     # -- forwarding -----------------------------------------------------------------------------
 
-    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
-        """Admit, forward and meter one generation request; every outcome is counted."""
+    async def answer(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+        """Admit, forward, meter and answer one generation request, as a raw ASGI app; every outcome is counted."""
         try:
-            response = await self._handle(request, endpoint)
+            response = await self._handle(scope, receive, endpoint)
         except RequestRefused as refused:
             if isinstance(refused, TicketRefused):
-                self.metrics.ticket_rejections.labels(refused.code).inc()
+                self.metrics.ticket_rejected(refused.code)
             response = refused.to_response()
-        self.metrics.requests.labels(endpoint.name, str(response.status_code)).inc()
-        return response
+        self.metrics.request_answered(endpoint.name, response.status_code)
+        await response(scope, receive, send)
 
-    async def _handle(self, request: Request, endpoint: Endpoint) -> Response:
-        ticket = self.tickets.admit(request.headers.get(TICKET_HEADER))
+    async def _handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> Answer:
+        ticket = self.tickets.admit(_ticket_header(scope))
+        raw = await _receive_body(receive)
+        if raw is None:
+            return Response(status_code=499)  # the service hung up before its request arrived; nothing was run
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestBody(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -333,27 +412,25 @@ class NodeAgent:
             }  # fmt: skip
         self.tickets.spend(ticket)
         # The job id names the vLLM request, so vLLM's logs and response ids point at the job.
-        headers = {**self._vllm_json_headers, "X-Request-Id": ticket.job_id.hex()}
+        request_id = ticket.job_id.hex()
         # Always the object checked here, re-encoded (about 1 us): the ticket's bound must not rest on vLLM's
         # JSON parser reading the client's bytes (duplicate keys, say) exactly as orjson did.
         payload = orjson.dumps(body)
         if stream:
             n = optional_int(body, "n") or 1
-            return await self._forward_stream(endpoint, ticket, payload, headers, n)
-        return await self._forward(request, endpoint, ticket, payload, headers)
+            return await self._forward_stream(endpoint, ticket, payload, request_id, n)
+        return await self._forward(receive, endpoint, ticket, payload, request_id)
 
     async def _forward(
-        self, request: Request, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str]
-    ) -> Response:
+        self, receive: Receive, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, request_id: str
+    ) -> Answer:
         started = time.perf_counter()
-        _, reply = await _unless_disconnected(
-            request, _upstream_call(self._post_vllm(self._vllm_urls[endpoint.path], payload, headers))
-        )
+        _, reply = await _unless_disconnected(receive, self._post_vllm(endpoint.path, payload, request_id))
         if reply is None:
             # The service hung up: the vLLM connection was dropped, so vLLM aborted; nothing was delivered to bill.
             logger.info("job 0x%s: service left before vLLM answered; generation aborted", ticket.job_id.hex())
             return Response(status_code=499)
-        self.metrics.forward_latency.labels(endpoint.name, "false").observe(time.perf_counter() - started)
+        self.metrics.forwarded(endpoint.name, False, time.perf_counter() - started)
         if reply.status != 200:
             return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
         try:
@@ -364,19 +441,32 @@ class NodeAgent:
             raise UpstreamUnavailable("vLLM answered without usage; the job cannot be metered")
         receipt = self.sign_receipt(ticket, *counts)
         self.record_receipt(receipt, "header")
-        return Response(reply.body, media_type=reply.media_type, headers={RECEIPT_HEADER: receipt.encode()})
+        return ReceiptedReply(reply.body, reply.media_type, receipt.encode())
 
-    async def _post_vllm(self, url: URL, payload: bytes, headers: dict[str, str]) -> UpstreamReply:
-        # Cancelled mid-call (the service hung up), aiohttp closes the connection and vLLM aborts the request.
-        async with self.http.post(url, data=payload, headers=headers) as response:
-            return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
+    async def _post_vllm(self, path: str, payload: bytes, request_id: str | None = None) -> UpstreamReply:
+        """One whole vLLM answer; transport failures become the agent's 502/504 (as `_upstream_call`)."""
+        # Cancelled mid-call (the service hung up), the connection is closed and vLLM aborts the request.
+        whole = self._whole
+        try:
+            if whole is not None:
+                extra = b"" if request_id is None else b"X-Request-Id: " + request_id.encode("latin-1") + b"\r\n"
+                return await whole.post(self._vllm_targets[path], payload, extra)
+            headers = self._vllm_json_headers if request_id is None else {**self._vllm_json_headers,
+                                                                          "X-Request-Id": request_id}  # fmt: skip
+            async with self.http.post(self._vllm_urls[path], data=payload, headers=headers) as response:
+                return UpstreamReply(response.status, response.headers.get("Content-Type"), await response.read())
+        except TimeoutError as exc:  # aiohttp's and asyncio's timeouts are TimeoutErrors (and OSErrors) too
+            raise UpstreamTimeout(f"vLLM did not answer in time: {type(exc).__name__}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(f"vLLM is unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _forward_stream(
-        self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, headers: dict[str, str], n: int
+        self, endpoint: Endpoint, ticket: DispatchTicket, payload: bytes, request_id: str, n: int
     ) -> Response:
         started = time.perf_counter()
+        headers = {**self._vllm_json_headers, "X-Request-Id": request_id}
         upstream = await _upstream_call(self.http.post(self._vllm_urls[endpoint.path], data=payload, headers=headers))
-        self.metrics.forward_latency.labels(endpoint.name, "true").observe(time.perf_counter() - started)
+        self.metrics.forwarded(endpoint.name, True, time.perf_counter() - started)
         if upstream.status != 200:
             try:
                 content = await _upstream_call(upstream.read())
@@ -398,8 +488,7 @@ class NodeAgent:
         return await prompt_token_bound(body, endpoint, self._tokenize, self.context_length)
 
     async def _tokenize(self, request: dict[str, Any]) -> int:
-        reply = await _upstream_call(self._post_vllm(self._vllm_urls[_TOKENIZE_PATH], orjson.dumps(request),
-                                                     self._vllm_json_headers))  # fmt: skip
+        reply = await self._post_vllm(_TOKENIZE_PATH, orjson.dumps(request))
         if reply.status != 200:
             # vLLM's own refusal (unknown model, bad messages) is the client's to see, as generation would show it.
             raise UpstreamRefused(reply.status, reply.body, reply.media_type)
@@ -457,7 +546,9 @@ class NodeAgent:
             response.raise_for_status()
             exposition = await response.text()
         totals = {_VLLM_RUNNING: 0.0, _VLLM_WAITING: 0.0}
-        for family in text_string_to_metric_families(exposition):
+        # Only the two gauges' sample lines go through the parser: vLLM's whole exposition is hundreds of lines.
+        wanted = "\n".join(line for line in exposition.splitlines() if line.startswith(_VLLM_GAUGES))
+        for family in text_string_to_metric_families(wanted + "\n"):
             for sample in family.samples:
                 if sample.name in totals:
                     totals[sample.name] += sample.value

@@ -11,8 +11,9 @@ from eth_hash.auto import keccak
 
 from inference_node.agent.errors import InvalidTicket, NodeNotReady, TicketExpired, TicketReplayed
 from inference_node.protocol import TICKET_HEADER, DispatchInfo, ProtocolError, SignedTicket
+from ledger.protocol.abi import address_word
 from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
-from ledger.protocol.secp256k1 import SignatureError, recover_digest
+from ledger.protocol.secp256k1 import SignatureError, recover_address
 
 
 class SpentTickets:
@@ -42,16 +43,22 @@ class TicketGate:
 
     def __init__(self, node: str, *, clock_skew: float, max_lifetime: float) -> None:
         self._node = node
+        self._node_lower = node.lower()
         self._clock_skew = clock_skew
         self._max_lifetime = max_lifetime
         self._spent = SpentTickets(clock_skew)
         self.dispatch: DispatchInfo | None = None
         self.domains: Domains | None = None
+        self._signer = b""  # the dispatch signer's 20 bytes: recovery gives bytes, so no checksumming per call
+        self._ticket_domain = b""
         self._model_names: dict[bytes, str] = {}  # ticket model hash -> the name that hashed to it
 
     def use_dispatch(self, info: DispatchInfo) -> None:
-        self.dispatch = info
-        self.domains = Domains(info.chain_id, info.settlement)
+        """Check tickets against `info` from now on; ValueError when its signer or settlement is no address."""
+        domains = Domains(info.chain_id, info.settlement)
+        self._ticket_domain = domains.ticket
+        self._signer = address_word(info.dispatch_signer)[12:]
+        self.dispatch, self.domains = info, domains
 
     def admit(self, header: str | None) -> DispatchTicket:
         """The ticket of a request, if it is signed by the dispatch key, for this node and unexpired."""
@@ -63,12 +70,12 @@ class TicketGate:
         try:
             signed = SignedTicket.decode(header)
             ticket = signed.ticket
-            signer = recover_digest(typed_digest(domains.ticket, ticket.struct_hash()), signed.signature)
+            signer = recover_address(typed_digest(self._ticket_domain, ticket.struct_hash()), signed.signature)
         except (ProtocolError, SignatureError, ValueError) as exc:  # ValueError: a field that cannot be hashed
             raise InvalidTicket(f"unreadable {TICKET_HEADER}: {exc}", param=TICKET_HEADER) from None
-        if signer.lower() != dispatch.dispatch_signer.lower():
+        if signer != self._signer:
             raise InvalidTicket("the ticket is not signed by the dispatch key", param=TICKET_HEADER)
-        if ticket.node.lower() != self._node.lower():
+        if ticket.node.lower() != self._node_lower:
             raise InvalidTicket(f"the ticket is for node {ticket.node}, not {self._node}", param=TICKET_HEADER)
         now = time.time()
         if ticket.expires + self._clock_skew < now:

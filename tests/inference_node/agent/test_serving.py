@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -10,6 +12,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from inference_node.agent.bounds import CHAT
+from inference_node.agent.serving import _unless_disconnected
 from inference_node.protocol import RECEIPT_EVENT, RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
 from ledger.stack.probes import free_port
 from tests.inference_node.agent.support import (
@@ -45,6 +48,95 @@ def test_non_stream_returns_vllms_body_unchanged_with_a_receipt(agent: RunningSe
     assert usage["prompt_tokens"] == CHAT_PROMPT_TOKENS and 20 <= usage["completion_tokens"] <= 60
     check_receipt(SignedReceipt.decode(response.headers[RECEIPT_HEADER]), ticket, CHAT_PROMPT_TOKENS,
                   usage["completion_tokens"])  # fmt: skip
+
+
+def test_a_non_stream_answer_carries_vllms_content_type_and_length(agent: RunningServer) -> None:
+    response = HTTP.post(agent.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: issue()[1]})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+
+
+def test_other_methods_on_a_generation_route_are_refused_in_the_envelope(agent: RunningServer) -> None:
+    response = HTTP.get(agent.base_url + CHAT.path)
+    assert response.status_code == 405
+    assert response.json() == {
+        "error": {"message": "Method Not Allowed", "type": "invalid_request_error", "param": None,
+                  "code": "method_not_allowed"}
+    }  # fmt: skip
+
+
+def _receive_hanging_up_after(seconds: float) -> tuple[Callable[[], Awaitable[dict[str, object]]], list[float]]:
+    """An ASGI `receive` whose client hangs up after `seconds` (and the times it was called)."""
+    calls: list[float] = []
+
+    async def receive() -> dict[str, object]:
+        calls.append(time.monotonic())
+        await asyncio.sleep(seconds)
+        return {"type": "http.disconnect"}
+
+    return receive, calls
+
+
+@pytest.mark.parametrize(("hang_up_after", "grace"), [(0.0, 0.05), (0.05, 0.0)])
+def test_a_hang_up_cancels_the_work_and_answers_false(hang_up_after: float, grace: float) -> None:
+    cancelled: list[float] = []
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(time.monotonic())
+            raise
+        return "never"
+
+    async def run() -> tuple[tuple[bool, str | None], float, list[float]]:
+        receive, calls = _receive_hanging_up_after(hang_up_after)
+        started = time.monotonic()
+        outcome = await _unless_disconnected(receive, work(), grace)
+        await asyncio.sleep(0.02)  # still this task's own: no cancel left over for it
+        return outcome, started, calls
+
+    outcome, started, calls = asyncio.run(run())
+    assert outcome == (False, None)
+    assert len(calls) == 1 and calls[0] - started >= grace  # watched for only once the grace was over
+    assert len(cancelled) == 1 and grace + hang_up_after <= cancelled[0] - started < 1
+
+
+def test_work_that_finishes_within_the_grace_leaves_no_watcher_and_no_cancel_behind() -> None:
+    async def run() -> tuple[tuple[bool, str | None], int, list[float]]:
+        receive, calls = _receive_hanging_up_after(0)
+
+        async def work() -> str:
+            await asyncio.sleep(0.01)
+            return "answer"
+
+        outcome = await _unless_disconnected(receive, work(), 0.05)
+        await asyncio.sleep(0.1)  # past the grace: nothing starts watching, so nothing cancels this task
+        task = asyncio.current_task()
+        assert task is not None
+        return outcome, task.cancelling(), calls
+
+    assert asyncio.run(run()) == ((True, "answer"), 0, [])
+
+
+def test_a_cancel_from_outside_goes_on_through_a_hang_up() -> None:
+    async def run() -> None:
+        receive, _ = _receive_hanging_up_after(0.01)
+        await _unless_disconnected(receive, asyncio.sleep(5), 0)
+
+    async def main() -> bool:
+        task = asyncio.create_task(run())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        task.cancel()  # a shutdown, before the hang-up is seen
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(main()) is True
 
 
 @pytest.mark.parametrize("stream", [False, True])

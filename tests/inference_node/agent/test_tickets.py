@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from inference_node.agent.bounds import CHAT
-from inference_node.agent.tickets import SpentTickets
-from inference_node.protocol import RECEIPT_HEADER, TICKET_HEADER
+from inference_node.agent.tickets import SpentTickets, TicketGate
+from inference_node.protocol import RECEIPT_HEADER, TICKET_HEADER, DispatchInfo
 from tests.inference_node.agent.support import CHAT_MESSAGES, HTTP, OTHER_NODE, STRANGER, RunningServer, chat, issue
 
 
@@ -64,3 +64,11 @@ def test_spent_tickets_forget_only_what_has_expired() -> None:
     assert not spent.spend(b"a", expires=100, now=104)
     assert spent.spend(b"b", expires=200, now=106)  # prunes "a": its ticket is refused as expired by now
     assert len(spent) == 1
+
+
+@pytest.mark.parametrize("signer", ["0x12", "not an address", "0x" + "zz" * 20])
+def test_a_dispatch_signer_that_is_no_address_is_refused_before_any_ticket(signer: str) -> None:
+    gate = TicketGate(OTHER_NODE.address, clock_skew=5, max_lifetime=60)
+    with pytest.raises(ValueError):
+        gate.use_dispatch(DispatchInfo(chain_id=1, settlement="0x" + "11" * 20, dispatch_signer=signer))
+    assert gate.dispatch is None and gate.domains is None  # the gate still refuses every ticket as not ready
