@@ -34,7 +34,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from ledger.bench.gateway import CONCURRENCY, MODEL, Call, _drive, signed_calls
-from ledger.bench.harness import cpu_seconds
+from ledger.bench.harness import cpu_seconds, proc_stats
 from ledger.chain.client import Ledger
 from ledger.chain.connection import connect
 from ledger.chain.deploy import deploy_all
@@ -67,35 +67,22 @@ def spread(apis: list[str], keys: list[tuple[LocalAccount, LocalAccount]], domai
 def system_seconds(pid: int) -> float:
     """System (kernel) CPU of process `pid` and its children alive now, from /proc: PostgreSQL's WAL flushes."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(entry.name) == pid or int(fields[1]) == pid:
-            total += int(fields[12]) / ticks
-    return total
+    return sum(int(fields[12]) / ticks for process, fields in proc_stats() if pid in (process, int(fields[1])))
 
 
 def context_switches(pid: int) -> int:
     """Context switches (voluntary and not) of process `pid` and its children alive now, from /proc."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for process, fields in proc_stats():
+        if pid not in (process, int(fields[1])):
             continue
         try:
-            stat = (entry / "stat").read_text()
-            if int(entry.name) != pid and int(stat[stat.rindex(")") + 2:].split()[1]) != pid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                    total += int(line.split()[1])
+            status = Path(f"/proc/{process}/status").read_text()
         except OSError:
             continue
+        for line in status.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
     return total
 
 

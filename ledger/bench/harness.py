@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,9 @@ def send_all(sender: TxSender, txs: list[dict[str, Any]]) -> None:
         sender.wait(tx_hash, nonce, tx)  # type: ignore[arg-type]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process `pid` and all its descendants, from /proc (0 where it cannot be read)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/<pid>/stat after "pid (comm) ") of every process that can be read now:
+    state, ppid, pgrp, ... utime at [11], stime at [12], in clock ticks."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -35,9 +33,17 @@ def cpu_seconds(pid: int) -> float:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+        yield int(entry), stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` and all its descendants, from /proc (0 where it cannot be read)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for process, fields in proc_stats():
+        parents.setdefault(int(fields[1]), []).append(process)
+        times[process] = (int(fields[11]) + int(fields[12])) / ticks
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()

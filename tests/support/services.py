@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.bench.harness import proc_stats
 from ledger.config import Settings
 from ledger.db import migrate
 from ledger.paths import StatePaths
@@ -141,15 +142,5 @@ class CrashablePostgres:
 
 def _live_members(group: int) -> list[int]:
     """Processes of process group `group` that are not zombies (read from /proc)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
-        if int(fields[2]) == group and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+    # The fields after "pid (comm) ": state, ppid, pgrp, ...
+    return [process for process, fields in proc_stats() if int(fields[2]) == group and fields[0] != "Z"]
