@@ -14,6 +14,7 @@ is that CPU per call stays flat.
 
     .venv/bin/python scripts/bench_scale_out.py --calls 3000 --json /tmp/scale.json
     .venv/bin/python scripts/bench_scale_out.py --payers 1 --spenders 0   # every call on one self-paying payer
+    .venv/bin/python scripts/bench_scale_out.py --per-process --concurrency 21   # 21, 42, 63 connections
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000, help="calls per leg")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--per-process", action="store_true",
+                        help="the concurrency is per service process: N processes get N x --concurrency "
+                             "connections, so each process carries the same load as the one-process leg")
     parser.add_argument("--processes", default="1,2,3", help="service processes per leg, comma separated, rising")
     parser.add_argument("--payers", type=int, default=24, help="payers the calls are spread over")
     parser.add_argument("--spenders", type=int, default=2,
@@ -160,7 +164,8 @@ def main() -> int:
                            "the mirror seeing the payers' escrow")
 
             ready(first.url or "")
-            figures: dict[str, Any] = {"calls_per_leg": args.calls, "concurrency": args.concurrency, "model": MODEL,
+            figures: dict[str, Any] = {"calls_per_leg": args.calls, "concurrency": args.concurrency,
+                                       "per_process": args.per_process, "model": MODEL,
                                        "payers": args.payers, "keys": len(keys), "idle_seconds": args.idle_seconds,
                                        "load_average_at_start": load_average(),
                                        "postgres_settings": args.postgres_setting, "legs": {}}
@@ -173,7 +178,8 @@ def main() -> int:
                     services.append(extra)
                 apis = [s.url or "" for s in services]
                 calls = spread(apis, keys, domains, args.calls)
-                asyncio.run(_drive(spread(apis, keys, domains, 100 * count), args.concurrency))  # warm every process
+                concurrency = args.concurrency * count if args.per_process else args.concurrency
+                asyncio.run(_drive(spread(apis, keys, domains, 100 * count), concurrency))  # warm every process
                 watched = {**{f"service-{i}": stack.pid(s.name) for i, s in enumerate(services)},
                            "postgres": stack.pid("database"), "agent": stack.pid(nodes[1].name)}
                 # Idle: what the processes spend with no traffic (followers, housekeeping, heartbeats).
@@ -187,7 +193,7 @@ def main() -> int:
                 pg_system_before = system_seconds(stack.pid("database"))
                 switches_before = {name: context_switches(pid) for name, pid in watched.items()}
                 before = {name: cpu_seconds(pid) for name, pid in watched.items()}
-                f = asyncio.run(_drive(calls, args.concurrency))
+                f = asyncio.run(_drive(calls, concurrency))
                 spent = {name: (cpu_seconds(pid) - before[name]) * 1000 for name, pid in watched.items()}
                 pg_system = (system_seconds(stack.pid("database")) - pg_system_before) * 1000
                 switches = {name: context_switches(pid) - switches_before[name] for name, pid in watched.items()}
@@ -221,9 +227,10 @@ def main() -> int:
                     "postgres": round(switches["postgres"] / ok, 2), "agent": round(switches["agent"] / ok, 2)}
                 f["processes"] = count
                 f["load_average"] = load_average()
+                f["concurrency"] = concurrency
                 figures["legs"][str(count)] = f
-                print(f"{count} process(es): {f['calls_per_s']:>7} calls/s  p50 {f['p50_ms']} ms  failures "
-                      f"{f['failures'] or 0}  load {f['load_average']}\n"
+                print(f"{count} process(es), c={concurrency}: {f['calls_per_s']:>7} calls/s  p50 {f['p50_ms']} ms  "
+                      f"failures {f['failures'] or 0}  load {f['load_average']}\n"
                       f"    CPU ms/call {f['cpu_ms_per_call']}\n"
                       f"    net of idle {f['cpu_ms_per_call_net_of_idle']}\n"
                       f"    idle ms/s {f['idle_cpu_ms_per_s']}  PostgreSQL transactions/call "
