@@ -84,6 +84,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     await task
             if follower_thread is not None:
                 await asyncio.to_thread(follower_thread.join, 10)
+            state.dispatcher.close()
             await client.close()
             await pool.close()
 

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 from starlette.responses import Response, StreamingResponse
+from yarl import URL
 
 from inference_node.protocol import (
     RECEIPT_EVENT,
@@ -28,6 +29,7 @@ from inference_node.protocol import (
     SignedReceipt,
     SignedTicket,
 )
+from inference_node.upstream import UpstreamClosed, UpstreamReply, UpstreamSilent, WholeAnswerPool, answer_begun
 from ledger.protocol.eip712 import DispatchTicket, Domains, typed_digest
 from ledger.protocol.secp256k1 import sign_digest
 from redemption import errors
@@ -41,6 +43,13 @@ log = logging.getLogger(__name__)
 # A node answering these has a problem of its own (its ticket check, its load), not one with the request:
 # another node is tried, as for a 5xx. Any other 4xx refuses the request itself (vLLM's 400).
 NODE_FAULT_STATUSES = frozenset({401, 403, 408, 409, 429})
+# Non-streamed calls to a plain-http node travel over a whole-answer pool of its own (inference_node.upstream):
+# aiohttp's request machinery cost more of the service's CPU than anything else on the hop. Its connections are
+# dropped after 4 s idle, below the agent's uvicorn keep-alive (5 s), so none is closed under a request.
+POOL_KEEPALIVE_SECONDS = 4.0
+POOL_CONNECT_SECONDS = 3.0  # the aiohttp session's sock_connect
+POOL_LIMIT = 1024  # connections per node, the aiohttp connector's limit
+_JSON = {"Content-Type": "application/json"}
 
 
 def node_refusal(content: bytes, path: str) -> errors.ApiError:
@@ -81,6 +90,29 @@ class Dispatcher:
         # A call is cut this long after it arrived, so its hold never expires while it runs (Invariant 7).
         self.hold_lifetime = hold_lifetime
         self._ending: set[asyncio.Task[None]] = set()
+        self._pools: dict[str, WholeAnswerPool | None] = {}
+        self._targets: dict[tuple[str, str], bytes] = {}
+
+    def pool_for(self, url: str) -> WholeAnswerPool | None:
+        """The whole-answer pool of a plain-http node (made on first use); None for https or credentials."""
+        try:
+            return self._pools[url]
+        except KeyError:
+            pass
+        base = URL(url)
+        pool = None
+        if base.scheme == "http" and base.raw_host is not None and base.user is None:
+            pool = WholeAnswerPool(base, limit=POOL_LIMIT, pool_timeout=self.first_byte_timeout,
+                                   connect_timeout=POOL_CONNECT_SECONDS, read_timeout=self.first_byte_timeout,
+                                   keepalive=POOL_KEEPALIVE_SECONDS, headers=_JSON, keep_header=RECEIPT_HEADER)
+        self._pools[url] = pool
+        return pool
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            if pool is not None:
+                pool.close()
+        self._pools.clear()
 
     def ticket_for(self, held: HeldCall, node: str) -> str:
         ticket = DispatchTicket(
@@ -100,27 +132,34 @@ class Dispatcher:
             payload["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return orjson.dumps(payload)
 
+    async def _attempt_node(self, held: HeldCall, first: NodeState, attempt: int, tried: set[str]) -> NodeState | None:
+        """The node of try `attempt`: `first` (bound by the hold's own synchronous commit), then the best node
+        not yet tried, bound to the job before it sees a ticket; None when no node is left."""
+        if attempt:
+            candidates = self.registry.candidates(held.payload["model"], held.tier, held.region, frozenset(tried))
+            if not candidates:
+                return None
+            node = candidates[0]
+            self.metrics.dispatch_retries.inc()
+            # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
+            if not await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
+                                                        held.plan.prompt_bound):
+                raise errors.DatabaseUnavailable("the call's hold was lost in a database restart; nothing "
+                                                 "was charged, retry")
+        else:
+            node = first
+        tried.add(node.node)
+        return node
+
     async def _open(self, held: HeldCall, first: NodeState) -> tuple[NodeState, aiohttp.ClientResponse, float]:
         """Open the request on the best node that answers, `first` (the hold is bound to it) first; nodes that
         fail first are skipped."""
         tried: set[str] = set()
         body = self.node_payload(held)
         for attempt in range(self.attempts):
-            if attempt:
-                candidates = self.registry.candidates(held.payload["model"], held.tier, held.region,
-                                                      frozenset(tried))
-                if not candidates:
-                    break
-                node = candidates[0]
-                self.metrics.dispatch_retries.inc()
-                # Before the node sees the ticket: only this node's receipt may meter the job (Invariant 8).
-                if not await self.meter.store.bind_dispatch(held.job_id, node.node, held.plan.max_tokens,
-                                                            held.plan.prompt_bound):
-                    raise errors.DatabaseUnavailable("the call's hold was lost in a database restart; nothing "
-                                                     "was charged, retry")
-            else:
-                node = first  # bound by the hold's own (synchronous) commit
-            tried.add(node.node)
+            node = await self._attempt_node(held, first, attempt, tried)
+            if node is None:
+                break
             headers = {"content-type": "application/json", TICKET_HEADER: self.ticket_for(held, node.node)}
             started = time.perf_counter()
             node.in_flight += 1
@@ -148,45 +187,102 @@ class Dispatcher:
         return max(held.received + self.hold_lifetime - time.perf_counter(), 0.0)
 
     async def complete(self, held: HeldCall, first: NodeState) -> Response:
-        node, response, started = await self._open(held, first)
-        try:
+        """A non-streamed call: the whole answer of the best node that gives one, `first` (the hold is bound to
+        it) first. A node that fails before its answer begins (refused, silent for the node timeout, a 5xx) is
+        skipped for the next; one that fails after is not retried, and the call is free."""
+        tried: set[str] = set()
+        body = self.node_payload(held)
+        for attempt in range(self.attempts):
+            node = await self._attempt_node(held, first, attempt, tried)
+            if node is None:
+                break
+            started = time.perf_counter()
+            node.in_flight += 1
             try:
                 async with asyncio.timeout(self._remaining(held)) as cut:
-                    content = await response.read()
-            except TimeoutError:
-                if not cut.expired():
-                    raise
-                # Cut at the hold lifetime: closing the connection makes the node post its receipt.
-                response.close()
-                # A task, not an await: this runs while the client's disconnect cancels the relay.
-                ended = asyncio.get_running_loop().create_task(self.meter.ended(held))
-                self._ending.add(ended)
-                ended.add_done_callback(self._ending.discard)
-                raise errors.DurationExceeded(
-                    f"the call ran past the {self.hold_lifetime:.0f} s limit of one call and was stopped; you will be "
-                    "charged only for the tokens the node generated; ask for fewer tokens or stream") from None
-            except aiohttp.ClientError as exc:
-                # Dropped before the answer arrived: no receipt, so nothing can be charged.
+                    reply = await self._whole_answer(held, node, body)
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                if cut.expired():
+                    raise self._cut(held) from None
+                if not answer_begun(exc):
+                    self.registry.record_failure(node.node)
+                    log.warning("node %s failed before answering: %r", node.node, exc)
+                    continue
+                # Dropped once the answer had begun: no receipt, so nothing can be charged.
                 await self.meter.release(held)
                 raise errors.UpstreamError(f"the node dropped the call before answering ({exc!r}); nothing was "
                                            "charged, retry") from None
+            finally:
+                node.in_flight -= 1
+            if reply.status >= 500 or reply.status in NODE_FAULT_STATUSES:
+                self.registry.record_failure(node.node)
+                log.warning("node %s answered %s", node.node, reply.status)
+                continue
+            node_time = time.perf_counter() - started
+            self.registry.record_latency(node.node, node_time * 1000)
+            return await self._answered(held, node, reply, node_time)
+        await self.meter.release(held)
+        raise no_capacity(held.payload["model"], held.tier, held.region)
+
+    async def _whole_answer(self, held: HeldCall, node: NodeState, body: bytes) -> UpstreamReply:
+        """POST the call with its ticket to `node` and read the whole answer: over the node's whole-answer pool
+        when it has one, else over aiohttp. Failures are ConnectionErrors or TimeoutErrors saying whether the
+        answer had begun (`answer_begun`); a cancel (the cut) closes the connection, so the node stops and
+        posts its receipt."""
+        ticket = self.ticket_for(held, node.node)
+        pool = self.pool_for(node.url)
+        if pool is not None:
+            target = self._targets.get((node.url, held.path))
+            if target is None:
+                target = URL(node.url.rstrip("/") + held.path).raw_path_qs.encode()
+                self._targets[(node.url, held.path)] = target
+            return await pool.post(target, body, b"%s: %s\r\n" % (TICKET_HEADER.encode(), ticket.encode()))
+        headers = {"content-type": "application/json", TICKET_HEADER: ticket}
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the request in a task of its own.
+            async with asyncio.timeout(self.first_byte_timeout):
+                response = await self.client.post(node.url.rstrip("/") + held.path, data=body, headers=headers)
+        except TimeoutError:
+            raise UpstreamSilent(f"no answer began within {self.first_byte_timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamClosed(repr(exc)) from None
+        try:
+            content = await response.read()
+        except aiohttp.ClientError as exc:
+            response.close()
+            raise UpstreamClosed(repr(exc), begun=True) from None
+        except BaseException:
+            response.close()
+            raise
         finally:
-            node.in_flight -= 1
             response.release()
-        node_time = time.perf_counter() - started
-        if response.status != 200:
+        return UpstreamReply(response.status, response.content_type, content, response.headers.get(RECEIPT_HEADER))
+
+    def _cut(self, held: HeldCall) -> errors.DurationExceeded:
+        """A call cut at the hold lifetime (its connection closed, so the node posts its receipt): the hold may
+        expire once the receipt has had its time; the client is told it pays for what was generated."""
+        # A task, not an await: this runs while the client's disconnect cancels the relay.
+        ended = asyncio.get_running_loop().create_task(self.meter.ended(held))
+        self._ending.add(ended)
+        ended.add_done_callback(self._ending.discard)
+        return errors.DurationExceeded(
+            f"the call ran past the {self.hold_lifetime:.0f} s limit of one call and was stopped; you will be "
+            "charged only for the tokens the node generated; ask for fewer tokens or stream")
+
+    async def _answered(self, held: HeldCall, node: NodeState, reply: UpstreamReply, node_time: float) -> Response:
+        """Meter a whole answer from its receipt (else fail closed from what it relayed) and relay it."""
+        if reply.status != 200:
             await self.meter.release(held)
-            raise node_refusal(content, held.path)
+            raise node_refusal(reply.body, held.path)
         signed: SignedReceipt | None = None
-        header = response.headers.get(RECEIPT_HEADER)
-        if header is not None:
+        if reply.header is not None:
             try:
-                signed = SignedReceipt.decode(header)
+                signed = SignedReceipt.decode(reply.header)
             except ProtocolError:
                 self.metrics.bad_receipts.labels("malformed").inc()
-        cost = await self.meter.charge(held, node.node, signed, datetime.now(UTC), relayed_answer(content))
+        cost = await self.meter.charge(held, node.node, signed, datetime.now(UTC), relayed_answer(reply.body))
         self.metrics.overhead.observe(max(time.perf_counter() - held.received - node_time, 0.0))
-        return Response(content, media_type="application/json",
+        return Response(reply.body, media_type="application/json",
                         headers={"Sluice-Job-Id": "0x" + held.job_id.hex(), "Sluice-Cost": str(cost)})
 
     async def stream(self, held: HeldCall, first: NodeState) -> Response:

@@ -48,7 +48,6 @@ from inference_node.agent.errors import (
 from inference_node.agent.metrics import AgentMetrics
 from inference_node.agent.relay import RelayedStream, StreamRelay, usage_counts
 from inference_node.agent.tickets import TicketGate
-from inference_node.agent.upstream import UpstreamReply, WholeAnswerPool
 from inference_node.protocol import (
     DISPATCH_INFO_PATH,
     HEARTBEAT_PATH,
@@ -61,6 +60,7 @@ from inference_node.protocol import (
     PromptTokenBound,
     SignedReceipt,
 )
+from inference_node.upstream import UpstreamReply, WholeAnswerPool
 from ledger.domain import usage_cost
 from ledger.protocol.eip712 import DispatchTicket, UsageReceipt, typed_digest
 from ledger.protocol.secp256k1 import address_of, sign_digest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -314,3 +315,23 @@ def test_a_stream_that_outlives_the_hold_lifetime_is_cut_and_charged_for_what_it
            shortfalls)
     assert burned_cost == served_cost == int(rows[0][1]) > 0 and shortfalls == 0
     assert d.sql("SELECT count(*) FROM holds") == [(0,)]
+
+
+@pytest.mark.slow  # waits out the hold's receipt allowance (30 s)
+def test_a_whole_answer_that_outlives_the_hold_lifetime_is_cut_and_costs_nothing(short_holds: Deployed) -> None:
+    """Not streamed: at the hold lifetime the service closes the node's (pooled) connection and answers 504; the
+    node aborts the generation and, having delivered nothing, posts no receipt; the hold is released when its
+    receipt allowance is over, and the payer is charged nothing."""
+    d = short_holds
+    payer = d.fund(5)
+    d.wait_mirrored()
+    auth = SluiceAuth(payer, max_cost=ONE_TOKEN)
+    started = time.monotonic()
+    r = httpx.post(d.api + CHAT, content=body("a very long story", 4000, stream=False), auth=auth,
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "duration_exceeded"
+    assert 5 <= time.monotonic() - started < 15  # cut at the lifetime, not at the node timeout (60 s)
+    poll_until(lambda: d.sql("SELECT count(*) FROM holds WHERE payer = %s", raw(payer.address)) == [(0,)], 90,
+               "the cut call's hold released")
+    assert d.sql("SELECT count(*) FROM usage_records WHERE payer = %s", raw(payer.address)) == [(0,)]
+    assert d.sql("SELECT reserved FROM reserved_payer WHERE payer = %s", raw(payer.address)) == [(0,)]

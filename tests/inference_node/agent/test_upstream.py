@@ -11,7 +11,7 @@ from yarl import URL
 from inference_node.agent.bounds import CHAT
 from inference_node.agent.config import AgentConfig
 from inference_node.agent.serving import NodeAgent
-from inference_node.agent.upstream import UpstreamClosed, UpstreamReply, WholeAnswerPool
+from inference_node.upstream import UpstreamClosed, UpstreamReply, UpstreamSilent, WholeAnswerPool, answer_begun
 from ledger.stack.probes import free_port
 from tests.inference_node.agent.support import CHAIN_ID, DISPATCHER, SETTLEMENT
 
@@ -170,8 +170,9 @@ def test_vllm_closing_mid_answer_is_a_connection_error() -> None:
 def test_nothing_listening_is_a_connection_error() -> None:
     async def main() -> None:
         pool = _pool(free_port())
-        with pytest.raises(ConnectionError):
+        with pytest.raises(ConnectionError) as raised:
             await pool.post(b"/v1/completions", b"{}")
+        assert answer_begun(raised.value) is False  # the service may try another node
 
     asyncio.run(main())
 
@@ -203,3 +204,64 @@ def test_the_agent_sends_vllms_api_key_and_the_job_id_on_whole_answers() -> None
         assert b"Authorization: Bearer sk-vllm" in head and b"X-Request-Id: ab12" in head
 
     _run(_json_answer, work)
+
+
+# -- what the redemption service relies on: the receipt header, and whether a failed answer had begun ----------
+
+
+async def _serve_once(reply: bytes, *, then_silent: bool) -> tuple[asyncio.Server, int]:
+    """A server that reads one request, writes `reply`, then stays silent (holding the connection) or closes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        if then_silent:
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_the_kept_header_comes_with_the_reply() -> None:
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nSluice-Receipt: {\"job_id\":\"0x01\"}\r\n"
+              b"content-length: 2\r\n\r\n{}")
+
+    async def main() -> None:
+        for keep, expected in (("Sluice-Receipt", '{"job_id":"0x01"}'), (None, None)):
+            server, port = await _serve_once(answer, then_silent=True)
+            pool = WholeAnswerPool(URL(f"http://127.0.0.1:{port}"), limit=1, pool_timeout=1.0, connect_timeout=1.0,
+                                   read_timeout=1.0, keepalive=4.0, headers={}, keep_header=keep)
+            try:
+                assert await pool.post(b"/", b"{}") == UpstreamReply(200, "application/json", b"{}", expected)
+            finally:
+                pool.close()
+                server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("reply", "then_silent", "error", "begun"), [
+    (b"", False, UpstreamClosed, False),  # closed before answering: another node may be tried
+    (b"", True, UpstreamSilent, False),  # silent before answering: the same
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", False, UpstreamClosed, True),  # closed mid-body
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", True, UpstreamSilent, True),  # silent mid-body
+])
+def test_a_failed_answer_says_whether_it_had_begun(reply: bytes, then_silent: bool, error: type[Exception],
+                                                   begun: bool) -> None:
+    async def main() -> None:
+        server, port = await _serve_once(reply, then_silent=then_silent)
+        pool = WholeAnswerPool(URL(f"http://127.0.0.1:{port}"), limit=1, pool_timeout=1.0, connect_timeout=1.0,
+                               read_timeout=0.3, keepalive=4.0, headers={})
+        try:
+            with pytest.raises(error) as raised:
+                await pool.post(b"/", b"{}")
+            assert answer_begun(raised.value) is begun
+            assert isinstance(raised.value, ConnectionError if error is UpstreamClosed else TimeoutError)
+        finally:
+            pool.close()
+            server.close()
+
+    asyncio.run(main())
+
