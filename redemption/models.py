@@ -144,7 +144,7 @@ class Budget(BaseModel):
     rate_window_seconds: int = Field(60, description="length of the window the limits count in (60: per minute)")
 
 
-# Key policies (KEYS_API.md): a payer's names and limits for the developer keys it gave budgets.
+# Key policies (docs/interfaces.md): a payer's names and limits for the developer keys it gave budgets.
 LABEL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -301,7 +301,8 @@ class OperationsNode(BaseModel):
     running: int
     capacity: int
     heartbeat_age_seconds: float | None
-    health: str = Field(description="ok, stale (silent over 15 s: not routed to) or retired")
+    health: str = Field(description="ok, stale (no heartbeat for 15 s) or retired; the service stops routing to a "
+                                    "node after SLUICE_NODE_STALE_SECONDS (10 s) without one")
     healthy: bool
 
 

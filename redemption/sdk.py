@@ -464,7 +464,7 @@ _UNSET: Any = object()
 
 def fetch_keys(base_url: str, key: Key, *, client: httpx.Client | None = None,
                timeout: float = 30) -> dict[str, Any]:
-    """The signed `GET /v1/keys` of the payer `key`: `{"payer", "keys": [policy, ...]}` (KEYS_API.md)."""
+    """The signed `GET /v1/keys` of the payer `key`: `{"payer", "keys": [policy, ...]}` (docs/interfaces.md)."""
     return _keys_call(base_url, "GET", KEYS_PATH, key, None, client, timeout)
 
 

@@ -95,7 +95,7 @@ RECENT_CALLS = (
 )
 
 
-# Key policies (KEYS_API.md). A change names which fields it sets (`set_*`): an absent field stays as it is.
+# Key policies (docs/interfaces.md). A change names which fields it sets (`set_*`): an absent field stays as it is.
 UPSERT_POLICY = (
     "INSERT INTO key_policies AS k (payer, spender, label, requests_per_minute, tokens_per_minute, expires_at,"
     " updated_at) VALUES (%(payer)s, %(spender)s, %(label)s, %(rpm)s, %(tpm)s, %(expires_at)s, %(now)s)"

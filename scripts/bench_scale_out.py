@@ -1,4 +1,4 @@
-"""CPU per paid call with one, two and three service processes on one PostgreSQL (issue 14, goal 3).
+"""CPU per paid call with one, two and three service processes on one PostgreSQL.
 
 One throwaway stack (Anvil, PostgreSQL, one zero-latency simulated node): the same pre-signed,
 non-streamed calls (16 output tokens, 64 connections) go to one service process, then, with more

@@ -1,4 +1,4 @@
-"""`sluice wallet keys`: a payer's names and limits for its developer keys (KEYS_API.md), set and read with
+"""`sluice wallet keys`: a payer's names and limits for its developer keys (docs/interfaces.md), set and read with
 requests signed by the wallet's key. `sluice dev budgets` (ledger.cli.dev_budgets) shows a developer the same
 limits from the other side.
 """

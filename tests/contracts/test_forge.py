@@ -3,7 +3,7 @@ solc, offline) pass, and run as many cases as configured.
 
 `scripts/forge.py test --json` reports every test; this checks each one succeeded, that fuzz tests
 ran their 256 cases and invariant tests 48 runs of 32 calls, and that the suites cover the
-properties issue 10 names (supply, escrow conservation, no burn without budget or escrow, one
+properties the contracts promise (supply, escrow conservation, no burn without budget or escrow, one
 settlement per root, registry roles).
 """
 

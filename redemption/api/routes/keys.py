@@ -1,4 +1,4 @@
-"""Key policies: a payer names its developer keys and limits each one (KEYS_API.md).
+"""Key policies: a payer names its developer keys and limits each one (docs/interfaces.md).
 
 Every request is signed like a billable call (the five Sluice-* headers over the body, Sluice-Max-Cost 0)
 and the signer must be the payer named in Sluice-Payer (403 `not_account_holder`), allowlisted
