@@ -24,6 +24,11 @@ class ServiceSettings(Settings):
         1, ge=1, le=64, description="service processes sharing the API port (uvicorn workers); one of them follows "
         "the chain for all")
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections of the service")
+    db_gather_ms: float = Field(
+        1.0, ge=0, le=50, description="a busy process's hold and metering statements wait this long for company, "
+        "to share one round trip and commit (0: never wait)")
+    db_gather_siblings: int = Field(
+        4, ge=0, description="a process is busy with more than this many calls open (fewer never wait)")
     node_timeout_seconds: float = Field(30.0, gt=0, description="wait this long for a node's first byte")
     run_mirror: bool = Field(True, description="follow the chain into the mirror tables from this process")
     run_indexer: bool = Field(True, description="index every contract event into chain_events from this process")

@@ -27,6 +27,7 @@ from ledger.keys import KeyUnavailable
 from ledger.keys import dispatch_key as ticket_key
 from ledger.protocol.eip712 import Domains
 from redemption.audit.auth import AuditorRoles
+from redemption.batching import GatherWindow
 from redemption.config import ServiceSettings
 from redemption.dispatch import Dispatcher
 from redemption.metering import Meter
@@ -66,6 +67,7 @@ class ServiceState:
     token: TokenInfo = field(default_factory=lambda: TokenInfo(name="", symbol="", decimals=18))
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    gather: GatherWindow = field(default_factory=lambda: GatherWindow(0.0, 0))
 
     def mirror_lag(self) -> int | None:
         """Blocks the mirror trails the head by at its last sync; None when unknown or that sync is stale."""
@@ -115,7 +117,8 @@ def build_state(
                               deployment.deploy_block)
     chain_nodes.sync()  # before the first heartbeat: only the chain's nodes are ever admitted
     registry = NodeRegistry(settings.node_stale_seconds, chain_nodes)
-    store = Store(pool)
+    gather = GatherWindow(settings.db_gather_ms / 1000, settings.db_gather_siblings)
+    store = Store(pool, gather)
     meter = Meter(store=store, domains=domains, metrics=metrics)
     dispatcher = Dispatcher(client=client, registry=registry, meter=meter, domains=domains, dispatch_key=dispatch_key,
                             ticket_ttl=settings.ticket_ttl_seconds, first_byte_timeout=settings.node_timeout_seconds,
@@ -125,5 +128,5 @@ def build_state(
         settings=settings, deployment=deployment, ledger=ledger, domains=domains, store=store, registry=registry,
         meter=meter, dispatcher=dispatcher, auditors=AuditorRoles(ledger, settings.auditor_cache_seconds),
         metrics=metrics, dispatch_signer=Account.from_key(dispatch_key).address, unlock_period=unlock_period,
-        token=token,
+        token=token, gather=gather,
     )

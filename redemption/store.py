@@ -8,6 +8,7 @@ reservations, the usage record and the settlement outbox consistent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -132,7 +133,8 @@ def _policy(row: tuple[Any, ...]) -> KeyPolicy:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], gather: Callable[[], float] | None = None) -> None:
+        """`gather` is the hold and metering statements' wait for company (batching.GatherWindow)."""
         self.pool = pool
         # Rows sorted by (payer, spender) in both, so their row locks are always taken in one order.
         self._reserve = StatementBatcher(
@@ -140,12 +142,12 @@ class Store:
             ("bytea", "bytea", "numeric", "bigint", "bytea", "bytea", "numeric", "text", "integer", "integer",
              "numeric", "bytea", "bytea", "bytea", "numeric", "numeric", "numeric", "boolean", "boolean", "integer",
              "bigint", "integer", "bytea", "integer", "integer"),
-            sort_key=(4, 5),
+            sort_key=(4, 5), gather=gather,
         )
         self._meter = StatementBatcher(
             pool, "meter_hold",
             ("bytea", "bytea", "integer", "integer", "numeric", "bytea", "timestamptz", "text"),
-            sort_key=(0, 1), first_arg=2,
+            sort_key=(0, 1), first_arg=2, gather=gather,
         )
         # The dispatch bindings of concurrent calls share one UPDATE per round trip (sorted by job id).
         self._bind = StatementBatcher(

@@ -30,11 +30,16 @@ def billable_app(app: FastAPI, origins: frozenset[str], metrics: Callable[[], Se
     """The ASGI app that answers the billable routes of `app` (whose lifespan built `app.state.sluice`)."""
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        state = app.state.sluice
+        state.gather.opened()  # a stream stays open until its relay ends
         try:
-            response = await handle_call(scope, receive, app.state.sluice, scope["path"])
-        except NAMED as exc:
-            response = error_for(exc, metrics())
-        await response(scope, receive, send)
+            try:
+                response = await handle_call(scope, receive, state, scope["path"])
+            except NAMED as exc:
+                response = error_for(exc, metrics())
+            await response(scope, receive, send)
+        finally:
+            state.gather.closed()
 
     # Outermost to innermost, as create_app stacks them for every other route.
     return ServerErrorMiddleware(PublicCors(CallCounter(answer, metrics=metrics), origins=origins))
