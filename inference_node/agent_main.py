@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from inference_node.agent.api_server import run_agent
-from inference_node.agent.config import NODE_KEY_ENV, AgentConfig, AgentSettings
+from inference_node.agent.config import DEFAULT_MAX_BODY_BYTES, NODE_KEY_ENV, AgentConfig, AgentSettings
 from inference_node.agent.launcher import launch_vllm, stop_vllm
 from ledger.domain import TIER_NAMES
 
@@ -54,6 +54,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.
     parser.add_argument("--region", default="local")
     parser.add_argument("--capacity", type=int, default=256, help="vLLM max_num_seqs (default: 256)")
     parser.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds (default: 2)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest generation "
+                        f"request body accepted; larger ones get 413 (default: {DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--chain-id", type=int, help="standalone: chain id")
     parser.add_argument("--settlement", help="standalone: Settlement contract address")
     parser.add_argument("--dispatch-signer", help="standalone: address that signs dispatch tickets")
@@ -82,6 +84,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> None:
         region=args.region,
         capacity=args.capacity,
         heartbeat_interval=args.heartbeat_interval,
+        max_body_bytes=args.max_body_bytes,
         chain_id=args.chain_id,
         settlement=args.settlement,
         dispatch_signer=args.dispatch_signer,

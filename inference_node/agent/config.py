@@ -9,6 +9,7 @@ from inference_node.protocol import DispatchInfo
 from ledger.domain import TierName
 
 NODE_KEY_ENV = "SLUICE_NODE_KEY"
+DEFAULT_MAX_BODY_BYTES = 8 << 20
 
 
 class AgentSettings(BaseSettings):
@@ -50,6 +51,9 @@ class AgentConfig(BaseModel):
     vllm_timeout: float | None = Field(default=600.0, gt=0, description="seconds per vLLM read; None: forever")
     max_connections: int = Field(default=1024, ge=1, description="connection pool size (vLLM and the service)")
     receipt_post_attempts: int = Field(default=4, ge=1, description="tries to POST an abort receipt to the service")
+    # Well above the service's own 1 MiB limit (ServiceSettings.max_body_bytes): it forwards a re-encoded body.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024,
+                                description="largest generation request body read; larger ones are refused (413)")
 
     @field_validator("vllm_url", "service_url", "public_url")
     @classmethod

@@ -88,6 +88,13 @@ class InvalidRequestBody(RequestRefused):
     code = "invalid_request_body"
 
 
+class BodyTooLarge(RequestRefused):
+    """A generation request's body over `AgentConfig.max_body_bytes`, declared or as read: the rest is not read."""
+
+    status = 413
+    code = "body_too_large"
+
+
 class NodeNotReady(RequestRefused):
     status = 503
     code = "node_not_ready"

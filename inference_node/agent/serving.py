@@ -36,6 +36,7 @@ from inference_node.agent.config import AgentConfig
 from inference_node.agent.counting import prompt_token_bound
 from inference_node.agent.errors import (
     HTTP_FAILURES,
+    BodyTooLarge,
     InvalidRequestBody,
     ModelMismatch,
     NodeNotReady,
@@ -115,14 +116,35 @@ def _ticket_header(scope: Scope) -> str | None:
     return None
 
 
-async def _receive_body(receive: Receive) -> bytes | None:
-    """The whole request body from the ASGI `receive`, None when the client hung up before sending it."""
+def _declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, None without one (a chunked body); the server has checked its syntax."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _receive_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body from the ASGI `receive`, None when the client hung up before sending it.
+
+    A body declared, or found while read, to be over `limit` bytes is refused without reading (the rest of) it.
+    """
+    declared = _declared_length(scope)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"the request body of {declared} bytes is over this node's {limit}-byte limit; send a "
+                           "smaller request, or raise the agent's --max-body-bytes")
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over this node's {limit}-byte limit; send a smaller request, "
+                               "or raise the agent's --max-body-bytes")
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -390,7 +412,8 @@ class NodeAgent:
 
     async def _handle(self, scope: Scope, receive: Receive, endpoint: Endpoint) -> Answer:
         ticket = self.tickets.admit(_ticket_header(scope))
-        raw = await _receive_body(receive)
+        # Read only for a ticket this node would serve, and only up to the limit: the ticket is spent further on.
+        raw = await _receive_body(scope, receive, self.config.max_body_bytes)
         if raw is None:
             return Response(status_code=499)  # the service hung up before its request arrived; nothing was run
         try:

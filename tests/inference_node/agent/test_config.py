@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from inference_node.agent.config import NODE_KEY_ENV, AgentConfig, AgentSettings
+from inference_node.agent_main import parse_args
 
 
 def test_config_requires_a_service_or_the_dispatch_settings() -> None:
@@ -19,6 +20,17 @@ def test_config_requires_a_service_or_the_dispatch_settings() -> None:
         AgentConfig.model_validate({"node_key": key, "service_url": "http://service"})
     with pytest.raises(ValueError, match="32 bytes"):
         AgentConfig.model_validate({"node_key": "0x1234", "service_url": "http://s", "public_url": "http://a"})
+
+
+def test_the_body_limit_defaults_to_8_mib_and_is_at_least_1024_bytes() -> None:
+    standalone = {"node_key": "0x" + "a1" * 32, "chain_id": 1, "settlement": "0x" + "11" * 20,
+                  "dispatch_signer": "0x" + "22" * 20}  # fmt: skip
+    assert AgentConfig.model_validate(standalone).max_body_bytes == 8 << 20
+    assert AgentConfig.model_validate({**standalone, "max_body_bytes": 1024}).max_body_bytes == 1024
+    with pytest.raises(ValueError, match="greater than or equal to 1024"):
+        AgentConfig.model_validate({**standalone, "max_body_bytes": 1023})
+    assert parse_args([]).max_body_bytes == 8 << 20
+    assert parse_args(["--max-body-bytes", "4096"]).max_body_bytes == 4096
 
 
 def test_the_node_key_comes_from_sluice_node_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ from eth_account.messages import encode_defunct
 from inference_node.agent.bounds import CHAT
 from inference_node.agent.serving import _unless_disconnected
 from inference_node.protocol import RECEIPT_EVENT, RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
+from ledger.protocol.eip712 import DispatchTicket
 from ledger.stack.probes import free_port
 from tests.inference_node.agent.support import (
     CHAIN_ID,
@@ -228,3 +231,102 @@ def test_agent_starts_without_the_service_and_refuses_until_it_answers(sim: Runn
         assert (response.status_code, response.json()["error"]["code"]) == (503, "node_not_ready")
     finally:
         server.stop()
+
+
+BODY_LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def small_body_agent(sim: RunningServer, service_server: tuple[FakeService, str]) -> Iterator[RunningServer]:
+    server = agent_server(sim.base_url, service_server[1], max_body_bytes=BODY_LIMIT).start()
+    yield server
+    server.stop()
+
+
+def _chat_body_of(size: int) -> bytes:
+    """A chat request of exactly `size` bytes: its JSON, then whitespace (which JSON allows after a value)."""
+    body = json.dumps(chat()).encode()
+    assert len(body) <= size
+    return body + b" " * (size - len(body))
+
+
+def _taken_by_vllm(sim: RunningServer, ticket: DispatchTicket) -> int:
+    """How many generation requests the simulator took for this ticket's job (the agent names them after it)."""
+    taken: list[str] = HTTP.get(sim.base_url + "/sim/requests").json()["request_ids"]
+    return taken.count(f"chatcmpl-{ticket.job_id.hex()}")
+
+
+def _refused_too_large(agent: RunningServer) -> float:
+    return agent.metric("sluice_node_requests_total", endpoint="chat", status="413")
+
+
+def test_a_body_declared_over_the_limit_is_refused_unread_and_leaves_its_ticket_unspent(
+    small_body_agent: RunningServer, sim: RunningServer
+) -> None:
+    ticket, header = issue()
+    refused = _refused_too_large(small_body_agent)
+    host, port = small_body_agent.base_url.removeprefix("http://").split(":")
+    # Only the head is sent: an agent that waited for the declared megabyte would time this out.
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.putrequest("POST", CHAT.path)
+        for name, value in ((TICKET_HEADER, header), ("Content-Type", "application/json"),
+                            ("Content-Length", str(1 << 20))):  # fmt: skip
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        status, content, receipt = response.status, response.read(), response.getheader(RECEIPT_HEADER)
+    finally:
+        connection.close()
+    assert (status, receipt) == (413, None)
+    assert json.loads(content) == {"error": {
+        "message": "the request body of 1048576 bytes is over this node's 4096-byte limit; send a smaller request, "
+                   "or raise the agent's --max-body-bytes",
+        "type": "invalid_request_error", "param": None, "code": "body_too_large",
+    }}  # fmt: skip
+    assert _taken_by_vllm(sim, ticket) == 0
+    assert _refused_too_large(small_body_agent) == refused + 1
+
+    # The refusal spent nothing: the same ticket runs once with a body within the limit, and only once.
+    accepted = HTTP.post(small_body_agent.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: header})
+    assert accepted.status_code == 200, accepted.text
+    check_receipt(SignedReceipt.decode(accepted.headers[RECEIPT_HEADER]), ticket, CHAT_PROMPT_TOKENS,
+                  accepted.json()["usage"]["completion_tokens"])  # fmt: skip
+    replay = HTTP.post(small_body_agent.base_url + CHAT.path, json=chat(), headers={TICKET_HEADER: header})
+    assert (replay.status_code, replay.json()["error"]["code"]) == (409, "ticket_replayed")
+    assert _taken_by_vllm(sim, ticket) == 1
+
+
+def test_a_chunked_body_growing_past_the_limit_is_refused(small_body_agent: RunningServer, sim: RunningServer) -> None:
+    ticket, header = issue()
+    refused = _refused_too_large(small_body_agent)
+    body = _chat_body_of(3 * 2048)
+    chunks = iter([body[:2048], body[2048:4096], body[4096:]])  # an iterator: sent chunked, with no Content-Length
+    response = HTTP.post(small_body_agent.base_url + CHAT.path, content=chunks,
+                         headers={TICKET_HEADER: header, "Content-Type": "application/json"})  # fmt: skip
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json() == {"error": {
+        "message": "the request body is over this node's 4096-byte limit; send a smaller request, or raise the "
+                   "agent's --max-body-bytes",
+        "type": "invalid_request_error", "param": None, "code": "body_too_large",
+    }}  # fmt: skip
+    assert RECEIPT_HEADER not in response.headers
+    assert _taken_by_vllm(sim, ticket) == 0
+    assert _refused_too_large(small_body_agent) == refused + 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_exactly_at_the_limit_is_served(small_body_agent: RunningServer, sim: RunningServer,
+                                               chunked: bool) -> None:  # fmt: skip
+    ticket, header = issue()
+    body = _chat_body_of(BODY_LIMIT)
+    assert len(body) == 4096
+    content: bytes | Iterator[bytes] = iter([body[:2048], body[2048:]]) if chunked else body
+    response = HTTP.post(small_body_agent.base_url + CHAT.path, content=content,
+                         headers={TICKET_HEADER: header, "Content-Type": "application/json"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    check_receipt(SignedReceipt.decode(response.headers[RECEIPT_HEADER]), ticket, CHAT_PROMPT_TOKENS,
+                  response.json()["usage"]["completion_tokens"])  # fmt: skip
+    assert _taken_by_vllm(sim, ticket) == 1
