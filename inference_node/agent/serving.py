@@ -502,8 +502,12 @@ class NodeAgent:
 
     async def count_prompt(self, request: Request, endpoint: Endpoint) -> PromptTokenBound:
         """The bound on a request's prompt tokens, counted by vLLM's tokenizer where it renders like generation."""
+        # This route takes no ticket: the body limit is all that stands between a stranger and the agent's memory.
+        raw = await _receive_body(request.scope, request.receive, self.config.max_body_bytes)
+        if raw is None:
+            raise InvalidRequestBody("the request body did not arrive; send the whole request")
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequestBody(f"the body is not JSON: {exc}") from None
         if not isinstance(body, dict):

@@ -15,7 +15,14 @@ from eth_account.messages import encode_defunct
 
 from inference_node.agent.bounds import CHAT
 from inference_node.agent.serving import _unless_disconnected
-from inference_node.protocol import RECEIPT_EVENT, RECEIPT_HEADER, TICKET_HEADER, NodeHeartbeat, SignedReceipt
+from inference_node.protocol import (
+    PROMPT_TOKENS_PATH,
+    RECEIPT_EVENT,
+    RECEIPT_HEADER,
+    TICKET_HEADER,
+    NodeHeartbeat,
+    SignedReceipt,
+)
 from ledger.protocol.eip712 import DispatchTicket
 from ledger.stack.probes import free_port
 from tests.inference_node.agent.support import (
@@ -330,3 +337,28 @@ def test_a_body_exactly_at_the_limit_is_served(small_body_agent: RunningServer, 
     check_receipt(SignedReceipt.decode(response.headers[RECEIPT_HEADER]), ticket, CHAT_PROMPT_TOKENS,
                   response.json()["usage"]["completion_tokens"])  # fmt: skip
     assert _taken_by_vllm(sim, ticket) == 1
+
+
+def test_a_prompt_count_over_the_body_limit_is_refused_unread(small_body_agent: RunningServer) -> None:
+    """The prompt-count route takes no ticket: anyone may call it, so its body is bounded too."""
+    host, port = small_body_agent.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.putrequest("POST", PROMPT_TOKENS_PATH + CHAT.path)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(1 << 20))
+        connection.endheaders()  # the megabyte never follows
+        response = connection.getresponse()
+        status, content = response.status, response.read()
+    finally:
+        connection.close()
+    assert status == 413
+    assert json.loads(content)["error"] == {
+        "message": "the request body of 1048576 bytes is over this node's 4096-byte limit; send a smaller request, "
+                   "or raise the agent's --max-body-bytes",
+        "type": "invalid_request_error", "param": None, "code": "body_too_large",
+    }  # fmt: skip
+    counted = HTTP.post(small_body_agent.base_url + PROMPT_TOKENS_PATH + CHAT.path, content=_chat_body_of(BODY_LIMIT),
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert counted.status_code == 200, counted.text
+    assert counted.json() == {"prompt_tokens": CHAT_PROMPT_TOKENS, "exact": True, "reason": None}
