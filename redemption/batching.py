@@ -34,6 +34,8 @@ from psycopg_pool import AsyncConnectionPool
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+CALL_EACH = "SELECT ord, {function}({args}) FROM unnest({arrays}) WITH ORDINALITY AS t({columns}, ord)"
+CALL_ONE = "SELECT 1, {function}({args})"
 
 
 class GatherWindow:
@@ -53,8 +55,6 @@ class GatherWindow:
 
     def __call__(self) -> float:
         return self.window if self.open > self.siblings else 0.0
-CALL_EACH = "SELECT ord, {function}({args}) FROM unnest({arrays}) WITH ORDINALITY AS t({columns}, ord)"
-CALL_ONE = "SELECT 1, {function}({args})"
 
 
 class StatementBatcher:
