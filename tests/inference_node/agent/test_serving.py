@@ -267,24 +267,28 @@ def _refused_too_large(agent: RunningServer) -> float:
     return agent.metric("sluice_node_requests_total", endpoint="chat", status="413")
 
 
+def _head_only(agent: RunningServer, path: str, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+    """POST only the head of a request declaring a 1 MiB body, which never follows: (status, body, receipt).
+    An agent that waited for the declared megabyte would time this out."""
+    host, port = agent.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.putrequest("POST", path)
+        for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(1 << 20)}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader(RECEIPT_HEADER)
+    finally:
+        connection.close()
+
+
 def test_a_body_declared_over_the_limit_is_refused_unread_and_leaves_its_ticket_unspent(
     small_body_agent: RunningServer, sim: RunningServer
 ) -> None:
     ticket, header = issue()
     refused = _refused_too_large(small_body_agent)
-    host, port = small_body_agent.base_url.removeprefix("http://").split(":")
-    # Only the head is sent: an agent that waited for the declared megabyte would time this out.
-    connection = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        connection.putrequest("POST", CHAT.path)
-        for name, value in ((TICKET_HEADER, header), ("Content-Type", "application/json"),
-                            ("Content-Length", str(1 << 20))):  # fmt: skip
-            connection.putheader(name, value)
-        connection.endheaders()
-        response = connection.getresponse()
-        status, content, receipt = response.status, response.read(), response.getheader(RECEIPT_HEADER)
-    finally:
-        connection.close()
+    status, content, receipt = _head_only(small_body_agent, CHAT.path, {TICKET_HEADER: header})
     assert (status, receipt) == (413, None)
     assert json.loads(content) == {"error": {
         "message": "the request body of 1048576 bytes is over this node's 4096-byte limit; send a smaller request, "
@@ -341,18 +345,8 @@ def test_a_body_exactly_at_the_limit_is_served(small_body_agent: RunningServer, 
 
 def test_a_prompt_count_over_the_body_limit_is_refused_unread(small_body_agent: RunningServer) -> None:
     """The prompt-count route takes no ticket: anyone may call it, so its body is bounded too."""
-    host, port = small_body_agent.base_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        connection.putrequest("POST", PROMPT_TOKENS_PATH + CHAT.path)
-        connection.putheader("Content-Type", "application/json")
-        connection.putheader("Content-Length", str(1 << 20))
-        connection.endheaders()  # the megabyte never follows
-        response = connection.getresponse()
-        status, content = response.status, response.read()
-    finally:
-        connection.close()
-    assert status == 413
+    status, content, receipt = _head_only(small_body_agent, PROMPT_TOKENS_PATH + CHAT.path, {})
+    assert (status, receipt) == (413, None)
     assert json.loads(content)["error"] == {
         "message": "the request body of 1048576 bytes is over this node's 4096-byte limit; send a smaller request, "
                    "or raise the agent's --max-body-bytes",

@@ -91,7 +91,8 @@ def test_chain_endpoint_stopped_for_10s_in_the_middle_of_a_batch(world: World) -
                             " AND error LIKE 'ChainUnavailable%%'") > 0
         # The limit counts unconfirmed batches: the first may have been confirmed just before the stop, and
         # nothing is confirmed while the chain is away.
-        unconfirmed = [b for b in world.batches() if b not in set(world.batches("confirmed"))]
+        confirmed = set(world.batches("confirmed"))
+        unconfirmed = [b for b in world.batches() if b not in confirmed]
         assert 1 <= len(unconfirmed) <= 3, "no new batches while three are unconfirmed"
         world.chain.start()
         world.wait_all_settled(60)
